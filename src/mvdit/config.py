@@ -1,0 +1,169 @@
+"""Typed configuration: model presets and the training config (unknown keys are rejected).
+
+The config file is the documentation of every knob: see configs/*.toml.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mvdit import MvditError
+from mvdit.models.dit import DiTConfig
+from mvdit.models.text import TextConfig
+
+# DiT sizes. in_channels and text_dim come from the VAE and text encoder the model is paired with,
+# except for the paper presets, which fix them (128 latent channels, CLIP-L's 768-d tokens).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=128, head_dim=32, depth=6, heads=4, ffn_dim=512),
+    "small": dict(hidden_size=256, head_dim=32, depth=8, heads=8, ffn_dim=1024),
+    # The paper's 2.0B teacher: d=2048, 28 blocks, 32 heads of 64, FFN 8192 (docs/parameters.md).
+    "paper-teacher": dict(hidden_size=2048, head_dim=64, depth=28, heads=32, ffn_dim=8192, in_channels=128, text_dim=768),
+    # The paper's 0.9B mobile student after tri-level pruning: 20 blocks, 20 heads, FFN ~6144.
+    "paper-student": dict(hidden_size=2048, head_dim=64, depth=20, heads=20, ffn_dim=6144, in_channels=128, text_dim=768),
+}
+
+
+def preset_config(name: str, in_channels: int | None = None, text_dim: int | None = None) -> DiTConfig:
+    if name not in PRESETS:
+        raise MvditError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    kw = dict(PRESETS[name])
+    if in_channels is not None:
+        kw["in_channels"] = in_channels
+    if text_dim is not None:
+        kw["text_dim"] = text_dim
+    kw.setdefault("in_channels", 128)
+    kw.setdefault("text_dim", 384)
+    return DiTConfig.uniform(**kw)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    kind: Literal["shapes", "folder", "cache"] = "shapes"
+    path: str | None = None  # folder: video directory; cache: latent cache directory
+    captions: str | None = None  # folder: CSV or JSONL of path,caption (default: PATH/captions.*)
+    frames: int = 8
+    height: int = 32
+    width: int = 32
+    fps: float = 8.0
+    seed: int = 0
+    holdout: list[str] = Field(default_factory=list)  # shapes: "colour shape motion" triples kept out of training
+
+
+class VAEConfig(Strict):
+    kind: Literal["patchify", "pretrained"] = "patchify"
+    path: str | None = None  # pretrained: a directory written by save_pretrained
+    temporal_factor: int = 1
+    spatial_factor: int = 8
+
+
+class ModelConfig(Strict):
+    preset: str = "tiny"
+    hidden_size: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    ffn_dim: int | None = None
+    head_dim: int | None = None
+
+
+class FlowConfig(Strict):
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float | Literal["auto"] = "auto"  # time shift; "auto" follows the token count (SD3)
+    caption_dropout: float = 0.1  # share of captions replaced by "" so CFG works at sampling
+
+
+class OptimConfig(Strict):
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: Literal["constant", "cosine"] = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    steps: int = 1500
+    ema_decay: float = 0.999
+
+
+class RunConfig(Strict):
+    out_dir: str = "runs/tiny"
+    seed: int = 0
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    device: str = "cpu"
+    threads: int | None = None
+
+
+class SampleConfig(Strict):
+    steps: int = 20
+    cfg: float = 4.0
+
+
+class TrainConfig(Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}' — check the spelling against configs/tiny.toml"
+    return f"{source}: {loc}: {err['msg']}"
+
+
+def parse_config(cls: type[BaseModel], raw: dict, source: str):
+    try:
+        return cls(**raw)
+    except ValidationError as e:
+        raise MvditError(format_validation_error(e, source)) from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MvditError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, Exception) as e:  # yaml raises its own error types
+        raise MvditError(f"{path}: cannot parse: {str(e).splitlines()[0]}") from None
+    raise MvditError(f"{path}: config must be .toml, .yaml or .yml")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML/YAML file (or the defaults when None) and apply `section.key=value` overrides."""
+    raw = read_config_file(path) if path else {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise MvditError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        try:
+            node[leaf] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            node[leaf] = value
+    return parse_config(TrainConfig, raw, str(path or "default config"))
