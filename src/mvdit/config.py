@@ -153,6 +153,11 @@ def read_config_file(path: str | Path) -> dict:
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a TOML/YAML file (or the defaults when None) and apply `section.key=value` overrides."""
+    return load_config(TrainConfig, path, overrides)
+
+
+def load_config(cls: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None):
+    """Any stage's config: a TOML/YAML file (or defaults) plus `section.key=value` overrides."""
     raw = read_config_file(path) if path else {}
     for item in overrides or []:
         if "=" not in item:
@@ -166,4 +171,4 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             node[leaf] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             node[leaf] = value
-    return parse_config(TrainConfig, raw, str(path or "default config"))
+    return parse_config(cls, raw, str(path or "default config"))
