@@ -22,6 +22,29 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: write example clips.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the mp4s, contact_sheet.png and captions.json")] = Path("shapes_examples"),
+    n: Annotated[int, typer.Option("-n", help="number of clips")] = 8,
+    frames: Annotated[int, typer.Option(help="frames per clip")] = 9,
+    height: Annotated[int, typer.Option(help="frame height")] = 32,
+    width: Annotated[int, typer.Option(help="frame width")] = 32,
+    fps: Annotated[float, typer.Option(help="frames per second")] = 8.0,
+    seed: Annotated[int, typer.Option(help="dataset seed")] = 0,
+    split: Annotated[str, typer.Option(help="train, val or holdout")] = "train",
+    holdout: Annotated[list[str] | None, typer.Option(help="held-out 'colour shape motion' combination (repeatable)")] = None,
+) -> None:
+    """Write example clips of the procedural `shapes` dataset (mp4 + captioned contact sheet)."""
+    from mvdit.data.shapes import write_examples
+
+    paths = write_examples(out, n, frames, height, width, fps, seed, split=split, holdout=holdout or ())
+    typer.echo(f"wrote {n} clips of {frames}x{height}x{width} to {out} (contact sheet: {paths[-2]})")
+
+
 def main() -> None:
     try:
         app()
