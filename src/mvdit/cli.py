@@ -22,6 +22,131 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="TOML/YAML training config; omit for the embedded default (configs/tiny.toml)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")] = False,
+) -> None:
+    """Train a text-to-video DiT teacher with rectified flow."""
+    from mvdit.config import load_train_config
+    from mvdit.teacher import train_teacher
+
+    cfg = load_train_config(config or default_config_path(), set_)
+    summary = train_teacher(cfg, resume=resume)
+    out = Path(cfg.run.out_dir)
+    typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}")
+    typer.echo(f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}")
+
+
+def default_config_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("mvdit") / "configs" / "tiny.toml"))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="what the video shows")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")] = Path("runs/tiny/model"),
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    cfg: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 disables it")] = None,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+    frames: Annotated[int | None, typer.Option(help="frame count (default: the model's)")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="output .mp4")] = Path("out.mp4"),
+    sheet: Annotated[Path | None, typer.Option(help="also write a PNG contact sheet of the frames")] = None,
+    scale: Annotated[int, typer.Option(help="upscale factor for the written video (nearest)")] = 4,
+) -> None:
+    """Generate a video from a prompt and write it as H.264 mp4."""
+    import time
+
+    if not prompt.strip():
+        fail("the prompt is empty: give a text description of the video")
+    if output.suffix.lower() != ".mp4":
+        fail(f"output must end in .mp4, got {output}")
+    if steps is not None and steps < 1:
+        fail(f"--steps must be at least 1, got {steps}")
+    if scale < 1:
+        fail(f"--scale must be at least 1, got {scale}")
+    t0 = time.perf_counter()
+    from mvdit.pipeline import Pipeline
+    from mvdit.video import contact_sheet, save_png, write_mp4
+
+    pipe = Pipeline.from_pretrained(model)
+    if frames is not None:
+        pipe = pipe.with_clip(frames=frames)
+    load_s = time.perf_counter() - t0
+    g = pipe.generate([prompt], steps=steps, cfg=cfg, seed=seed, progress=True)
+    video = g.videos[0]
+    if scale > 1:
+        video = video.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    t0 = time.perf_counter()
+    write_mp4(output, video.numpy(), fps=pipe.config.fps)
+    if sheet is not None:
+        save_png(sheet, contact_sheet([video.numpy()], [prompt]))
+    write_s = time.perf_counter() - t0
+    c = pipe.config
+    typer.echo(f"{c.frames}x{c.height}x{c.width} clip, {g.nfe} network evaluations")
+    typer.echo(
+        f"load {load_s:.2f}s | text encoder {g.timings['text']:.3f}s | DiT {g.timings['dit']:.3f}s | decode {g.timings['decode']:.3f}s | write {write_s:.2f}s"
+    )
+    typer.echo(f"wrote {output}" + (f" and {sheet}" if sheet else ""))
+
+
+@app.command()
+def info(
+    preset: Annotated[str, typer.Option(help="tiny, small, paper-teacher, paper-student")] = "paper-teacher",
+    frames: Annotated[int, typer.Option()] = 49,
+    height: Annotated[int, typer.Option()] = 384,
+    width: Annotated[int, typer.Option()] = 512,
+    temporal: Annotated[int, typer.Option(help="VAE temporal compression")] = 8,
+    spatial: Annotated[int, typer.Option(help="VAE spatial compression")] = 32,
+    latent_channels: Annotated[int | None, typer.Option(help="VAE latent channels (default: the preset's)")] = None,
+    text_len: Annotated[int, typer.Option(help="text tokens (77 for CLIP)")] = 77,
+    text_dim: Annotated[int | None, typer.Option(help="text encoder width (default: the preset's)")] = None,
+) -> None:
+    """Parameters, latent grid, token count and FLOPs of a DiT preset (built on the meta device)."""
+    import torch
+
+    from mvdit.config import PRESETS, preset_config
+    from mvdit.models.dit import VideoDiT
+
+    if preset not in PRESETS:
+        fail(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    if frames < 1 or (frames - 1) % temporal:
+        fail(f"--frames must be 1 + {temporal}k for a causal {temporal}x VAE, got {frames}")
+    if height % spatial or width % spatial or height <= 0 or width <= 0:
+        fail(f"--height and --width must be positive multiples of {spatial}, got {height}x{width}")
+    cfg = preset_config(preset, latent_channels, text_dim)
+    with torch.device("meta"):
+        model = VideoDiT(cfg)
+    grid = (1 + (frames - 1) // temporal, height // spatial, width // spatial)
+    tokens = grid[0] * grid[1] * grid[2]
+    counts = model.param_counts()
+    b = cfg.blocks
+    typer.echo(f"preset {preset}: d={cfg.hidden_size}, {len(b)} blocks, heads {_span([x.heads for x in b])} x {cfg.head_dim}, FFN {_span([x.ffn_dim for x in b])}")
+    typer.echo(f"parameters: {counts['total'] / 1e9:.3f}B ({counts['total']:,})")
+    for k, v in counts.items():
+        if k != "total":
+            typer.echo(f"  {k:<13} {v:>15,}  ({100 * v / counts['total']:.1f}%)")
+    typer.echo(f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} ({temporal}x{spatial}x{spatial} VAE, patch 1)")
+    typer.echo(f"tokens: {tokens:,}")
+    flops = model.flops_per_step(tokens, text_len)
+    typer.echo(f"FLOPs per DiT step: {_si(flops)}FLOPs ({text_len} text tokens; 2 per multiply-add)")
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} "
+
+
+def _span(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi} (mean {sum(values) / len(values):.0f})"
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: write example clips.")
 app.add_typer(data_app, name="data")
 

@@ -1,0 +1,308 @@
+"""The one training loop. Every stage (teacher, VAE, KD, adversarial) supplies a loss, not a loop.
+
+A stage hands over:
+- `modules`: the trainable networks by name ("model" first; a GAN stage adds "disc"). Each gets
+  its own AdamW, and each loss the stage returns is routed only to the module of the same name.
+- `loss_fn(step, batch, generator) -> ({module name: loss}, {metric: float})`.
+- `batch_fn(step, micro) -> batch`, a pure function of its arguments.
+
+Because data order and every random draw (`generator` is seeded from (seed, step, micro)) are
+functions of the step, and the learning rate is computed from the step, a checkpoint only has to
+hold weights, EMA and optimizer moments for `--resume` to continue bit-for-bit (tests prove it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mvdit import MvditError
+from mvdit.config import OptimConfig, RunConfig
+from mvdit.io import atomic_dir, atomic_write_text, load_tensors, read_json, save_tensors, write_json
+
+LossFn = Callable[[int, dict, torch.Generator], tuple[dict[str, torch.Tensor], dict[str, float]]]
+BatchFn = Callable[[int, int], dict]
+
+
+# ---------------------------------------------------------------------------------------------
+# data order and randomness as pure functions of the step
+
+
+def step_seed(seed: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + step * 4_099 + micro * 7 + 17) % (2**63 - 1)
+
+
+def default_collate(items: Sequence[dict]) -> dict:
+    """Stack tensors; keep everything else (captions, specs) as lists."""
+    out = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+def make_batch_fn(dataset, batch_size: int, grad_accum: int = 1, seed: int = 0, collate=default_collate) -> BatchFn:
+    """Batches drawn from per-epoch permutations seeded by (seed, epoch): batch (step, micro) is
+    always the same, whether the run started at step 0 or resumed at step 1000."""
+    n = len(dataset)
+    if n == 0:
+        raise MvditError("the training dataset is empty")
+
+    @lru_cache(maxsize=4)
+    def perm(epoch: int) -> torch.Tensor:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+
+    def batch_fn(step: int, micro: int) -> dict:
+        start = (step * grad_accum + micro) * batch_size
+        idx = [int(perm(p // n)[p % n]) for p in range(start, start + batch_size)]
+        return collate([dataset[i] for i in idx])
+
+    return batch_fn
+
+
+def lr_factor(step: int, optim: OptimConfig) -> float:
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    span = max(1, optim.steps - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / span)
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: safetensors + JSON, written to a temporary directory and renamed into place
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    pointer = out_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = out_dir / "checkpoints" / pointer.read_text().strip()
+    return ckpt if (ckpt / "state.json").is_file() else None
+
+
+def save_checkpoint(out_dir: Path, step: int, modules, optimizers, ema, extra: dict, keep: int) -> Path:
+    root = out_dir / "checkpoints"
+    name = f"step_{step:07d}"
+    with atomic_dir(root / name) as tmp:
+        for k, m in modules.items():
+            save_tensors(tmp / f"{k}.safetensors", m.state_dict())
+        for k, opt in optimizers.items():
+            tensors, groups = _flatten_optimizer(opt)
+            save_tensors(tmp / f"optim_{k}.safetensors", tensors)
+            extra = {**extra, f"param_groups_{k}": groups}
+        if ema is not None:
+            save_tensors(tmp / "ema.safetensors", ema)
+        write_json(tmp / "state.json", {"step": step, **extra})
+    atomic_write_text(root / "latest", name + "\n")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return root / name
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state, with the usual warm-up
+    (decay ramps from ~0 so the average does not remember the random initialisation)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].lerp_(v, 1 - d)
+            else:
+                self.state[k].copy_(v)
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> None:
+    """Render every loss in metrics.jsonl (raw, light; moving average, dark) to one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    keys = sorted({k for r in rows for k in r if k.startswith("loss")})
+    if not rows or not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        steps, vals = zip(*pts, strict=True)
+        w = max(1, len(vals) // 50)
+        smooth = [sum(vals[max(0, i - w + 1) : i + 1]) / len(vals[max(0, i - w + 1) : i + 1]) for i in range(len(vals))]
+        ax.plot(steps, vals, color="tab:blue", alpha=0.25, lw=0.8)
+        ax.plot(steps, smooth, color="tab:blue", lw=1.6)
+        ax.set_yscale("log" if min(vals) > 0 else "linear")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png_path)
+
+
+def train_loop(
+    modules: dict[str, nn.Module],
+    loss_fn: LossFn,
+    batch_fn: BatchFn,
+    optim: OptimConfig,
+    run: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    config_dump: dict | None = None,
+    ema_module: str | None = "model",
+    optim_overrides: dict[str, dict[str, Any]] | None = None,
+    on_export: Callable[[Path, dict[str, torch.Tensor]], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `modules` for `optim.steps` steps; returns a summary (steps, seconds, final losses)."""
+    out_dir = Path(out_dir)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    device = torch.device(run.device)
+    for m in modules.values():
+        m.to(device).train()
+
+    params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in modules.items()}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    for k in modules:
+        kw = dict(lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        kw.update((optim_overrides or {}).get(k, {}))
+        optimizers[k] = torch.optim.AdamW(params[k], **kw)
+    base_lr = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
+    ema = EMA(modules[ema_module], optim.ema_decay) if ema_module and optim.ema_decay > 0 else None
+
+    start = 0
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None and not resume:
+        raise MvditError(f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir")
+    if resume and ckpt is not None:
+        state = read_json(ckpt / "state.json")
+        for k, m in modules.items():
+            m.load_state_dict(load_tensors(ckpt / f"{k}.safetensors"))
+        for k, opt in optimizers.items():
+            _unflatten_optimizer(opt, load_tensors(ckpt / f"optim_{k}.safetensors"), state[f"param_groups_{k}"])
+        if ema is not None:
+            ema.state = load_tensors(ckpt / "ema.safetensors")
+        start = state["step"]
+        tqdm.write(f"resuming from {ckpt} (step {start})")
+    elif resume:
+        tqdm.write(f"no checkpoint in {out_dir}; starting from step 0")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start)
+    if config_dump is not None:
+        write_json(out_dir / "config.json", config_dump)
+
+    def export() -> None:
+        if on_export is not None:
+            on_export(out_dir / "model", ema.state if ema is not None else modules["model"].state_dict())
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out_dir, step, modules, optimizers, ema.state if ema else None, {"config": config_dump}, run.keep_checkpoints)
+        export()
+        plot_losses(metrics_path, out_dir / "loss.png")
+
+    bar = tqdm(total=optim.steps, initial=start, disable=not progress, dynamic_ncols=True, desc=out_dir.name)
+    t0, last = time.perf_counter(), {}
+    with metrics_path.open("a") as log:
+        for step in range(start, optim.steps):
+            f = lr_factor(step, optim)
+            for k, opt in optimizers.items():
+                for g in opt.param_groups:
+                    g["lr"] = base_lr[k] * f
+            sums: dict[str, float] = {}
+            for micro in range(optim.grad_accum):
+                batch = _to_device(batch_fn(step, micro), device)
+                gen = torch.Generator().manual_seed(step_seed(run.seed, step, micro))
+                losses, extra = loss_fn(step, batch, gen)
+                active = [k for k, v in losses.items() if v.requires_grad]
+                for i, k in enumerate(active):
+                    grads = torch.autograd.grad(
+                        losses[k] / optim.grad_accum, params[k], retain_graph=i < len(active) - 1, allow_unused=True
+                    )
+                    for p, g in zip(params[k], grads, strict=True):
+                        if g is not None:
+                            p.grad = g if p.grad is None else p.grad.add_(g)
+                for k, v in {**{f"loss_{k}" if k != "model" else "loss": v for k, v in losses.items()}, **extra}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / optim.grad_accum
+            for k, opt in optimizers.items():
+                if not any(p.grad is not None for p in params[k]):
+                    continue
+                if optim.grad_clip > 0:
+                    sums[f"grad_norm_{k}"] = float(torch.nn.utils.clip_grad_norm_(params[k], optim.grad_clip))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(modules[ema_module], step)
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise MvditError(f"step {step}: non-finite loss {sums}; lower optim.lr or check the data")
+            row = {"step": step + 1, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"], **sums}
+            log.write(json.dumps(row) + "\n")
+            last = sums
+            bar.update(1)
+            if (step + 1) % run.log_every == 0 or step + 1 == optim.steps:
+                log.flush()
+                bar.set_postfix({k: f"{v:.4f}" for k, v in sums.items() if k.startswith("loss")})
+            if (step + 1) % run.checkpoint_every == 0 and step + 1 < optim.steps:
+                log.flush()
+                checkpoint(step + 1)
+        log.flush()
+    bar.close()
+    if start < optim.steps or latest_checkpoint(out_dir) is None:
+        checkpoint(optim.steps)
+    seconds = time.perf_counter() - t0
+    summary = {"steps": optim.steps, "resumed_from": start, "seconds": round(seconds, 2), "final": last}
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from, so the log has no repeats."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,107 @@
+import pytest
+import torch
+
+from mvdit import MvditError
+from mvdit.config import preset_config
+from mvdit.models.dit import VideoDiT, rope_3d
+
+
+def _inputs(cfg, b=2, grid=(3, 4, 5), L=7):
+    x = torch.randn(b, cfg.in_channels, *grid)
+    text = torch.randn(b, L, cfg.text_dim)
+    mask = torch.ones(b, L, dtype=torch.bool)
+    mask[0, 4:] = False
+    return x, torch.rand(b), text, mask
+
+
+@pytest.mark.parametrize(
+    "preset, target",
+    [("paper-teacher", 2.0e9), ("paper-student", 0.9e9)],
+)
+def test_paper_presets_match_paper_parameter_counts(preset, target):
+    with torch.device("meta"):
+        model = VideoDiT(preset_config(preset))
+    total = model.param_counts()["total"]
+    assert abs(total - target) / target <= 0.07, f"{preset}: {total / 1e9:.3f}B vs {target / 1e9}B"
+
+
+def test_paper_student_block_shape():
+    cfg = preset_config("paper-student")
+    assert len(cfg.blocks) == 20 and {b.heads for b in cfg.blocks} == {20} and cfg.hidden_size == 2048
+
+
+def test_forward_shapes_and_zero_init(tiny_dit_config):
+    model = VideoDiT(tiny_dit_config)
+    x, t, text, mask = _inputs(tiny_dit_config)
+    out = model(x, t, text, mask)
+    assert out.shape == x.shape
+    # zero-initialised output layer: an untrained model predicts v = 0
+    assert torch.count_nonzero(out) == 0
+
+
+def test_features_are_collected_per_block(nonuniform_dit_config):
+    model = VideoDiT(nonuniform_dit_config)
+    feats: list[torch.Tensor] = []
+    x, t, text, mask = _inputs(nonuniform_dit_config)
+    model(x, t, text, mask, features=feats)
+    assert len(feats) == 3 and all(f.shape == (2, 3 * 4 * 5, 32) for f in feats)
+
+
+def test_nonuniform_blocks_have_their_own_widths(nonuniform_dit_config):
+    model = VideoDiT(nonuniform_dit_config)
+    b0, b1, b2 = model.blocks
+    assert b0.attn.q.out_features == 3 * 16 and b0.cross_attn.q.out_features == 16 and b0.ffn.fc1.out_features == 40
+    assert b1.attn is None and b1.cross_attn.k.in_features == 20 and b1.ffn.fc1.out_features == 72
+    assert b2.cross_attn is None and b2.ffn is None
+
+
+def test_save_load_round_trip_nonuniform(tmp_path, nonuniform_dit_config):
+    torch.manual_seed(0)
+    model = VideoDiT(nonuniform_dit_config)
+    torch.nn.init.normal_(model.out.weight)  # make the output depend on every weight
+    model.save_pretrained(tmp_path / "m")
+    loaded = VideoDiT.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    x, t, text, mask = _inputs(nonuniform_dit_config)
+    torch.testing.assert_close(loaded(x, t, text, mask), model(x, t, text, mask), rtol=0, atol=0)
+    assert not list(tmp_path.glob("m/*.pt")) and (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_loading_another_shape_names_the_tensor(tmp_path, tiny_dit_config, nonuniform_dit_config):
+    VideoDiT(tiny_dit_config).save_pretrained(tmp_path / "m")
+    # swap in a config of another architecture next to the weights
+    VideoDiT(nonuniform_dit_config).save_pretrained(tmp_path / "other")
+    (tmp_path / "m" / "config.json").write_text((tmp_path / "other" / "config.json").read_text())
+    with pytest.raises(MvditError, match=r"tensor '.*'"):
+        VideoDiT.from_pretrained(tmp_path / "m")
+
+
+def test_wider_ffn_checkpoint_reports_shapes(tmp_path, tiny_dit_config):
+    VideoDiT(tiny_dit_config).save_pretrained(tmp_path / "m")
+    wider = tiny_dit_config.model_copy(deep=True)
+    wider.blocks[1].ffn_dim = 96
+    import json
+
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"kind": "video_dit", **wider.model_dump()}))
+    with pytest.raises(MvditError, match=r"blocks\.1\.ffn\.fc1\.weight.*\(64, 32\).*\(96, 32\)"):
+        VideoDiT.from_pretrained(tmp_path / "m")
+
+
+def test_rope_positions_are_distinct_and_relative():
+    cos, sin = rope_3d((3, 4, 5), 32, 10000.0)
+    assert cos.shape == (60, 16)
+    angles = torch.atan2(sin, cos)
+    assert len({tuple(a.round(decimals=5).tolist()) for a in angles}) == 60  # every token its own code
+    # attention scores depend on relative positions only: shift every token by one frame
+    from mvdit.models.dit import apply_rope
+
+    q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
+    c, s = rope_3d((4, 1, 1), 32, 10000.0)
+    score = lambda i, j: (apply_rope(q, c[i], s[i]) * apply_rope(k, c[j], s[j])).sum()  # noqa: E731
+    torch.testing.assert_close(score(0, 1), score(2, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_flops_scale_with_tokens(tiny_dit_config):
+    model = VideoDiT(tiny_dit_config)
+    f1, f2 = model.flops_per_step(100, 8), model.flops_per_step(200, 8)
+    assert 2 * f1 < f2 < 4 * f1  # linear layers double, attention quadruples
