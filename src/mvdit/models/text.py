@@ -42,7 +42,11 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.model = model.eval().requires_grad_(False)
         self.config = config
-        self.dim = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model)
+        self.dim = int(
+            model.config.hidden_size
+            if hasattr(model.config, "hidden_size")
+            else model.config.d_model
+        )
         self.max_length = config.max_length
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -51,7 +55,11 @@ class TextEncoder(nn.Module):
         """Return hidden states (B, max_length, dim) and a boolean key mask (B, max_length)."""
         device = next(self.model.parameters()).device
         tok = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         out = self.model(**tok)
@@ -80,24 +88,40 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
     if config.kind == "minilm" and config.path is None:
         path = default_minilm_path()
     elif config.path is None:
-        raise MvditError(f"text encoder kind '{config.kind}' needs a local directory: set text.path")
+        raise MvditError(
+            f"text encoder kind '{config.kind}' needs a local directory: set text.path"
+        )
     else:
         path = Path(config.path)
     if not path.is_dir():
         raise MvditError(f"text encoder directory {path} does not exist")
     if not (path / "config.json").is_file():
-        raise MvditError(f"text encoder directory {path} has no config.json (expected a Hugging Face-format model)")
+        raise MvditError(
+            f"text encoder directory {path} has no config.json (expected a Hugging Face-format model)"
+        )
+    model_cls = {"clip": transformers.CLIPTextModel, "t5": transformers.T5EncoderModel}.get(
+        config.kind, transformers.AutoModel
+    )
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar at every load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        if config.kind == "clip":
-            model = transformers.CLIPTextModel.from_pretrained(path, local_files_only=True)
-        elif config.kind == "t5":
-            model = transformers.T5EncoderModel.from_pretrained(path, local_files_only=True)
-        else:
-            model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+        model = model_cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MvditError(f"could not load text encoder from {path}: {first}") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     if tokenizer.pad_token is None:
+        # CLIP- and GPT-style tokenizers may lack a pad token; padded positions are masked anyway.
+        if tokenizer.eos_token is None:
+            raise MvditError(f"the tokenizer in {path} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
+    # Absolute position tables (CLIP: 77, BERT: 512) cannot index past their end; T5 has none.
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and config.max_length > limit:
+        raise MvditError(
+            f"text.max_length = {config.max_length} exceeds the {limit} positions of the text encoder in {path}"
+        )
     return TextEncoder(tokenizer, model.float(), config)

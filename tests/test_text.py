@@ -1,0 +1,124 @@
+"""Text encoders load from local files only: the bundled MiniLM, and CLIP / T5 directories."""
+
+import shutil
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from mvdit import MvditError
+from mvdit.models.text import TextConfig, default_minilm_path, load_text_encoder
+
+PROMPTS = ["a red ball bounces left", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_text_encoder(TextConfig(max_length=16))
+
+
+def test_bundled_minilm_offline(minilm):
+    hidden, mask = minilm.encode(PROMPTS)
+    assert hidden.shape == (2, 16, 384) and hidden.dtype == torch.float32
+    assert mask.dtype == torch.bool
+    # [CLS] + word pieces + [SEP], then padding: a prefix of True, never True after a False.
+    n = mask.sum(1)
+    lengths = [len(minilm.tokenizer(p)["input_ids"]) for p in PROMPTS]
+    assert n.tolist() == lengths
+    assert all(mask[i, : n[i]].all() and not mask[i, n[i] :].any() for i in range(2))
+    assert torch.isfinite(hidden).all()
+    assert not torch.allclose(hidden[0, 1], hidden[1, 1])  # different words, different states
+
+
+def test_minilm_truncates_to_max_length(minilm):
+    hidden, mask = minilm.encode(["word " * 100])
+    assert hidden.shape == (1, 16, 384) and mask.all()
+
+
+def test_encode_cached_matches_encode(minilm):
+    h, m = minilm.encode(PROMPTS)
+    hc, mc = minilm.encode_cached([PROMPTS[1], PROMPTS[0], PROMPTS[1]])
+    assert torch.equal(mc, m[[1, 0, 1]])
+    torch.testing.assert_close(hc, h[[1, 0, 1]], atol=1e-5, rtol=1e-5)
+
+
+def _word_tokenizer(words: list[str], pad: bool) -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer built in memory (no download); T5-style specials."""
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = {"eos_token": "</s>", "unk_token": "<unk>"} | ({"pad_token": "<pad>"} if pad else {})
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+
+
+def _reference(model, tokenizer, prompts, max_length):
+    tok = tokenizer(
+        prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        return model(
+            input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+        ).last_hidden_state
+
+
+def test_tiny_clip_from_directory(tmp_path):
+    # The MiniLM's BERT tokenizer stands in for CLIP's BPE (which cannot be downloaded here).
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_minilm_path())
+    torch.manual_seed(0)
+    cfg = transformers.CLIPTextConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=20,
+    )
+    model = transformers.CLIPTextModel(cfg).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    enc = load_text_encoder(TextConfig(kind="clip", path=str(tmp_path), max_length=12))
+    assert isinstance(enc.model, transformers.CLIPTextModel) and enc.dim == 32
+    hidden, mask = enc.encode(PROMPTS)
+    assert hidden.shape == (2, 12, 32)
+    assert mask.sum(1).tolist() == [len(tokenizer(p)["input_ids"]) for p in PROMPTS]
+    # The saved weights were loaded, not a fresh random init.
+    torch.testing.assert_close(hidden, _reference(model, tokenizer, PROMPTS, 12))
+
+    with pytest.raises(MvditError, match="exceeds the 20 positions"):
+        load_text_encoder(TextConfig(kind="clip", path=str(tmp_path), max_length=77))
+
+
+def test_tiny_t5_from_directory(tmp_path):
+    # No pad token in the tokenizer: the loader pads with eos and masks the padding.
+    tokenizer = _word_tokenizer("a red ball bounces left two blue squares".split(), pad=False)
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4
+    )
+    model = transformers.T5EncoderModel(cfg).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    enc = load_text_encoder(TextConfig(kind="t5", path=str(tmp_path), max_length=8))
+    assert isinstance(enc.model, transformers.T5EncoderModel) and enc.dim == 32
+    assert enc.tokenizer.pad_token == "</s>"
+    hidden, mask = enc.encode(PROMPTS)
+    assert hidden.shape == (2, 8, 32)
+    assert mask.sum(1).tolist() == [5, 3]  # whitespace words, no specials added
+    torch.testing.assert_close(hidden, _reference(model, enc.tokenizer, PROMPTS, 8))
+
+
+def test_missing_or_broken_directories(tmp_path):
+    with pytest.raises(MvditError, match="does not exist"):
+        load_text_encoder(TextConfig(kind="clip", path=str(tmp_path / "nope")))
+    with pytest.raises(MvditError, match="needs a local directory"):
+        load_text_encoder(TextConfig(kind="t5"))
+    with pytest.raises(MvditError, match="no config.json"):
+        load_text_encoder(TextConfig(kind="clip", path=str(tmp_path)))
+    # A config without weights: the loader's OSError becomes one readable line.
+    broken = tmp_path / "broken"
+    shutil.copytree(default_minilm_path(), broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(MvditError, match="could not load text encoder"):
+        load_text_encoder(TextConfig(kind="minilm", path=str(broken)))
