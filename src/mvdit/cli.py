@@ -170,6 +170,30 @@ def data_shapes(
     typer.echo(f"wrote {n} clips of {frames}x{height}x{width} to {out} (contact sheet: {paths[-2]})")
 
 
+@app.command()
+def cache(
+    out: Annotated[Path, typer.Option("--out", "-o", help="cache directory; rerun the same command to resume")],
+    config: Annotated[Path | None, typer.Argument(help="training config: its data, vae and text sections say what to encode and with what")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set data.kind=folder")] = None,
+    limit: Annotated[int | None, typer.Option(help="cache only the first N clips")] = None,
+    shard_size: Annotated[int, typer.Option(help="clips per safetensors shard")] = 256,
+    batch_size: Annotated[int, typer.Option(help="clips encoded at once")] = 8,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 on disk")] = "float32",
+) -> None:
+    """Encode clips and captions once (VAE latents + text embeddings) so training skips both encoders."""
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
+    import torch
+
+    from mvdit.config import load_train_config
+    from mvdit.data.cache import cache_from_config
+
+    cfg = load_train_config(config or default_config_path(), set_)
+    ds = cache_from_config(cfg, out, limit, shard_size, batch_size, getattr(torch, dtype))
+    typer.echo(f"{len(ds)} clips cached in {out}: latents {'x'.join(map(str, ds.latent_shape))}")
+    typer.echo(f"train on them with: --set data.kind=cache --set data.path={out}")
+
+
 def main() -> None:
     try:
         app()
