@@ -55,7 +55,7 @@ def generate(
     frames: Annotated[int | None, typer.Option(help="frame count (default: the model's)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="output .mp4")] = Path("out.mp4"),
     sheet: Annotated[Path | None, typer.Option(help="also write a PNG contact sheet of the frames")] = None,
-    scale: Annotated[int, typer.Option(help="upscale factor for the written video (nearest)")] = 4,
+    scale: Annotated[int | None, typer.Option(help="nearest upscale of the written video (default: to at least 128 px)")] = None,
 ) -> None:
     """Generate a video from a prompt and write it as H.264 mp4."""
     import time
@@ -66,7 +66,7 @@ def generate(
         fail(f"output must end in .mp4, got {output}")
     if steps is not None and steps < 1:
         fail(f"--steps must be at least 1, got {steps}")
-    if scale < 1:
+    if scale is not None and scale < 1:
         fail(f"--scale must be at least 1, got {scale}")
     t0 = time.perf_counter()
     from mvdit.pipeline import Pipeline
@@ -78,10 +78,8 @@ def generate(
     load_s = time.perf_counter() - t0
     g = pipe.generate([prompt], steps=steps, cfg=cfg, seed=seed, progress=True)
     video = g.videos[0]
-    if scale > 1:
-        video = video.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     t0 = time.perf_counter()
-    write_mp4(output, video.numpy(), fps=pipe.config.fps)
+    write_mp4(output, video.numpy(), fps=pipe.config.fps, scale=scale)
     if sheet is not None:
         save_png(sheet, contact_sheet([video.numpy()], [prompt]))
     write_s = time.perf_counter() - t0

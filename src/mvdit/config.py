@@ -54,6 +54,15 @@ class DataConfig(Strict):
     fps: float = 8.0
     seed: int = 0
     holdout: list[str] = Field(default_factory=list)  # shapes: "colour shape motion" triples kept out of training
+    # shapes: the vocabulary drawn from (None: everything the generator knows)
+    max_objects: int = 2
+    paraphrase: bool = True
+    colours: list[str] | None = None
+    shapes: list[str] | None = None
+    motions: list[str] | None = None
+    speeds: list[str] | None = None
+    backgrounds: list[str] | None = None
+    background_styles: list[str] | None = None
 
 
 class VAEConfig(Strict):

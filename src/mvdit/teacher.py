@@ -34,8 +34,10 @@ def build_dataset(cfg: DataConfig, split: str = "train"):
     if cfg.kind == "shapes":
         from mvdit.data.shapes import ShapesDataset
 
+        vocab = ("max_objects", "paraphrase", "colours", "shapes", "motions", "speeds", "backgrounds", "background_styles")
         return ShapesDataset(
-            frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps, seed=cfg.seed, split=split, holdout=cfg.holdout
+            frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps, seed=cfg.seed, split=split,
+            holdout=cfg.holdout, **{k: getattr(cfg, k) for k in vocab},
         )
     if cfg.path is None:
         raise MvditError(f"data.kind = '{cfg.kind}' needs data.path")
