@@ -2,6 +2,7 @@
 
 import json
 import logging
+import struct
 
 import av
 import numpy as np
@@ -215,3 +216,19 @@ def test_user_mistakes(tmp_path):
         read_captions(tmp_path / "bad.jsonl")
     with pytest.raises(MvditError, match="must be positive"):
         VideoFolderDataset(tmp_path, frames=0)
+
+
+def test_display_rotation_is_applied(tmp_path):
+    # A phone's portrait clip: landscape frames (left half white) and a -90 degree display
+    # matrix in the mp4 track header. Shown upright, the white half is the top.
+    img = np.zeros((16, 32, 3), np.uint8)
+    img[:, :16] = 255
+    write_video(tmp_path / "v.mp4", 10, 8, width=32, height=16, pattern=img)
+    data = bytearray((tmp_path / "v.mp4").read_bytes())
+    matrix = data.index(b"tkhd") + 4 + 40  # version 0 header: fields before the 3x3 matrix
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    (tmp_path / "v.mp4").write_bytes(bytes(data))
+    (tmp_path / "captions.csv").write_text("path,caption\nv.mp4,portrait\n")
+    video = VideoFolderDataset(tmp_path, frames=9, height=32, width=16, fps=8)[0]["video"]
+    assert video.shape == (3, 9, 32, 16)
+    assert video[:, :, :14].min() > 0.8 and video[:, :, 18:].max() < -0.8

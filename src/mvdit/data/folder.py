@@ -169,7 +169,7 @@ def decode_clip(
             if start > 0:
                 c.seek(int((t0 + start) / s.time_base), stream=s, backward=True)
             picked: list[av.VideoFrame] = []
-            prev, prev_t, t = None, -math.inf, -math.inf
+            prev, prev_t = None, -math.inf
             for k, frame in enumerate(c.decode(s)):
                 t = float(frame.time) if frame.time is not None else t0 + k * period
                 while len(picked) < frames and t >= targets[len(picked)]:
@@ -195,12 +195,18 @@ def decode_clip(
 
 
 def _resize_crop(picked: list[av.VideoFrame], height: int, width: int) -> torch.Tensor:
+    # Phones store portrait video as landscape frames plus a display rotation: honour it, or
+    # every portrait clip trains the model on sideways scenes.
+    turns = round((picked[0].rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+    if turns % 2:
+        height, width = width, height  # crop in stored orientation, rotate at the end
     h, w = picked[0].height, picked[0].width
     scale = max(height / h, width / w)  # cover the target, then centre-crop the excess
     sh, sw = max(height, round(h * scale)), max(width, round(w * scale))
     top, left = (sh - height) // 2, (sw - width) // 2
-    # swscale's bilinear widens its kernel when shrinking, like F.interpolate(antialias=True)
-    # (0.5/255 mean difference) and runs ~25x faster on 640x360 frames (docs/data.md).
+    # Resize in swscale, as ffmpeg's scale filter does: its bilinear widens the kernel when
+    # shrinking (antialiased, like F.interpolate(antialias=True)) and runs 9-25x faster than
+    # converting to RGB and resizing in torch (scripts/bench_folder.py, docs/data.md).
     arrays, seen = [], {}
     for f in picked:  # a frame picked twice (upsampling in time) is converted once
         if id(f) not in seen:
@@ -208,7 +214,8 @@ def _resize_crop(picked: list[av.VideoFrame], height: int, width: int) -> torch.
                 width=sw, height=sh, format="rgb24", interpolation="BILINEAR"
             ).to_ndarray()
         arrays.append(seen[id(f)][top : top + height, left : left + width])
-    return torch.from_numpy(np.stack(arrays))
+    clip = np.rot90(np.stack(arrays), turns, axes=(1, 2))
+    return torch.from_numpy(np.ascontiguousarray(clip))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,14 +251,16 @@ class VideoFolderDataset(Dataset):
         self.frames, self.height, self.width = frames, height, width
         self.fps, self.window = fps, window
 
-        skipped: list[tuple[str, str]] = []
+        skips: list[tuple[str, str, str]] = []  # (path, reason, explanation)
+        uncaptioned: list[str] = []
         if captions is not None:
             pairs = read_captions(self._resolve_caption_path(captions))
         elif (cap := find_caption_file(self.root)) is not None:
             pairs = read_captions(cap)
         else:
             pairs, uncaptioned = sidecar_captions(self.root)
-            skipped += [(p, "no caption") for p in uncaptioned]
+            why = "no caption file in the folder and no .txt beside the video"
+            skips += [(p, "no caption", why) for p in uncaptioned]
             if not pairs and not uncaptioned:
                 raise MvditError(
                     f"{self.root} has no caption file ({', '.join(CAPTION_FILES)}) and no videos "
@@ -265,33 +274,36 @@ class VideoFolderDataset(Dataset):
             if isinstance(result, VideoEntry):
                 self.entries.append(result)
             else:
-                skipped.append((path, result))
-        self.skipped = skipped
+                skips.append((path, *result))
+        self.skipped = [(path, reason) for path, reason, _ in skips]  # e.g. ("a.mp4", "too short")
         self.broken: set[int] = set()  # entries whose decode failed after a good header
-        self._report(len(pairs) + sum(r == "no caption" for _, r in skipped))
+        self._report(skips, total=len(pairs) + len(uncaptioned))
 
     def _resolve_caption_path(self, captions: str | Path) -> Path:
         # A relative caption path is looked up in the video folder first, then the working dir.
         inside = self.root / captions
         return inside if inside.is_file() else Path(captions)
 
-    def _check(self, pair: tuple[str, str]) -> VideoEntry | str:
-        """The entry, or the reason (one short word group) the file is skipped."""
+    def _check(self, pair: tuple[str, str]) -> VideoEntry | tuple[str, str]:
+        """The entry, or why the file is skipped: (reason, explanation)."""
         path, caption = pair
         file = self.root / path
         if not file.is_file():
-            return "missing"
+            return "missing", "listed in the captions but the file does not exist"
         try:
             duration, rate = probe_video(file)
-        except (DecodeError, av.FFmpegError, OSError):
-            return "unreadable"
-        if duration is not None and duration < (self.frames - 1) / self.fps + EPS:
-            return "too short"
+        except (DecodeError, av.FFmpegError, OSError) as e:
+            return "unreadable", f"not a readable video ({getattr(e, 'strerror', None) or e})"
+        need = (self.frames - 1) / self.fps
+        if duration is not None and duration < need + EPS:
+            return "too short", (
+                f"{duration:.2f} s long; {self.frames} frames at {self.fps:g} fps need more than {need:.2f} s"
+            )
         return VideoEntry(path, caption, file, duration, rate)
 
-    def _report(self, total: int) -> None:
-        for path, reason in self.skipped[:MAX_REPORTED]:
-            log.warning("skipping %s: %s", self.root / path, self._explain(reason))
+    def _report(self, skips: list[tuple[str, str, str]], total: int) -> None:
+        for path, _, why in skips[:MAX_REPORTED]:
+            log.warning("skipping %s: %s", self.root / path, why)
         if not self.skipped and not self.entries:
             raise MvditError(f"the caption file for {self.root} lists no videos")
         if self.skipped:
@@ -304,15 +316,6 @@ class VideoFolderDataset(Dataset):
                 raise MvditError(
                     f"no usable videos in {self.root}: all {total} were skipped ({detail})"
                 )
-
-    def _explain(self, reason: str) -> str:
-        return {
-            "missing": "listed in the captions but the file does not exist",
-            "unreadable": "not a readable video (corrupt, truncated or no video stream)",
-            "too short": f"shorter than {self.frames} frames at {self.fps:g} fps "
-            f"({(self.frames - 1) / self.fps:.2f} s)",
-            "no caption": "no caption file in the folder and no .txt beside the video",
-        }.get(reason, reason)
 
     def __len__(self) -> int:
         return len(self.entries)
