@@ -330,19 +330,19 @@ def _trajectory(
 
 
 def _shape_sdf(
-    shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle_deg: float
+    shape: str, rho: np.ndarray, phi: np.ndarray, radius: float, angle_deg: float | np.ndarray
 ) -> np.ndarray:
-    """Signed distance in pixels to a shape's outline (negative inside).
+    """Signed distance in pixels to a shape's outline (negative inside), at polar coordinates
+    (rho, phi radians) around its centre.
 
     Polygons and the star fold the plane into one sector by symmetry and measure the distance to a
     single edge, from a tip (radius) to an inner vertex: exact, and the same code for every shape.
     """
-    rho = np.hypot(dx, dy)
     if shape == "circle":
         return rho - radius
     n, inner = POLYGONS[shape]
     sector = 2 * math.pi / n
-    psi = np.mod(np.arctan2(dy, dx) - math.radians(angle_deg), sector)
+    psi = np.mod(phi - np.radians(angle_deg), sector)
     psi = np.minimum(psi, sector - psi)
     qx, qy = rho * np.cos(psi), rho * np.sin(psi)
     ex, ey = inner * radius * math.cos(sector / 2) - radius, inner * radius * math.sin(sector / 2)
@@ -352,11 +352,19 @@ def _shape_sdf(
     return np.where(ex * wy - ey * wx > 0, -dist, dist)
 
 
+def polar_coverage(
+    shape: str, rho: np.ndarray, phi: np.ndarray, radius: float, angle_deg: float | np.ndarray
+) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of pixels at polar offsets (rho, phi) from the centre;
+    an array of angles (K, 1, 1) gives K templates at once."""
+    return np.clip(0.5 - _shape_sdf(shape, rho, phi, radius, angle_deg), 0, 1)
+
+
 def coverage(
-    shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle_deg: float
+    shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle_deg: float | np.ndarray
 ) -> np.ndarray:
     """Anti-aliased coverage in [0, 1] of pixels at offsets (dx, dy) from the shape's centre."""
-    return np.clip(0.5 - _shape_sdf(shape, dx, dy, radius, angle_deg), 0, 1)
+    return polar_coverage(shape, np.hypot(dx, dy), np.arctan2(dy, dx), radius, angle_deg)
 
 
 def render_background(spec: ClipSpec, height: int, width: int) -> np.ndarray:
