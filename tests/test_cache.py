@@ -1,6 +1,7 @@
 """The latent cache: same tensors as direct encoding, resumable, and refuses mismatched reuse."""
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -66,6 +67,8 @@ def test_cache_matches_direct_encoding(tmp_path, tokenizer):
         torch.testing.assert_close(item["text"], hidden[0])
         assert torch.equal(item["text_mask"], mask[0])
         assert (item["caption"], item["path"]) == (src["caption"], src["path"])
+    # DataLoader workers get a copy without the parent's open shard files
+    assert torch.equal(pickle.loads(pickle.dumps(cache))[4]["latent"], cache[4]["latent"])
     # the training loop's batches come straight out of it
     batch = make_batch_fn(cache, batch_size=4, seed=0)(0, 0)
     assert batch["latent"].shape == (4, 192, 3, 2, 2) and batch["text_mask"].dtype == torch.bool
