@@ -106,7 +106,7 @@ def load_autoencoder(path: str | Path) -> VideoAutoencoder:
     """Load any autoencoder saved with `save_pretrained` (its config.json names its kind)."""
     path = Path(path)
     cfg = read_json(path / "config.json")
-    kind = cfg.get("kind")
+    kind = cfg.get("kind", cfg.get("_class_name"))  # a bare diffusers directory names its class
     if kind == "patchify":
         return PatchifyAutoencoder(cfg["temporal_factor"], cfg["spatial_factor"])
     _import_known_backends()
