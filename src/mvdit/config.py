@@ -53,6 +53,7 @@ class DataConfig(Strict):
     width: int = 32
     fps: float = 8.0
     seed: int = 0
+    window: Literal["start", "center"] = "start"  # folder: where a longer video is cut
     holdout: list[str] = Field(default_factory=list)  # shapes: "colour shape motion" triples kept out of training
     # shapes: the vocabulary drawn from (None: everything the generator knows)
     max_objects: int = 2

@@ -30,7 +30,8 @@ def build_autoencoder(cfg: VAEConfig) -> VideoAutoencoder:
     return load_autoencoder(cfg.path)
 
 
-def build_dataset(cfg: DataConfig, split: str = "train"):
+def build_dataset(cfg: DataConfig, split: str = "train", autoencoder: VideoAutoencoder | None = None, text_encoder: TextEncoder | None = None):
+    """The dataset a config names. Given the encoders, a latent cache is checked against them."""
     if cfg.kind == "shapes":
         from mvdit.data.shapes import ShapesDataset
 
@@ -44,10 +45,12 @@ def build_dataset(cfg: DataConfig, split: str = "train"):
     if cfg.kind == "folder":
         from mvdit.data.folder import VideoFolderDataset
 
-        return VideoFolderDataset(cfg.path, captions=cfg.captions, frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps)
+        return VideoFolderDataset(
+            cfg.path, captions=cfg.captions, frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps, window=cfg.window
+        )
     from mvdit.data.cache import LatentCacheDataset
 
-    return LatentCacheDataset(cfg.path)
+    return LatentCacheDataset(cfg.path, autoencoder=autoencoder, text_encoder=text_encoder)
 
 
 def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTConfig:
@@ -101,7 +104,7 @@ def train_teacher(cfg: TrainConfig, resume: bool = False, progress: bool = True)
     text = load_text_encoder(cfg.text)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     dit = VideoDiT(build_dit_config(cfg.model, vae.latent_channels, text.dim))
-    dataset = build_dataset(cfg.data, "train")
+    dataset = build_dataset(cfg.data, "train", vae, text)
     batch_fn = make_batch_fn(dataset, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed)
     pipe_cfg = PipelineConfig(
         frames=d.frames, height=d.height, width=d.width, fps=d.fps, text=cfg.text, steps=cfg.sample.steps, cfg=cfg.sample.cfg,
