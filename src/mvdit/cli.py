@@ -216,53 +216,6 @@ def eval_(
     typer.echo(f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}")
 
 
-study_app = typer.Typer(no_args_is_help=True, help="Trade-off studies that write a table, a CSV and a plot.")
-app.add_typer(study_app, name="study")
-
-
-@study_app.command("vae")
-def study_vae(
-    out: Annotated[Path, typer.Option("--out", "-o", help="study directory (one run per ratio + study.md/csv/json/png); rerun to resume")] = Path("runs/study-vae"),
-    quick: Annotated[bool, typer.Option(help="a seconds-long smoke run: tiny models, 2 steps, 9x32x32 clips")] = False,
-    steps: Annotated[int, typer.Option(help="training steps per ratio (the same budget for all)")] = 400,
-    frames: Annotated[int, typer.Option(help="clip frames (1 + 8k, so every ratio applies)")] = 17,
-    size: Annotated[int, typer.Option(help="clip height and width (a multiple of 32)")] = 64,
-    width: Annotated[int, typer.Option(help="VAE base width (channels of the finest stage)")] = 32,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")] = 1,
-) -> None:
-    """Train one VAE per compression ratio on the same data and budget; tabulate quality vs. cost."""
-    from mvdit.eval.vae_study import run_vae_study
-
-    if quick:
-        rows = run_vae_study(out, clip=(9, 32, 32), steps=2, batch_size=2, width=8, eval_clips=2, timing_repeats=1, threads=threads, progress=False)
-    else:
-        if (frames - 1) % 8 or size % 32 or size <= 0:
-            fail(f"--frames must be 1 + 8k and --size a multiple of 32 so every ratio applies, got {frames} and {size}")
-        rows = run_vae_study(out, clip=(frames, size, size), steps=steps, width=width, threads=threads)
-    for r in rows:
-        typer.echo(f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms")
-    typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
-
-
-@app.command("bench-vae")
-def bench_vae(
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")] = Path("runs/bench-vae"),
-    max_tile_mb: Annotated[int, typer.Option(help="memory cap for one decode tile of the paper VAE, in MiB")] = 1024,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")] = 1,
-    repeats: Annotated[int, typer.Option(help="timed repeats of the CPU-preset decode and DiT steps")] = 20,
-    paper: Annotated[bool, typer.Option(help="also decode 49x384x512 with the paper-width 8x32x32 VAE (minutes on CPU)")] = True,
-    vae: Annotated[Path | None, typer.Option(help="VAE directory for the CPU-preset bench (default: the shipped one)")] = None,
-) -> None:
-    """Decode speed and memory: the paper VAE at 49x384x512 (tiled), and the CPU default vs 4 DiT steps."""
-    from mvdit.eval.vae_bench import bench_markdown, run_vae_bench
-
-    if max_tile_mb < 1 or repeats < 1:
-        fail("--max-tile-mb and --repeats must be positive")
-    result = run_vae_bench(out, max_tile_mb << 20, threads, paper, vae, repeats)
-    typer.echo(bench_markdown(result))
-    typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
-
-
 def main() -> None:
     try:
         app()
