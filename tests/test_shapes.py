@@ -261,3 +261,9 @@ def test_cli_writes_examples(tmp_path):
         ShapesDataset(size=2, frames=5)[i]["caption"] for i in range(2)
     ]
     assert read_video(tmp_path / "ex" / "shapes_001.mp4")[0].shape[0] == 5
+
+
+def test_pinned_rotation_never_draws_a_circle():
+    held = ShapesDataset(size=60, holdout=["rotating"], split="holdout", frames=2)
+    firsts = [held.spec(i)[0].objects[0] for i in range(60)]
+    assert all(o.motion == "rotating" and o.shape != "circle" for o in firsts)

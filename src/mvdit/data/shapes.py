@@ -223,13 +223,18 @@ def sample_object(
     motion: str | None = None,
 ) -> ObjectSpec:
     """Draw one object; `colour`/`shape`/`motion` pin an attribute instead of drawing it."""
-    shape = shape or _choice(rng, vocab.shapes)
-    motions = (
-        vocab.motions
-        if shape != "circle"
-        else tuple(m for m in vocab.motions if m != "rotating") or ("still",)
-    )
-    motion = motion or _choice(rng, motions)
+    # A rotating circle looks still, so the pair is never drawn.
+    if shape is None:
+        circle_moves = [m for m in ([motion] if motion else vocab.motions) if m != "rotating"]
+        shapes = [sh for sh in vocab.shapes if sh != "circle" or circle_moves]
+        if not shapes:
+            raise MvditError("a rotating circle looks still: add a shape other than circle")
+        shape = _choice(rng, shapes)
+    if motion is None:
+        motions = [m for m in vocab.motions if not (shape == "circle" and m == "rotating")]
+        if not motions:
+            raise MvditError("a rotating circle looks still: add a motion other than rotating")
+        motion = _choice(rng, motions)
     colour = colour or _choice(rng, vocab.colours)
     speed = _choice(rng, vocab.speeds)
     angle = float(rng.uniform(0, 360)) if shape != "circle" else 0.0
