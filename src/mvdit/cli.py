@@ -216,6 +216,125 @@ def eval_(
     typer.echo(f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}")
 
 
+@app.command("train-vae")
+def train_vae(
+    config: Annotated[Path | None, typer.Argument(help="TOML/YAML VAE training config (e.g. configs/vae-cpu.toml); omit for the defaults")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")] = False,
+) -> None:
+    """Train the causal video VAE (L1 + Haar wavelet + KL [+ 3D patch GAN]); writes OUT/model."""
+    from mvdit.vae_train import load_vae_config
+    from mvdit.vae_train import train_vae as run_train_vae
+
+    cfg = load_vae_config(config, set_)
+    summary = run_train_vae(cfg, resume=resume)
+    out, ev = Path(cfg.run.out_dir), summary["eval"]
+    typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s")
+    typer.echo(f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
+    typer.echo(f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}")
+
+
+@app.command("eval-vae")
+def eval_vae(
+    model: Annotated[str, typer.Argument(help="autoencoder directory, or 'default' for the shipped CPU VAE")] = "default",
+    clips: Annotated[int, typer.Option(help="held-out clips to score")] = 64,
+    frames: Annotated[int, typer.Option()] = 9,
+    height: Annotated[int, typer.Option()] = 32,
+    width: Annotated[int, typer.Option()] = 32,
+    seed: Annotated[int, typer.Option(help="shapes dataset seed (clips come from its 'val' split)")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores as JSON")] = None,
+) -> None:
+    """Reconstruction PSNR / SSIM of an autoencoder on held-out `shapes` clips."""
+    from mvdit.data.shapes import ShapesDataset
+    from mvdit.io import write_json
+    from mvdit.models.autoencoder import load_autoencoder
+    from mvdit.models.vae import default_vae_path
+    from mvdit.vae_train import clip_batches, evaluate_reconstruction
+
+    if clips < 1:
+        fail(f"--clips must be positive, got {clips}")
+    path = default_vae_path() if model == "default" else Path(model)
+    if not path.is_dir():
+        fail(f"autoencoder directory {path} does not exist")
+    vae = load_autoencoder(path)
+    vae.check_clip(frames, height, width)
+    ds = ShapesDataset(size=clips, frames=frames, height=height, width=width, seed=seed, split="val")
+    scores = evaluate_reconstruction(vae, clip_batches(ds, clips, 16))
+    typer.echo(f"{path}: {scores['clips']} held-out {frames}x{height}x{width} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
+    if json_out is not None:
+        write_json(json_out, {"model": str(path), "frames": frames, "height": height, "width": width, **scores})
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")],
+    prompts: Annotated[list[Path], typer.Option("--prompts", "-p", help="prompt file: text (one a line) or JSONL {prompt, split}; repeatable")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory for eval.json, eval.md, contact_sheet.png, videos/")],
+    seeds: Annotated[int, typer.Option(help="samples per prompt")] = 2,
+    seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
+    feature_size: Annotated[int, typer.Option(help="frame side fed to the feature network (VBench: 224)")] = 224,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Generate clips for a prompt set and score them (faithfulness, VBench-style dimensions, FVD analogue)."""
+    from mvdit.eval.evaluate import evaluate
+
+    if seeds < 1:
+        fail(f"--seeds must be at least 1, got {seeds}")
+    r = evaluate(model, prompts, out, seeds=seeds, steps=steps, cfg=cfg, seed=seed, feature_size=feature_size, device=device)
+    f = r["faithfulness"]
+    typer.echo(f"{r['clips']} clips scored; faithfulness {f['all']['overall']:.3f}" if f else f"{r['clips']} clips scored")
+    typer.echo(f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}")
+
+
+study_app = typer.Typer(no_args_is_help=True, help="Trade-off studies that write a table, a CSV and a plot.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("vae")
+def study_vae(
+    out: Annotated[Path, typer.Option("--out", "-o", help="study directory (one run per ratio + study.md/csv/json/png); rerun to resume")] = Path("runs/study-vae"),
+    quick: Annotated[bool, typer.Option(help="a seconds-long smoke run: tiny models, 2 steps, 9x32x32 clips")] = False,
+    steps: Annotated[int, typer.Option(help="training steps per ratio (the same budget for all)")] = 400,
+    frames: Annotated[int, typer.Option(help="clip frames (1 + 8k, so every ratio applies)")] = 17,
+    size: Annotated[int, typer.Option(help="clip height and width (a multiple of 32)")] = 64,
+    width: Annotated[int, typer.Option(help="VAE base width (channels of the finest stage)")] = 32,
+    threads: Annotated[int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")] = 1,
+) -> None:
+    """Train one VAE per compression ratio on the same data and budget; tabulate quality vs. cost."""
+    from mvdit.eval.vae_study import run_vae_study
+
+    if quick:
+        rows = run_vae_study(out, clip=(9, 32, 32), steps=2, batch_size=2, width=8, eval_clips=2, timing_repeats=1, threads=threads, progress=False)
+    else:
+        if (frames - 1) % 8 or size % 32 or size <= 0:
+            fail(f"--frames must be 1 + 8k and --size a multiple of 32 so every ratio applies, got {frames} and {size}")
+        rows = run_vae_study(out, clip=(frames, size, size), steps=steps, width=width, threads=threads)
+    for r in rows:
+        typer.echo(f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms")
+    typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
+
+
+@app.command("bench-vae")
+def bench_vae(
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")] = Path("runs/bench-vae"),
+    max_tile_mb: Annotated[int, typer.Option(help="memory cap for one decode tile of the paper VAE, in MiB")] = 1024,
+    threads: Annotated[int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")] = 1,
+    repeats: Annotated[int, typer.Option(help="timed repeats of the CPU-preset decode and DiT steps")] = 20,
+    paper: Annotated[bool, typer.Option(help="also decode 49x384x512 with the paper-width 8x32x32 VAE (minutes on CPU)")] = True,
+    vae: Annotated[Path | None, typer.Option(help="VAE directory for the CPU-preset bench (default: the shipped one)")] = None,
+) -> None:
+    """Decode speed and memory: the paper VAE at 49x384x512 (tiled), and the CPU default vs 4 DiT steps."""
+    from mvdit.eval.vae_bench import bench_markdown, run_vae_bench
+
+    if max_tile_mb < 1 or repeats < 1:
+        fail("--max-tile-mb and --repeats must be positive")
+    result = run_vae_bench(out, max_tile_mb << 20, threads, paper, vae, repeats)
+    typer.echo(bench_markdown(result))
+    typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+
+
 def main() -> None:
     try:
         app()

@@ -229,29 +229,51 @@ class Upsample(nn.Module):
         return depth_to_space(self.conv(x), self.ft, self.fs, first) + skip
 
 
+class ChannelShortcut(nn.Module):
+    """A fixed linear map to `cout` channels: averages of neighbouring channels (or repeats).
+
+    DC-AE's residual autoencoding: with these around every pixel/latent projection, as with the
+    fold shortcuts, the untrained autoencoder already passes a block-averaged video through and
+    the convolutions only learn the residual, which trains many times faster than learning the
+    identity through random projections (measured in docs/vae.md).
+    """
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        eye = torch.eye(cin).unsqueeze(1)  # (cin, 1, cin): pooled row i = where input i goes
+        weight = F.adaptive_avg_pool1d(eye, cout)[:, 0].T.contiguous()  # (cout, cin)
+        self.register_buffer("weight", weight[:, :, None, None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, self.weight)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEModelConfig):
         super().__init__()
-        self.p = cfg.patch_size
+        self.p, c = cfg.patch_size, cfg.latent_channels
         self.conv_in = CausalConv3d(3 * self.p**2, cfg.widths[0])
+        self.short_in = ChannelShortcut(3 * self.p**2, cfg.widths[0])
         self.stages = nn.ModuleList()
         for i, w in enumerate(cfg.widths):
             layers: list[nn.Module] = [ResBlock(w) for _ in range(cfg.blocks)]
             if i < len(cfg.down):
                 layers.append(Downsample(w, cfg.widths[i + 1], cfg.down[i]))
             self.stages.append(nn.Sequential(*layers))
-        self.conv_out = CausalConv3d(cfg.widths[-1], 2 * cfg.latent_channels)
+        self.conv_out = CausalConv3d(cfg.widths[-1], 2 * c)
+        self.short_out = ChannelShortcut(cfg.widths[-1], c)  # to the posterior mean only
         # Start the posterior nearly deterministic (std ~0.05): at the default init its std is ~1,
         # the decoder sees mostly noise, and the first few hundred steps are wasted.
-        c = cfg.latent_channels
         nn.init.zeros_(self.conv_out.conv.weight[c:])
         nn.init.constant_(self.conv_out.conv.bias[c:], -6.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(space_to_depth(x, 1, self.p))
+        x = space_to_depth(x, 1, self.p)
+        x = self.conv_in(x) + self.short_in(x)
         for stage in self.stages:
             x = stage(x)
-        return self.conv_out(F.silu(pixel_norm(x)))
+        mean, logvar = self.conv_out(F.silu(pixel_norm(x))).chunk(2, dim=1)
+        return torch.cat([mean + self.short_out(x), logvar], dim=1)
 
 
 class Decoder(nn.Module):
@@ -260,6 +282,7 @@ class Decoder(nn.Module):
         self.p = cfg.patch_size
         n = cfg.decoder_blocks if cfg.decoder_blocks is not None else cfg.blocks
         self.conv_in = CausalConv3d(cfg.latent_channels, cfg.widths[-1])
+        self.short_in = ChannelShortcut(cfg.latent_channels, cfg.widths[-1])
         self.stages = nn.ModuleList()
         for i in reversed(range(len(cfg.widths))):
             layers: list[nn.Module] = [ResBlock(cfg.widths[i]) for _ in range(n)]
@@ -267,12 +290,14 @@ class Decoder(nn.Module):
                 layers.append(Upsample(cfg.widths[i], cfg.widths[i - 1], cfg.down[i - 1]))
             self.stages.append(nn.Sequential(*layers))
         self.conv_out = CausalConv3d(cfg.widths[0], 3 * self.p**2)
+        self.short_out = ChannelShortcut(cfg.widths[0], 3 * self.p**2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(z)
+        x = self.conv_in(z) + self.short_in(z)
         for stage in self.stages:
             x = stage(x)
-        return depth_to_space(self.conv_out(F.silu(pixel_norm(x))), 1, self.p)
+        x = self.conv_out(F.silu(pixel_norm(x))) + self.short_out(x)
+        return depth_to_space(x, 1, self.p)
 
 
 # ---------------------------------------------------------------------------------------------

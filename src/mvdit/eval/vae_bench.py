@@ -1,0 +1,178 @@
+"""Decode benchmarks (`mvdit bench-vae`): is the VAE the bottleneck once the DiT takes 4 steps?
+
+1. The paper's setting: the 8x32x32 VAE at LTX-Video's width decodes a 128x7x12x16 latent to a
+   49x384x512 clip on CPU, tiled under a memory cap. Weights are random: time and memory do not
+   depend on their values. Peak memory is sampled from the process's resident set while decoding.
+2. The CPU preset: the shipped VAE's decode of a 9x32x32 clip against 4 steps of the student-size
+   DiT (the `tiny` preset) on the same latent, interleaved in one run so both see the same load.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from mvdit.config import preset_config
+from mvdit.io import atomic_write_text, write_json
+from mvdit.models.dit import VideoDiT
+from mvdit.models.vae import CausalVideoVAE, default_vae_path, vae_preset
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRSS:
+    """Samples the resident set every few milliseconds inside a `with` block."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self.base = interval, 0, 0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.peak = current_rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss())
+
+
+@torch.no_grad()
+def bench_paper_decode(max_tile_bytes: int | None, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    vae = CausalVideoVAE(vae_preset("paper")).eval()
+    latent = torch.randn(1, 128, 7, 12, 16)
+    tiling = (
+        vae.tiling_for_budget(tuple(latent.shape[2:]), max_tile_bytes) if max_tile_bytes else None
+    )
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        video = vae.decode(latent, tiling=tiling)
+        seconds = time.perf_counter() - t0
+    tile = (tiling.frames or 7, tiling.height or 12, tiling.width or 16) if tiling else (7, 12, 16)
+    return {
+        "vae": "paper (8x32x32, 128 ch, widths 128/256/512/512)",
+        "params_m": round(vae.param_count()["total"] / 1e6, 1),
+        "latent": "x".join(map(str, latent.shape[1:])),
+        "video": "x".join(map(str, video.shape[2:])),
+        "max_tile_bytes": max_tile_bytes,
+        "tiling": tiling.model_dump() if tiling else None,
+        "estimated_tile_bytes": vae.decode_bytes(tile),
+        "decode_s": round(seconds, 2),
+        "peak_rss_gb": round(mem.peak / 1e9, 3),
+        "peak_rss_above_weights_gb": round((mem.peak - mem.base) / 1e9, 3),
+    }
+
+
+@torch.no_grad()
+def bench_cpu_default(
+    vae_path: str | Path | None = None,
+    repeats: int = 20,
+    text_len: int = 24,
+    text_dim: int = 384,
+    steps: int = 4,
+) -> dict:
+    from mvdit.models.autoencoder import load_autoencoder
+
+    vae = load_autoencoder(vae_path or default_vae_path()).eval()
+    frames, height, width = 9, 32, 32
+    shape = vae.latent_shape(frames, height, width)
+    dit = VideoDiT(preset_config("tiny", in_channels=vae.latent_channels, text_dim=text_dim)).eval()
+    z = torch.randn(1, *shape)
+    text, mask = torch.randn(1, text_len, text_dim), torch.ones(1, text_len, dtype=torch.bool)
+
+    def dit_steps() -> None:
+        x = z
+        for i in range(steps):
+            x = x - dit(x, torch.full((1,), 1 - i / steps), text, mask) / steps
+
+    dec, den = [], []
+    vae.decode(z), dit_steps()  # warm-up
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        t0 = time.perf_counter()
+        vae.decode(z)
+        t1 = time.perf_counter()
+        dit_steps()
+        t2 = time.perf_counter()
+        dec.append(t1 - t0)
+        den.append(t2 - t1)
+    return {
+        "vae": str(vae_path or default_vae_path()),
+        "clip": f"{frames}x{height}x{width}",
+        "latent": "x".join(map(str, shape)),
+        "dit": f"tiny preset, {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, {shape[1] * shape[2] * shape[3]} tokens, {text_len} text tokens",
+        "repeats": repeats,
+        "decode_ms_median": round(1000 * statistics.median(dec), 2),
+        "decode_ms_min": round(1000 * min(dec), 2),
+        f"dit_{steps}_steps_ms_median": round(1000 * statistics.median(den), 2),
+        f"dit_{steps}_steps_ms_min": round(1000 * min(den), 2),
+        "decode_faster": statistics.median(dec) < statistics.median(den),
+    }
+
+
+def run_vae_bench(
+    out_dir: str | Path,
+    max_tile_bytes: int | None = 1 << 30,
+    threads: int | None = 1,
+    paper: bool = True,
+    vae_path: str | Path | None = None,
+    repeats: int = 20,
+) -> dict:
+    """Both benchmarks; writes bench.json and bench.md to out_dir and returns the results."""
+    if threads:
+        torch.set_num_threads(threads)
+    result: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    result["cpu_default"] = bench_cpu_default(vae_path, repeats)
+    if paper:
+        result["paper_decode"] = bench_paper_decode(max_tile_bytes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "bench.json", result)
+    atomic_write_text(out / "bench.md", bench_markdown(result))
+    return result
+
+
+def bench_markdown(r: dict) -> str:
+    c = r["cpu_default"]
+    dit_key = next(k for k in c if k.startswith("dit_") and k.endswith("_median"))
+    lines = [
+        f"CPU, {r['threads']} thread(s), torch {r['torch']}.",
+        "",
+        "| CPU preset (9x32x32) | median ms | min ms |",
+        "|---|---|---|",
+        f"| VAE decode ({c['latent']} latent) | {c['decode_ms_median']:.1f} | {c['decode_ms_min']:.1f} |",
+        f"| DiT, 4 steps ({c['dit']}) | {c[dit_key]:.1f} | {c[dit_key.replace('median', 'min')]:.1f} |",
+    ]
+    if "paper_decode" in r:
+        p = r["paper_decode"]
+        lines += [
+            "",
+            "| paper VAE decode | value |",
+            "|---|---|",
+            f"| model | {p['vae']}, {p['params_m']}M params |",
+            f"| latent -> video | {p['latent']} -> {p['video']} |",
+            f"| memory cap / tiling | {p['max_tile_bytes']} bytes / {p['tiling']} |",
+            f"| time | {p['decode_s']:.1f} s |",
+            f"| peak RSS (above weights) | {p['peak_rss_gb']:.2f} GB ({p['peak_rss_above_weights_gb']:.2f} GB; estimate {p['estimated_tile_bytes'] / 1e9:.2f} GB) |",
+        ]
+    return "\n".join(lines) + "\n"

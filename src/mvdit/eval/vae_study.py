@@ -1,0 +1,238 @@
+"""The compression trade-off study (`mvdit study vae`): what each VAE ratio costs and saves.
+
+Every ratio is trained on the same `shapes` clips with the same budget (steps, batch, width),
+then scored on held-out clips and timed on this machine. The table puts reconstruction quality
+beside what the ratio buys the DiT: tokens at the paper's 49x384x512 clip and at the CPU
+preset's 9x32x32 clip, and FLOPs per step of the paper's 0.9B student at that token count.
+
+Latent channels follow the published VAE at each ratio (Wan 2.1: 4x8x8 with 16; Wan 2.2:
+4x16x16 with 48; 8x16x16 with 64; LTX-Video: 8x32x32 with 128), so the study compares real
+design points rather than one channel count stretched over every ratio.
+
+Generation quality of a DiT trained on each latent space is the column `gen_quality`: pass
+`generation_quality(vae_dir, row) -> float` to `run_vae_study` (the evaluation stage does), and
+it is filled in; without it the column reads "n/a".
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mvdit.config import DataConfig, OptimConfig, RunConfig, preset_config
+from mvdit.io import atomic_write_text, read_json, write_json
+from mvdit.models.dit import dit_flops
+from mvdit.models.vae import CausalVideoVAE, vae_preset
+
+STUDY_CHANNELS: dict[str, int] = {"4x8x8": 16, "4x16x16": 48, "8x16x16": 64, "8x32x32": 128}
+PAPER_CLIP = (49, 384, 512)
+CPU_CLIP = (9, 32, 32)
+TEXT_TOKENS = 77  # CLIP's context, the paper's text encoder
+
+GenerationQuality = Callable[[Path, dict], float]
+
+
+def tokens(ratio_cfg, clip: tuple[int, int, int]) -> int:
+    """DiT tokens (patch size 1) of a clip through a VAE config: (1 + (T-1)/tf) * H/sf * W/sf."""
+    t, h, w = clip
+    tf, sf = ratio_cfg.temporal_factor, ratio_cfg.spatial_factor
+    return (1 + (t - 1) // tf) * max(1, h // sf) * max(1, w // sf)
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: first calls pay for allocator growth and kernel selection
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def study_train_config(
+    ratio: str,
+    out_dir: Path,
+    clip: tuple[int, int, int],
+    steps: int,
+    batch_size: int,
+    width: int,
+    lr: float,
+    eval_clips: int,
+    threads: int | None,
+):
+    from mvdit.vae_train import VAEArchConfig, VAEEvalConfig, VAETrainConfig
+
+    stages = len(vae_preset(ratio).widths)
+    frames, height, width_px = clip
+    return VAETrainConfig(
+        data=DataConfig(frames=frames, height=height, width=width_px, seed=0),
+        model=VAEArchConfig(
+            preset=ratio,
+            latent_channels=STUDY_CHANNELS[ratio],
+            widths=[width] + [2 * width] * (stages - 1),
+        ),
+        optim=OptimConfig(
+            lr=lr,
+            batch_size=batch_size,
+            steps=steps,
+            warmup_steps=max(1, min(100, steps // 10)),
+            ema_decay=0.99,
+        ),
+        run=RunConfig(
+            out_dir=str(out_dir / ratio),
+            threads=threads,
+            checkpoint_every=max(1, steps // 4),
+            log_every=10,
+        ),
+        eval=VAEEvalConfig(
+            clips=eval_clips, stats_clips=max(eval_clips, 64 if steps > 10 else 2), batch_size=4
+        ),
+    )
+
+
+def run_vae_study(
+    out_dir: str | Path,
+    ratios: list[str] | None = None,
+    clip: tuple[int, int, int] = (17, 64, 64),
+    steps: int = 400,
+    batch_size: int = 4,
+    width: int = 32,
+    lr: float = 2e-3,
+    eval_clips: int = 32,
+    timing_repeats: int = 5,
+    threads: int | None = 1,
+    generation_quality: GenerationQuality | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train, score and time one VAE per ratio; write study.{md,csv,json,png}. Resumable: a
+    ratio whose run finished is read back, an interrupted one continues from its checkpoint."""
+    from mvdit.vae_train import train_vae
+
+    out_dir = Path(out_dir)
+    ratios = ratios or list(STUDY_CHANNELS)
+    if threads:
+        torch.set_num_threads(threads)
+    rows = []
+    for ratio in ratios:
+        cfg = study_train_config(
+            ratio, out_dir, clip, steps, batch_size, width, lr, eval_clips, threads
+        )
+        run_dir = Path(cfg.run.out_dir)
+        done = (run_dir / "eval.json").is_file() and read_json(run_dir / "summary.json").get(
+            "steps"
+        ) == steps
+        if not done:
+            train_vae(cfg, resume=True, progress=progress)
+        scores = read_json(run_dir / "eval.json")
+        seconds = read_json(run_dir / "summary.json")["seconds"]
+        vae = CausalVideoVAE.from_pretrained(run_dir / "model")
+        x = torch.rand(1, 3, *clip) * 2 - 1
+        with torch.no_grad():
+            z = vae.encode(x)
+            enc_ms = median_ms(lambda: vae.encode(x), timing_repeats)  # noqa: B023 - timed now, not later
+            dec_ms = median_ms(lambda: vae.decode(z), timing_repeats)  # noqa: B023
+        arch = vae.config
+        paper_tokens = tokens(arch, PAPER_CLIP)
+        student = preset_config("paper-student", in_channels=arch.latent_channels)
+        row = {
+            "ratio": ratio,
+            "latent_channels": arch.latent_channels,
+            "latent_shape": "x".join(map(str, vae.latent_shape(*clip))),
+            "tokens_49x384x512": paper_tokens,
+            "tokens_9x32x32": tokens(arch, CPU_CLIP),
+            "psnr": scores["psnr"],
+            "ssim": scores["ssim"],
+            "encode_ms": round(enc_ms, 2),
+            "decode_ms": round(dec_ms, 2),
+            "dit_tflops_per_step": round(dit_flops(student, paper_tokens, TEXT_TOKENS) / 1e12, 3),
+            "vae_params_m": round(vae.param_count()["total"] / 1e6, 2),
+            "train_seconds": seconds,
+            "gen_quality": None,
+        }
+        if generation_quality is not None:
+            row["gen_quality"] = generation_quality(run_dir / "model", row)
+        rows.append(row)
+    meta = {
+        "clip": "x".join(map(str, clip)),
+        "steps": steps,
+        "batch_size": batch_size,
+        "width": width,
+        "lr": lr,
+        "eval_clips": eval_clips,
+        "threads": threads,
+    }
+    write_study(out_dir, rows, meta)
+    return rows
+
+
+def write_study(out_dir: Path, rows: list[dict], meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "study.json", {"meta": meta, "rows": rows})
+    with (out_dir / ".study.csv.tmp").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / ".study.csv.tmp").replace(out_dir / "study.csv")
+    atomic_write_text(out_dir / "study.md", study_markdown(rows, meta))
+    plot_study(rows, out_dir / "study.png")
+
+
+def study_markdown(rows: list[dict], meta: dict) -> str:
+    head = (
+        "| ratio | latent ch | DiT tokens 49x384x512 | DiT tokens 9x32x32 | PSNR (dB) | SSIM | encode ms | decode ms "
+        "| DiT TFLOPs/step (0.9B student) | gen. quality |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r['ratio']} | {r['latent_channels']} | {r['tokens_49x384x512']:,} | {r['tokens_9x32x32']} | {r['psnr']:.2f} | {r['ssim']:.4f} "
+        f"| {r['encode_ms']:.1f} | {r['decode_ms']:.1f} | {r['dit_tflops_per_step']:.2f} | {'n/a' if r['gen_quality'] is None else r['gen_quality']} |\n"
+        for r in rows
+    )
+    note = (
+        f"\nClips {meta['clip']} (shapes, held-out 'val' split, {meta['eval_clips']} clips); every ratio trained "
+        f"{meta['steps']} steps, batch {meta['batch_size']}, base width {meta['width']}, lr {meta['lr']}; "
+        f"encode/decode: median per clip, {meta['threads']} thread(s), this machine. "
+        f"DiT TFLOPs: paper-student config, {TEXT_TOKENS} text tokens.\n"
+    )
+    return head + body + note
+
+
+def plot_study(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    x = [r["tokens_49x384x512"] for r in rows]
+    a.plot(x, [r["psnr"] for r in rows], "o-", color="tab:blue")
+    for r in rows:
+        a.annotate(
+            f"{r['ratio']} ({r['latent_channels']}ch)",
+            (r["tokens_49x384x512"], r["psnr"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    a.set_xscale("log")
+    a.set_xlabel("DiT tokens at 49x384x512")
+    a.set_ylabel("held-out PSNR (dB)")
+    a.set_title("reconstruction vs. DiT sequence length")
+    a.grid(alpha=0.3)
+    names = [r["ratio"] for r in rows]
+    b.bar(names, [r["dit_tflops_per_step"] for r in rows], color="tab:orange")
+    b.set_yscale("log")
+    b.set_ylabel("DiT TFLOPs per step (0.9B student)")
+    b2 = b.twinx()
+    b2.plot(names, [r["decode_ms"] for r in rows], "s-", color="tab:green")
+    b2.set_ylabel("VAE decode ms per clip", color="tab:green")
+    b.set_title("what each ratio costs")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

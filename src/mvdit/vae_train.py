@@ -1,0 +1,269 @@
+"""Stage: train the causal video VAE (`mvdit train-vae CONFIG`).
+
+The stage is its loss, run by the shared loop in train.py:
+- pixel L1;
+- a Haar wavelet loss (L1 on the detail bands of a 2-level spatial Haar transform, plus frame
+  differences for time): it puts weight on edges and motion that L1 alone blurs. It stands in for
+  LPIPS, whose pretrained network cannot be downloaded here;
+- the KL term of the posterior, small: it only keeps the latent space smooth for the DiT;
+- optionally, after `adv_start` steps, a hinge GAN term from a 3D patch discriminator ("disc"),
+  which the loop trains with its own AdamW on its own loss.
+
+At every checkpoint the EMA weights are exported to OUT/model with the per-channel latent
+mean/std measured on training clips; at the end the export is scored on held-out clips.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mvdit import MvditError
+from mvdit.config import DataConfig, OptimConfig, RunConfig
+from mvdit.eval.metrics import psnr, ssim
+from mvdit.io import atomic_dir, write_json
+from mvdit.models.vae import CausalVideoVAE, VAEModelConfig, latent_stats, vae_preset
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VAEArchConfig(Strict):
+    """A preset from mvdit.models.vae.VAE_PRESETS, with any field overridden."""
+
+    preset: str = "cpu"
+    latent_channels: int | None = None
+    patch_size: int | None = None
+    widths: list[int] | None = None
+    down: list[str] | None = None
+    blocks: int | None = None
+    decoder_blocks: int | None = None
+
+    def build(self) -> VAEModelConfig:
+        over = {k: v for k, v in self.model_dump().items() if k != "preset" and v is not None}
+        return vae_preset(self.preset, **over)
+
+
+class VAELossConfig(Strict):
+    l1: float = 1.0
+    wavelet: float = 1.0
+    wavelet_levels: int = 2
+    kl: float = 1e-4
+    sample_posterior: bool = True  # decode a posterior sample (False: the mean, a plain AE)
+    adv: float = 0.0  # weight of the GAN term; 0 builds no discriminator
+    adv_start: int = 1000  # steps of reconstruction-only warm-up before the GAN term
+    disc_lr: float = 1e-4
+    disc_width: int = 32
+
+
+class VAEEvalConfig(Strict):
+    clips: int = 64  # held-out clips scored after training
+    stats_clips: int = 256  # training clips the latent mean/std are measured on
+    batch_size: int = 16
+
+
+class VAETrainConfig(Strict):
+    data: DataConfig = Field(default_factory=lambda: DataConfig(frames=9, height=32, width=32))
+    model: VAEArchConfig = Field(default_factory=VAEArchConfig)
+    loss: VAELossConfig = Field(default_factory=VAELossConfig)
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=5e-4, batch_size=8, steps=3000, warmup_steps=100)
+    )
+    run: RunConfig = Field(default_factory=lambda: RunConfig(out_dir="runs/vae-cpu"))
+    eval: VAEEvalConfig = Field(default_factory=VAEEvalConfig)
+
+
+def load_vae_config(path: str | Path | None, overrides: list[str] | None = None) -> VAETrainConfig:
+    from mvdit.config import load_config
+
+    return load_config(VAETrainConfig, path, overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+
+
+def haar2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level of the orthonormal 2D Haar transform of (N, C, H, W): (LL, the 3 detail bands)."""
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    ll = (a + b + c + d) / 2
+    details = torch.stack([a - b + c - d, a + b - c - d, a - b - c + d], dim=1) / 2
+    return ll, details
+
+
+def wavelet_loss(y: torch.Tensor, x: torch.Tensor, levels: int = 2) -> torch.Tensor:
+    """L1 between the Haar detail bands of two videos (B, 3, T, H, W), plus between their frame
+    differences: the high frequencies, in space and time, that a pixel L1 under-weights."""
+    loss = (y.diff(dim=2) - x.diff(dim=2)).abs().mean() if y.shape[2] > 1 else y.new_zeros(())
+    fy, fx = y.transpose(1, 2).flatten(0, 1), x.transpose(1, 2).flatten(0, 1)
+    for _ in range(levels):
+        if min(fy.shape[-2:]) < 2:
+            break
+        (fy, dy), (fx, dx) = haar2d(fy), haar2d(fx)
+        loss = loss + (dy - dx).abs().mean()
+    return loss
+
+
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over latent elements."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+
+
+class PatchDiscriminator3D(nn.Module):
+    """A 3D PatchGAN: logits for overlapping space-time patches of a video (B, 3, T, H, W)."""
+
+    def __init__(self, width: int = 32, layers: int = 3):
+        super().__init__()
+        chans = [3] + [width * 2**i for i in range(layers)]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            # halve space at every layer, keep time: clips are only a few frames long
+            mods += [
+                nn.Conv3d(chans[i], chans[i + 1], (3, 4, 4), stride=(1, 2, 2), padding=1),
+                nn.LeakyReLU(0.2),
+            ]
+        mods.append(nn.Conv3d(chans[-1], 1, 3, padding=1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.net(video)
+
+
+def make_vae_loss(vae: CausalVideoVAE, disc: nn.Module | None, cfg: VAELossConfig):
+    """The stage's loss_fn for train_loop: {"model": VAE loss[, "disc": discriminator loss]}."""
+
+    def loss_fn(step: int, batch: dict, generator: torch.Generator):
+        x = batch["video"]
+        mean, logvar = vae.encode_dist(x)
+        z = mean
+        if cfg.sample_posterior:
+            z = mean + torch.randn(mean.shape, generator=generator).to(mean) * (0.5 * logvar).exp()
+        y = vae.decode_raw(z)
+        l1 = (y - x).abs().mean()
+        wav = wavelet_loss(y, x, cfg.wavelet_levels)
+        kl = kl_loss(mean, logvar)
+        loss = cfg.l1 * l1 + cfg.wavelet * wav + cfg.kl * kl
+        metrics = {
+            "l1": l1.item(),
+            "wavelet": wav.item(),
+            "kl": kl.item(),
+            "psnr": psnr(y.detach().clamp(-1, 1), x),
+        }
+        losses = {"model": loss}
+        if disc is not None and step >= cfg.adv_start:
+            g_adv = -disc(y).mean()  # hinge generator loss
+            d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
+            losses = {"model": loss + cfg.adv * g_adv, "disc": d_loss}
+            metrics["g_adv"] = g_adv.item()
+        return losses, metrics
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# data, export, evaluation
+
+
+def _videos_only(items: list[dict]) -> dict:
+    # captions, specs and ground truth are not needed to train an autoencoder
+    return {"video": torch.stack([it["video"] for it in items])}
+
+
+def build_video_dataset(cfg: DataConfig, split: str = "train"):
+    if cfg.kind == "cache":
+        raise MvditError(
+            "data.kind = 'cache' holds latents, not videos: train the VAE on 'shapes' or 'folder' data"
+        )
+    from mvdit.teacher import build_dataset
+
+    return build_dataset(cfg, split)
+
+
+def clip_batches(dataset, n: int, batch_size: int) -> list[torch.Tensor]:
+    """The first n clips of a dataset as batches (B, 3, T, H, W)."""
+    n = min(n, len(dataset))
+    return [
+        _videos_only([dataset[i] for i in range(s, min(s + batch_size, n))])["video"]
+        for s in range(0, n, batch_size)
+    ]
+
+
+@torch.no_grad()
+def export_vae(
+    config: VAEModelConfig,
+    state: dict[str, torch.Tensor],
+    stats_clips: list[torch.Tensor],
+    path: Path,
+) -> CausalVideoVAE:
+    """Write a usable VAE directory: weights plus the latent statistics measured with them."""
+    vae = CausalVideoVAE(config).eval()
+    vae.load_state_dict(state)
+    vae.set_latent_stats(*latent_stats(vae, stats_clips))
+    with atomic_dir(path) as tmp:
+        vae.save_pretrained(tmp)
+    return vae
+
+
+@torch.no_grad()
+def evaluate_reconstruction(vae, clips: list[torch.Tensor]) -> dict[str, float]:
+    """PSNR / SSIM of encode -> decode (posterior mean), averaged over clips."""
+    vae.eval()
+    ps, ss = [], []
+    for x in clips:
+        y = vae.decode(vae.encode(x))
+        for i in range(len(x)):
+            ps.append(psnr(y[i : i + 1], x[i : i + 1]))
+            ss.append(ssim(y[i : i + 1], x[i : i + 1]))
+    return {
+        "psnr": round(sum(ps) / len(ps), 3),
+        "ssim": round(sum(ss) / len(ss), 4),
+        "clips": len(ps),
+    }
+
+
+def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train, export OUT/model (weights + latent stats) and score it on held-out clips."""
+    from mvdit.train import make_batch_fn, train_loop
+
+    torch.manual_seed(cfg.run.seed)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    arch = cfg.model.build()
+    vae = CausalVideoVAE(arch)
+    vae.check_clip(cfg.data.frames, cfg.data.height, cfg.data.width)
+    modules: dict[str, nn.Module] = {"model": vae}
+    if cfg.loss.adv > 0:
+        modules["disc"] = PatchDiscriminator3D(cfg.loss.disc_width)
+    train_set = build_video_dataset(cfg.data, "train")
+    batch_fn = make_batch_fn(
+        train_set, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed, collate=_videos_only
+    )
+    stats_clips = clip_batches(train_set, cfg.eval.stats_clips, cfg.eval.batch_size)
+    out = Path(cfg.run.out_dir)
+
+    summary = train_loop(
+        modules,
+        make_vae_loss(vae, modules.get("disc"), cfg.loss),
+        batch_fn,
+        cfg.optim,
+        cfg.run,
+        out,
+        resume=resume,
+        config_dump=cfg.model_dump(mode="json"),
+        optim_overrides={"disc": {"lr": cfg.loss.disc_lr, "betas": (0.5, 0.9)}},
+        on_export=lambda path, state: export_vae(arch, state, stats_clips, path),
+        progress=progress,
+    )
+    trained = CausalVideoVAE.from_pretrained(out / "model")
+    held_out = clip_batches(
+        build_video_dataset(cfg.data, "val"), cfg.eval.clips, cfg.eval.batch_size
+    )
+    summary["eval"] = evaluate_reconstruction(trained, held_out)
+    write_json(out / "eval.json", summary["eval"])
+    return summary

@@ -1,0 +1,415 @@
+"""The causal video VAE: frame rules, causality, tiling, normalisation, save/load, training,
+and diffusers' VAEs behind the same interface. Tiny random models; each test takes seconds."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from mvdit import MvditError
+from mvdit.models.autoencoder import load_autoencoder
+from mvdit.models.vae import CausalVideoVAE, Tiling, latent_stats, vae_preset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions run 10-50x slower on 2 OpenMP threads when the cores are shared
+    # (measured on the 2-core CI machine under load); one thread keeps this file fast.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+RATIOS = {"4x8x8": (4, 8), "4x16x16": (4, 16), "8x16x16": (8, 16), "8x32x32": (8, 32)}
+
+
+def tiny_vae(ratio: str = "4x8x8", channels: int = 4, seed: int = 0) -> CausalVideoVAE:
+    """A tiny VAE whose every weight is random (the zero-initialised residual branches too), so
+    tests see a network that mixes information the way a trained one does."""
+    n = len(vae_preset(ratio).widths)
+    torch.manual_seed(seed)
+    vae = CausalVideoVAE(vae_preset(ratio, latent_channels=channels, widths=[8] + [16] * (n - 1)))
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return vae.eval()
+
+
+def video(t: int, h: int, w: int, b: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("ratio", list(RATIOS))
+def test_every_ratio_has_its_shapes_and_frame_rule(ratio):
+    tf, sf = RATIOS[ratio]
+    vae = tiny_vae(ratio)
+    assert (vae.temporal_factor, vae.spatial_factor, vae.causal) == (tf, sf, True)
+    frames, size = 1 + 2 * tf, 2 * sf
+    assert vae.latent_shape(frames, size, size) == (4, 3, 2, 2)
+    with torch.no_grad():
+        z = vae.encode(video(frames, size, size))
+        assert tuple(z.shape[1:]) == vae.latent_shape(frames, size, size)
+        assert vae.decode(z).shape == (1, 3, frames, size, size)
+    with pytest.raises(MvditError, match=f"1 \\+ {tf}k frames"):
+        vae.check_clip(frames + 1, size, size)
+    with pytest.raises(MvditError, match=f"multiples of {sf}"):
+        vae.check_clip(frames, size + 4, size)
+
+
+def test_first_frame_alone_is_one_latent_step():
+    vae = tiny_vae("8x16x16")
+    with torch.no_grad():
+        assert vae.encode(video(1, 16, 16)).shape == (1, 4, 1, 1, 1)
+        assert vae.decode(torch.randn(1, 4, 1, 1, 1)).shape == (1, 3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("ratio", ["4x8x8", "8x16x16"])
+def test_encoder_is_causal(ratio):
+    """Changing frame k changes latent steps j with j * tf >= k and no earlier one."""
+    vae = tiny_vae(ratio)
+    tf = vae.temporal_factor
+    x = video(1 + 2 * tf, 32, 32)
+    with torch.no_grad():
+        z = vae.encode(x)
+        for k in (0, 1, tf, tf + 1, 2 * tf):
+            x2 = x.clone()
+            x2[:, :, k] += 0.5
+            changed = (vae.encode(x2) - z).abs().amax(dim=(0, 1, 3, 4)) > 0
+            first = -(-k // tf)  # the latent step that covers frame k
+            assert changed.tolist() == [j >= first for j in range(3)], k
+
+
+def test_decoder_is_causal():
+    """Changing latent step j changes frames from (j - 1) * tf + 1 on, and no earlier one."""
+    vae = tiny_vae("4x8x8")
+    z = torch.randn(1, 4, 3, 2, 2)
+    with torch.no_grad():
+        y = vae.decode(z)
+        for j in range(3):
+            z2 = z.clone()
+            z2[:, :, j] += 1.0
+            changed = (vae.decode(z2) - y).abs().amax(dim=(0, 1, 3, 4)) > 0
+            first = max(0, (j - 1) * 4 + 1)
+            assert changed.tolist() == [f >= first for f in range(9)], j
+
+
+def test_posterior_mean_and_sample():
+    vae = tiny_vae()
+    x = video(5, 16, 16)
+    with torch.no_grad():
+        mean, logvar = vae.encode_dist(x)
+        assert mean.shape == logvar.shape == (1, 4, 2, 2, 2)
+        assert torch.equal(vae.encode(x), mean)  # no stats yet: encode is the raw mean
+        g = torch.Generator().manual_seed(0)
+        assert not torch.equal(vae.encode(x, sample=True, generator=g), mean)
+
+
+def test_latent_normalisation_is_stored_and_applied(tmp_path):
+    vae = tiny_vae()
+    clips = [video(5, 16, 16, b=4, seed=s) for s in range(2)]
+    mean, std = latent_stats(vae, clips)
+    vae.set_latent_stats(mean, std)
+    assert vae.config.latent_mean == mean and vae.config.latent_std == std
+    with torch.no_grad():
+        z = torch.cat([vae.encode(c) for c in clips])  # normalised on the data it was measured on
+        per_channel = z.transpose(0, 1).flatten(1)
+        assert per_channel.mean(1).abs().max() < 1e-4
+        assert (per_channel.std(1) - 1).abs().max() < 1e-3
+        # decode undoes the normalisation before the decoder sees the latent
+        raw = vae.encode_dist(clips[0])[0]
+        assert torch.allclose(
+            vae.decode(vae.encode(clips[0])), vae.decode_raw(raw).clamp(-1, 1), atol=1e-5
+        )
+    vae.save_pretrained(tmp_path / "vae")
+    config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert config["kind"] == "causal_vae" and config["latent_std"] == std
+
+
+def test_save_load_round_trip(tmp_path):
+    vae = tiny_vae("8x16x16")
+    vae.set_latent_stats([0.1, -0.2, 0.3, 0.0], [1.0, 2.0, 0.5, 1.5])
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = load_autoencoder(tmp_path / "vae")
+    assert isinstance(loaded, CausalVideoVAE) and loaded.config == vae.config
+    x = video(9, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), vae.encode(x))
+        assert torch.equal(loaded.decode(vae.encode(x)), vae.decode(vae.encode(x)))
+
+
+def test_load_rejects_other_architecture(tmp_path):
+    tiny_vae("4x8x8").save_pretrained(tmp_path / "vae")
+    config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    config["latent_channels"] = 8
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MvditError, match="shape"):
+        load_autoencoder(tmp_path / "vae")
+
+
+def test_bad_arch_is_a_one_line_error():
+    with pytest.raises(MvditError, match="fold"):
+        vae_preset("4x8x8", widths=[8, 12, 16])
+    with pytest.raises(MvditError, match="unknown VAE preset"):
+        vae_preset("2x2x2")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("ratio", ["4x8x8", "8x16x16"])
+def test_time_chunks_decode_exactly(ratio):
+    """Chunked decoding streams the causal convs' last frames into the next chunk: exact."""
+    vae = tiny_vae(ratio)
+    z = torch.randn(2, 4, 5, 2, 2, generator=torch.Generator().manual_seed(0))
+    full = vae.decode(z)
+    for frames in (1, 2, 3):
+        assert torch.allclose(vae.decode(z, tiling=Tiling(frames=frames)), full, atol=1e-5)
+    assert torch.allclose(vae.decode(z, tiling=Tiling(frames=2), batch_slice=1), full, atol=1e-5)
+    assert torch.equal(
+        vae.decode(z, tiling=Tiling(frames=5, height=2, width=2)), full
+    )  # one whole tile
+
+
+@torch.no_grad()
+def test_memory_cap_picks_tiles_that_fit():
+    vae = tiny_vae("4x8x8")
+    need = vae.decode_bytes((5, 8, 8))
+    assert vae.tiling_for_budget((5, 8, 8), need) is None
+    chunked = vae.tiling_for_budget((5, 8, 8), need // 2)  # time chunks come first: they are exact
+    assert chunked is not None and chunked.frames < 5 and chunked.height is None
+    tiled = vae.tiling_for_budget((5, 8, 8), need // 12)
+    assert tiled.frames == 1 and tiled.height < 8
+    assert vae.decode_bytes((1, tiled.height, tiled.width or 8)) <= need // 12
+    z = torch.randn(1, 4, 5, 8, 8)
+    assert vae.decode(z, max_tile_bytes=need // 12).shape == (1, 3, 17, 64, 64)
+    with pytest.raises(MvditError, match="max_tile_bytes"):
+        vae.tiling_for_budget((5, 8, 8), 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers VAEs behind the interface
+
+
+@pytest.fixture(scope="module")
+def diffusers_dirs(tmp_path_factory):
+    diffusers = pytest.importorskip("diffusers")
+    root = tmp_path_factory.mktemp("diffusers")
+    torch.manual_seed(0)
+    ltx = diffusers.AutoencoderKLLTXVideo(
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4,
+        patch_size=1,
+        scaling_factor=0.5,
+    )
+    ltx.latents_mean.fill_(0.25)
+    ltx.save_pretrained(root / "ltx")
+    wan = diffusers.AutoencoderKLWan(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1] * 4,
+        latents_std=[2.0] * 4,
+    )
+    wan.save_pretrained(root / "wan")
+    return root
+
+
+@pytest.mark.parametrize(
+    "name,kind,tf,sf,ch", [("ltx", "diffusers_ltx", 4, 4, 8), ("wan", "diffusers_wan", 4, 8, 4)]
+)
+def test_diffusers_vaes_behind_the_interface(diffusers_dirs, tmp_path, name, kind, tf, sf, ch):
+    from mvdit.models.diffusers_vae import DiffusersVideoVAE
+
+    vae = load_autoencoder(diffusers_dirs / name)  # a bare diffusers directory
+    assert isinstance(vae, DiffusersVideoVAE)
+    assert (vae.kind, vae.temporal_factor, vae.spatial_factor, vae.latent_channels, vae.causal) == (
+        kind,
+        tf,
+        sf,
+        ch,
+        True,
+    )
+    x = video(9, 16, 16)
+    z = vae.encode(x)
+    assert tuple(z.shape[1:]) == vae.latent_shape(9, 16, 16)
+    # normalised the way the model's own pipeline does it
+    raw = vae.vae.encode(x).latent_dist.mode()
+    expected = (raw - 0.25) * 0.5 if name == "ltx" else (raw - 0.1) / 2.0
+    assert torch.allclose(z, expected, atol=1e-5)
+    assert vae.decode(z).shape == (1, 3, 9, 16, 16)
+    with pytest.raises(MvditError, match="1 \\+ 4k"):
+        vae.check_clip(8, 16, 16)
+    # a wrapper directory pointing at the weights loads the same model
+    vae.save_pretrained(tmp_path / "wrapper")
+    assert json.loads((tmp_path / "wrapper" / "config.json").read_text())["kind"] == kind
+    assert torch.equal(load_autoencoder(tmp_path / "wrapper").encode(x), z)
+
+
+def test_diffusers_wrapper_pointing_nowhere_is_an_error(tmp_path):
+    pytest.importorskip("diffusers")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text(
+        json.dumps({"kind": "diffusers_wan", "path": str(tmp_path / "missing")})
+    )
+    with pytest.raises(MvditError, match="no config.json"):
+        load_autoencoder(tmp_path / "w")
+
+
+# ---------------------------------------------------------------------------------------------
+# training through the shared loop
+
+
+def run_cli(args, capsys):
+    from mvdit.cli import main
+
+    old, sys.argv = sys.argv, ["mvdit", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+TINY_CONFIG = """
+[data]
+kind = "shapes"
+frames = 5
+height = 16
+width = 16
+[model]
+preset = "4x8x8"
+latent_channels = 4
+widths = [8, 16, 16]
+[loss]
+adv = 0.1
+adv_start = 2
+disc_width = 4
+[optim]
+lr = 1e-3
+batch_size = 2
+steps = 3
+warmup_steps = 1
+[run]
+threads = 1
+checkpoint_every = 2
+log_every = 1
+[eval]
+clips = 2
+stats_clips = 4
+batch_size = 2
+"""
+
+
+def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
+    cfg = tmp_path / "vae.toml"
+    cfg.write_text(TINY_CONFIG)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train-vae", cfg, "--set", f"run.out_dir={out}"], capsys)
+    assert code == 0, err
+    assert "held-out reconstruction" in stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "loss_disc" not in rows[1] and "loss_disc" in rows[2]  # the GAN term starts at step 2
+    vae = load_autoencoder(out / "model")
+    assert vae.config.latent_mean is not None and len(vae.config.latent_std) == 4
+    assert set(json.loads((out / "eval.json").read_text())) == {"psnr", "ssim", "clips"}
+
+    code, stdout, err = run_cli(
+        ["train-vae", cfg, "--set", f"run.out_dir={out}", "--set", "optim.steps=5", "--resume"],
+        capsys,
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+
+
+def test_train_vae_rejects_bad_clip_and_keys(tmp_path, capsys):
+    cfg = tmp_path / "vae.toml"
+    cfg.write_text(TINY_CONFIG)
+    code, _, err = run_cli(
+        ["train-vae", cfg, "--set", "data.frames=6", "--set", f"run.out_dir={tmp_path / 'r'}"],
+        capsys,
+    )
+    assert code == 2 and "1 + 4k frames" in err and "Traceback" not in err
+    code, _, err = run_cli(["train-vae", cfg, "--set", "loss.lpips=1"], capsys)
+    assert code == 2 and "loss.lpips" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the trade-off study and the decode bench
+
+
+def test_study_writes_one_table_and_resumes(tmp_path):
+    from mvdit.eval.vae_study import run_vae_study
+
+    kw = dict(
+        ratios=["4x8x8", "8x32x32"],
+        clip=(9, 32, 32),
+        steps=2,
+        batch_size=2,
+        width=8,
+        eval_clips=2,
+        timing_repeats=1,
+        progress=False,
+    )
+    rows = run_vae_study(
+        tmp_path, generation_quality=lambda vae_dir, row: float(row["latent_channels"]), **kw
+    )
+    assert [r["ratio"] for r in rows] == ["4x8x8", "8x32x32"]
+    assert [r["tokens_49x384x512"] for r in rows] == [13 * 48 * 64, 7 * 12 * 16]
+    assert [r["tokens_9x32x32"] for r in rows] == [3 * 4 * 4, 2 * 1 * 1]
+    assert rows[0]["dit_tflops_per_step"] > 10 * rows[1]["dit_tflops_per_step"]  # ~30x the tokens
+    assert [r["gen_quality"] for r in rows] == [16.0, 128.0]  # the evaluation hook fills its column
+    for name in ("study.md", "study.csv", "study.json", "study.png"):
+        assert (tmp_path / name).is_file()
+    assert len((tmp_path / "study.csv").read_text().splitlines()) == 3
+    weights = tmp_path / "4x8x8" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = run_vae_study(tmp_path, **kw)  # finished ratios are read back, not retrained
+    assert weights.stat().st_mtime_ns == stamp
+    assert [r["psnr"] for r in again] == [r["psnr"] for r in rows] and again[0][
+        "gen_quality"
+    ] is None
+
+
+def test_bench_times_decode_beside_dit_steps(tmp_path):
+    from mvdit.eval.vae_bench import bench_cpu_default
+
+    vae = tiny_vae("4x8x8", channels=16)
+    vae.save_pretrained(tmp_path / "vae")
+    r = bench_cpu_default(tmp_path / "vae", repeats=2)
+    assert r["latent"] == "16x3x4x4" and "48 tokens" in r["dit"]
+    assert r["decode_ms_median"] > 0 and r["dit_4_steps_ms_median"] > 0
+    assert r["decode_faster"] == (r["decode_ms_median"] < r["dit_4_steps_ms_median"])
+
+
+def test_peak_rss_sees_an_allocation():
+    from mvdit.eval.vae_bench import PeakRSS
+
+    with PeakRSS() as mem:
+        x = torch.ones(50_000_000)  # 200 MB, touched
+        del x
+    assert mem.peak - mem.base > 150e6
+
+
+@pytest.mark.slow
+def test_paper_vae_decodes_49x384x512_under_a_cap():
+    from mvdit.eval.vae_bench import bench_paper_decode
+
+    r = bench_paper_decode(max_tile_bytes=1 << 30)
+    assert r["video"] == "3x49x384x512" and r["latent"] == "128x7x12x16"
+    assert r["peak_rss_above_weights_gb"] < 2.0
