@@ -267,3 +267,11 @@ def test_pinned_rotation_never_draws_a_circle():
     held = ShapesDataset(size=60, holdout=["rotating"], split="holdout", frames=2)
     firsts = [held.spec(i)[0].objects[0] for i in range(60)]
     assert all(o.motion == "rotating" and o.shape != "circle" for o in firsts)
+
+
+def test_every_index_draws_a_clip_from_the_full_vocabulary():
+    # regression: resetting the background used to drop an already placed object, and on the
+    # last try left none, so some indices raised instead of returning a clip
+    ds = ShapesDataset(frames=9, height=32, width=32, max_objects=2)
+    specs = [ds.spec(i)[0] for i in range(3000)]
+    assert all(1 <= len(s.objects) <= 2 for s in specs)

@@ -292,9 +292,10 @@ def sample_spec(
         p = pin if not objects and pin is not None else ObjectAttributes(None, None)
         o = sample_object(rng, vocab, p.colour, p.shape, p.motion)
         if not compatible(o.colour, background, style):
-            if tries % 20 == 19:  # no object colour fits this background: pick another one
+            # no object colour fits this background: pick another one, but never drop an object
+            # already placed (it was checked against the current background)
+            if not objects and tries % 20 == 19:
                 background = _choice(rng, vocab.backgrounds)
-                objects = []
             continue
         if any(o.colour == q.colour or _overlap(o, q, aspect) for q in objects):
             continue
