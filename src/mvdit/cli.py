@@ -335,6 +335,40 @@ def bench_vae(
     typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
 
 
+@app.command()
+def bench(
+    targets: Annotated[list[str] | None, typer.Argument(help="presets (tiny, small, paper-teacher, paper-student) and/or model directories")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")] = Path("runs/bench"),
+    device: Annotated[str, typer.Option(help="cpu or cuda (bf16 on cuda)")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for every measurement, GEMM peak included (default: torch's)")] = None,
+    reps: Annotated[int, typer.Option(help="timed repetitions of each stage after a warm-up (best is reported)")] = 2,
+    ltx: Annotated[bool, typer.Option(help="also time diffusers' LTXVideoTransformer3DModel of the same shape")] = True,
+    paper_decode: Annotated[bool | None, typer.Option(help="time the paper VAE decode at 49x384x512 (default: on GPU only)")] = None,
+    gemm_n: Annotated[int, typer.Option(help="side of the square matmul that measures the GEMM peak")] = 4096,
+) -> None:
+    """Latency per stage, seconds per clip, memory, FLOPs and the DiT's share of the GEMM peak."""
+    from mvdit.eval.bench import run_bench
+
+    if gemm_n < 64:
+        fail(f"--gemm-n must be at least 64, got {gemm_n}")
+    targets = targets or ["tiny", "small", "paper-student", "paper-teacher"]
+    result = run_bench(targets, out, device=device, threads=threads, reps=reps, ltx=ltx, paper_decode=paper_decode, gemm_n=gemm_n)
+    typer.echo((out / "bench.md").read_text())
+    typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'} ({len(result['targets'])} targets)")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run directories holding eval.json and/or bench.json")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="markdown file; the plot is written beside it as .png")] = Path("report.md"),
+) -> None:
+    """Collect eval and bench results of several models into one page with a speed-quality plot."""
+    from mvdit.eval.report import write_report
+
+    path = write_report(runs, out)
+    typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
+
+
 def main() -> None:
     try:
         app()

@@ -4,7 +4,7 @@
     OUT/eval.md             the same as tables
     OUT/contact_sheet.png   the first sample of each prompt
     OUT/videos/*.mp4        every clip (run the real VBench on these: docs/evaluation.md)
-    OUT/videos/prompts.json {file: prompt}, VBench's --prompt_file format
+    OUT/videos/prompts.json {video path: prompt}, VBench's --prompt_file format
 
 Scores: prompt faithfulness (when the prompts are `shapes` captions; per split), the offline
 VBench dimensions (eval/vbench.py), and the FVD analogue against real `shapes` clips of the same
@@ -203,7 +203,7 @@ def evaluate(
         for k, v in enumerate(g.videos.numpy()):
             name = f"{i:03d}-{k}.mp4"
             write_mp4(out / "videos" / name, v, c.fps)
-            files[name] = row["prompt"]
+            files[str((out / "videos" / name).resolve())] = row["prompt"]
             videos.append(v)
             clip_rows.append(row | {"sample": k, "file": f"videos/{name}"})
 

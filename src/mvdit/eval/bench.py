@@ -1,0 +1,580 @@
+"""`mvdit bench`: how fast each stage is, and how close the DiT runs to this machine's limit.
+
+For every target (a preset with random weights, or a trained model directory) it measures the
+latency of the text encoder, of one DiT evaluation and of the VAE decode, the end-to-end seconds
+per clip and output frames per second, peak memory, parameters and FLOPs per step, and the FLOP
+rate the DiT forward achieves as a fraction of the GEMM peak measured in the same run (a large
+square matmul at the same thread count and dtype: the most a dense model can hope for).
+
+Where diffusers' LTXVideoTransformer3DModel can take the same shape (width = heads x head_dim,
+FFN = 4 x width, uniform blocks) it is built with that shape and timed in alternation with ours,
+so a slow implementation shows up as a ratio, not as an excuse about the machine.
+
+On CPU the paper presets (49x384x512 -> 7x12x16 = 1,344 tokens) run one DiT step each and the
+end-to-end time is estimated from the stage timings; on a GPU the whole clip is generated.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mvdit import MvditError
+from mvdit.io import atomic_write_text, write_json
+
+PAPER_CLIP = (49, 384, 512)  # the paper's clip: 8x32x32 VAE -> 7x12x16 latent, 1,344 tokens
+# Sampling of the paper's models: the teacher ~40 Euler steps with CFG, the student 4 steps without.
+PAPER_SAMPLER = {"paper-teacher": (40, 4.0), "paper-student": (4, 1.0)}
+CPU_PRESET_CLIPS = {"tiny": (9, 32, 32), "small": (17, 64, 64)}
+PROMPT = "a red circle moves quickly to the left on a black background"
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(
+    fn: Callable[[], object], device: torch.device, reps: int, min_seconds: float = 0.0
+) -> list[float]:
+    """Wall-clock seconds of `reps` calls (more while under `min_seconds` total), after one warm-up."""
+    fn()
+    sync(device)
+    times: list[float] = []
+    while len(times) < reps or (sum(times) < min_seconds and len(times) < 50):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    """FLOP/s of the fastest n x n x n matmul: the practical ceiling of a dense network."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / min(timed(lambda: a @ b, device, reps))
+
+
+class PeakMemory:
+    """Peak memory inside the block: CUDA's allocator peak, or on CPU the process's resident set
+    sampled every 5 ms (the OS high-water mark never goes down, so it cannot isolate one stage)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif platform.system() == "Linux":
+            self.peak = self.rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self.rss())
+
+    @property
+    def mb(self) -> float | None:
+        return self.peak / 2**20 if self.peak else None
+
+
+def params(module: nn.Module | None) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# building models without paying for initialisation
+
+
+def cheap_init_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Fill every parameter and buffer by tiling one small random vector (std 0.02).
+
+    Timing does not depend on the values, and drawing 2B random numbers costs longer than a
+    forward; this is a memory copy. Norm scales get ones so activations stay finite.
+    """
+    pattern = torch.randn(1 << 16, generator=torch.Generator().manual_seed(seed)) * 0.02
+    with torch.no_grad():
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if not t.is_floating_point():
+                continue
+            if t.dim() == 1 and "norm" in name and name.endswith("weight"):
+                t.fill_(1.0)
+                continue
+            flat, src = t.view(-1), pattern.to(t.device, t.dtype)
+            for i in range(0, flat.numel(), src.numel()):
+                n = min(src.numel(), flat.numel() - i)
+                flat[i : i + n].copy_(src[:n])
+    return module
+
+
+def build_random(
+    ctor: Callable[[], nn.Module], device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """Construct on the meta device (no allocation, no init), then allocate and fill cheaply."""
+    with torch.device("meta"):
+        module = ctor()
+    module = cheap_init_(module.to_empty(device=device))
+    return (module if dtype == torch.float32 else module.to(dtype)).eval()
+
+
+def ltx_twin_kwargs(cfg) -> tuple[dict | None, str]:
+    """LTXVideoTransformer3DModel arguments with our DiT's shape, or None and the reason it has none."""
+    b0 = cfg.blocks[0]
+    if any(
+        (b.heads, b.cross_heads, b.ffn_dim) != (b0.heads, b0.heads, b0.ffn_dim) for b in cfg.blocks
+    ):
+        return None, "pruned blocks are non-uniform; LTX blocks are all alike"
+    if b0.heads * cfg.head_dim != cfg.hidden_size:
+        return (
+            None,
+            f"LTX ties width to heads x head_dim ({b0.heads} x {cfg.head_dim} != {cfg.hidden_size})",
+        )
+    if b0.ffn_dim != 4 * cfg.hidden_size:
+        return None, f"LTX's FFN is 4 x width ({4 * cfg.hidden_size}), ours is {b0.ffn_dim}"
+    return dict(
+        in_channels=cfg.in_channels, out_channels=cfg.out_ch, num_attention_heads=b0.heads,
+        attention_head_dim=cfg.head_dim, cross_attention_dim=cfg.hidden_size,
+        num_layers=len(cfg.blocks), caption_channels=cfg.text_dim,
+    ), ""  # fmt: skip
+
+
+def ltx_twin(target, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module | None, str]:
+    """diffusers' LTX transformer with our DiT's shape and cheap random weights, or the reason why not."""
+    kw, why = ltx_twin_kwargs(target.dit_config)
+    if kw is None:
+        return None, why
+    try:
+        from diffusers import LTXVideoTransformer3DModel
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return None, "diffusers is not installed (pip install 'mvdit[interop]')"
+    diffusers_logging.set_verbosity_error()
+    return build_random(lambda: LTXVideoTransformer3DModel(**kw), device, dtype), ""
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # "preset" (random weights) or "checkpoint"
+    dit_config: object  # DiTConfig
+    dit: nn.Module | None  # built lazily for presets, so only one large model lives at a time
+    vae: (
+        nn.Module | None
+    )  # None: decode not timed (e.g. the paper VAE on CPU without --paper-decode)
+    latent: tuple[int, int, int, int]  # (C, t, h, w)
+    clip: tuple[int, int, int]
+    fps: float
+    text_len: int
+    steps: int
+    cfg: float
+    note: str = ""
+
+
+def preset_target(name: str, paper_decode: bool) -> Target:
+    """A preset with random weights at its clip size: the CPU presets with the tiny config's VAE
+    and text encoder, the paper presets at 49x384x512 with the paper's 8x32x32 VAE."""
+    from mvdit.config import PRESETS, load_train_config, preset_config
+
+    if name not in PRESETS:
+        raise MvditError(
+            f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)} or give a model directory"
+        )
+    if name in PAPER_SAMPLER:
+        frames, height, width = PAPER_CLIP
+        latent = (128, 1 + (frames - 1) // 8, height // 32, width // 32)
+        vae = None
+        if paper_decode:
+            from mvdit.models.vae import CausalVideoVAE, vae_preset
+
+            vae = build_random(
+                lambda: CausalVideoVAE(vae_preset("paper")), torch.device("cpu"), torch.float32
+            )
+        steps, cfg = PAPER_SAMPLER[name]
+        note = "random weights; 77 text tokens of 768-d (CLIP-L's shape), text encoder timed with MiniLM"
+        return Target(
+            name,
+            "preset",
+            preset_config(name),
+            None,
+            vae,
+            latent,
+            PAPER_CLIP,
+            8.0,
+            77,
+            steps,
+            cfg,
+            note,
+        )
+    from mvdit.cli import default_config_path
+    from mvdit.teacher import build_autoencoder
+
+    tc = load_train_config(default_config_path())
+    frames, height, width = CPU_PRESET_CLIPS.get(
+        name, (tc.data.frames, tc.data.height, tc.data.width)
+    )
+    vae = build_autoencoder(tc.vae)
+    latent = vae.latent_shape(frames, height, width)
+    dit_cfg = preset_config(name, latent[0], 384)
+    note = f"random weights; {tc.vae.kind} VAE {tc.vae.temporal_factor}x{tc.vae.spatial_factor}x{tc.vae.spatial_factor} and text encoder of configs/tiny.toml"
+    return Target(
+        name,
+        "preset",
+        dit_cfg,
+        None,
+        vae,
+        latent,
+        (frames, height, width),
+        tc.data.fps,
+        tc.text.max_length,
+        tc.sample.steps,
+        tc.sample.cfg,
+        note,
+    )
+
+
+def checkpoint_target(path: str | Path, device: torch.device) -> tuple[Target, object]:
+    from mvdit.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(path, device=str(device))
+    c = pipe.config
+    t = Target(
+        str(path),
+        "checkpoint",
+        pipe.dit.config,
+        pipe.dit,
+        pipe.vae,
+        pipe.latent_shape,
+        (c.frames, c.height, c.width),
+        c.fps,
+        pipe.text_encoder.max_length,
+        c.steps,
+        c.cfg,
+    )
+    return t, pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# one target
+
+
+def _dit_inputs(target: Target, device: torch.device, dtype: torch.dtype, batch: int = 1):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *target.latent, generator=g).to(device, dtype)
+    t = torch.full((batch,), 0.5, device=device, dtype=dtype)
+    text = torch.randn(batch, target.text_len, target.dit_config.text_dim, generator=g).to(
+        device, dtype
+    )
+    mask = torch.ones(batch, target.text_len, dtype=torch.bool, device=device)
+    return x, t, text, mask
+
+
+@torch.inference_mode()
+def bench_target(
+    target: Target,
+    text_encoder,
+    device: torch.device,
+    dtype: torch.dtype,
+    reps: int,
+    ltx: bool,
+    pipe=None,
+    e2e_budget: float = 20.0,
+) -> dict:
+    """Time one target's stages; generate a whole clip when that is expected to take <= e2e_budget s."""
+    from mvdit.models.dit import VideoDiT
+
+    _, lt, lh, lw = target.latent
+    tokens = lt * lh * lw
+    r: dict = {
+        "name": target.name, "kind": target.kind, "note": target.note,
+        "clip": dict(zip(("frames", "height", "width"), target.clip, strict=True), fps=target.fps),
+        "latent": list(target.latent), "tokens": tokens, "text_tokens": target.text_len,
+        "sampler": {"steps": target.steps, "cfg": target.cfg, "nfe": target.steps * (2 if target.cfg != 1.0 else 1)},
+    }  # fmt: skip
+
+    # text encoder: one prompt
+    text_s = timed(lambda: text_encoder.encode([PROMPT]), torch.device("cpu"), reps)
+    # DiT: one network evaluation at batch 1; the warm-up runs inside the memory probe
+    with PeakMemory(device) as mem:
+        dit = target.dit or build_random(lambda: VideoDiT(target.dit_config), device, dtype)
+        x, t, text, mask = _dit_inputs(target, device, dtype)
+        ours = lambda: dit(x, t, text, mask)  # noqa: E731
+        ours()
+    twin, why = ltx_twin(target, device, dtype) if ltx else (None, "not requested")
+    if twin is not None:
+        hs = x.flatten(2).transpose(1, 2).contiguous()  # LTX takes tokens, not a latent grid
+
+        def other():
+            return twin(
+                hs,
+                text,
+                t * 1000,
+                mask.long(),
+                num_frames=lt,
+                height=lh,
+                width=lw,
+                return_dict=False,
+            )
+
+        other()
+    # alternate ours and the twin so that both see the same machine load; small models keep
+    # going for a second so that one unlucky time slice cannot decide the result
+    dit_s, ltx_s = [], []
+    while len(dit_s) < reps or (sum(dit_s) < 1.0 and len(dit_s) < 100):
+        dit_s += _once(ours, device)
+        if twin is not None:
+            ltx_s += _once(other, device)
+    flops = dit.flops_per_step(tokens, target.text_len)
+    counts = dit.param_counts()
+    r["params"] = {
+        "dit": counts["total"],
+        "text_encoder": params(text_encoder.model),
+        "vae": params(target.vae),
+    }
+    r["flops_per_step"] = flops
+    r["latency_s"] = {
+        "text": min(text_s),
+        "dit_step": min(dit_s),
+        "dit_step_median": sorted(dit_s)[len(dit_s) // 2],
+    }
+    r["dit_achieved_flops"] = flops / min(dit_s)
+    r["peak_memory_mb"] = {"dit": mem.mb}
+    if twin is not None:
+        r["ltx"] = {
+            "dit_step": min(ltx_s),
+            "params": params(twin),
+            "ours_speedup": min(ltx_s) / min(dit_s),
+            "times": ltx_s,
+        }
+        twin = other = None  # free the twin before decoding (8 GB at the teacher's size)
+    else:
+        r["ltx"] = {"skipped": why}
+    r["dit_times"] = dit_s
+
+    # VAE decode of one clip's latent
+    if target.vae is not None:
+        vae = target.vae.to(device)
+        z = torch.randn(1, *target.latent, generator=torch.Generator().manual_seed(1)).to(device)
+        with PeakMemory(device) as vmem, _autocast(device, dtype):
+            dec_s = timed(lambda: vae.decode(z), device, max(1, reps // 2))
+        r["latency_s"]["decode"] = min(dec_s)
+        r["peak_memory_mb"]["decode"] = vmem.mb
+    else:
+        r["latency_s"]["decode"] = None
+
+    # end to end: measured where it is affordable, else the sum of the stages
+    lat = r["latency_s"]
+    nfe = r["sampler"]["nfe"]
+    est = lat["text"] + nfe * lat["dit_step"] + (lat["decode"] or 0.0)
+    if est <= e2e_budget and (pipe is not None or target.vae is not None):
+        run = (
+            (lambda: pipe.generate([PROMPT], seed=0))
+            if pipe is not None
+            else _sampler(target, dit, text_encoder, device, dtype)
+        )
+        with _autocast(device, dtype):
+            r["end_to_end"] = {
+                "seconds": min(timed(run, device, max(1, reps // 2))),
+                "measured": True,
+            }
+    else:
+        how = "text + NFE x one batch-1 DiT step" + (
+            " + decode" if lat["decode"] is not None else " (decode not timed)"
+        )
+        r["end_to_end"] = {"seconds": est, "measured": False, "how": how}
+    r["end_to_end"]["output_fps"] = target.clip[0] / r["end_to_end"]["seconds"]
+    return r
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> list[float]:
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return [time.perf_counter() - t0]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    # bf16 weights with fp32 noise and latents: autocast casts each op's inputs (GPU path)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _sampler(
+    target: Target, dit, text_encoder, device: torch.device, dtype: torch.dtype
+) -> Callable[[], object]:
+    """A whole clip for a preset: encode the prompt, run the sampler, decode. The DiT reads random
+    text tokens of its own width (a paper preset expects CLIP-L's 768-d, MiniLM gives 384-d)."""
+    from mvdit.flow import euler_sample, shift_for_tokens, timestep_schedule
+
+    x, _, text, mask = _dit_inputs(target, device, dtype)
+    schedule = timestep_schedule(target.steps, shift_for_tokens(x[0, 0].numel()))
+    cond = {"text": text, "text_mask": mask}
+
+    def run() -> None:
+        text_encoder.encode([PROMPT])
+        latents, _ = euler_sample(
+            dit, x, schedule, cond, cond if target.cfg != 1.0 else None, target.cfg
+        )
+        target.vae.decode(latents.float())
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run_bench(
+    targets: list[str],
+    out: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    reps: int = 3,
+    ltx: bool = True,
+    paper_decode: bool | None = None,
+    gemm_n: int = 4096,
+) -> dict:
+    """Benchmark presets or model directories; write OUT/bench.json and OUT/bench.md."""
+    from mvdit.models.text import TextConfig, load_text_encoder
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MvditError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise MvditError(f"--device must be cpu or cuda, got {device}")
+    if reps < 1:
+        raise MvditError(f"--reps must be at least 1, got {reps}")
+    if threads is not None:
+        if threads < 1:
+            raise MvditError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    # fp32 on CPU (bf16 matmul is far slower on most CPUs), bf16 on GPU: what the project runs.
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    paper_decode = dev.type == "cuda" if paper_decode is None else paper_decode
+    from mvdit.config import PRESETS
+
+    for spec in targets:
+        if not Path(spec).is_dir() and spec not in PRESETS:
+            raise MvditError(
+                f"'{spec}' is neither a preset ({', '.join(PRESETS)}) nor a model directory"
+            )
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    text_cache: dict = {}
+    peaks = [gemm_peak(dev, dtype, gemm_n)]
+    rows = []
+    for spec in targets:
+        pipe = None
+        if Path(spec).is_dir():
+            target, pipe = checkpoint_target(spec, dev)
+            te = pipe.text_encoder
+        else:
+            target = preset_target(spec, paper_decode)
+            key = target.text_len
+            te = text_cache.get(key) or text_cache.setdefault(
+                key, load_text_encoder(TextConfig(max_length=min(key, 128)))
+            )
+        peaks.append(
+            gemm_peak(dev, dtype, gemm_n)
+        )  # right before the DiT: the load may have changed
+        rows.append(bench_target(target, te, dev, dtype, reps, ltx, pipe))
+    peaks.append(gemm_peak(dev, dtype, gemm_n))
+    peak = max(peaks)
+    for r in rows:
+        r["dit_fraction_of_peak"] = r["dit_achieved_flops"] / peak
+    result = {
+        "machine": {
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
+            "torch": torch.__version__, "gemm_peak_flops": peak, "gemm_peak_samples": peaks, "gemm_n": gemm_n,
+            "loadavg_start": load_start, "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "targets": rows,
+    }  # fmt: skip
+    out = Path(out)
+    write_json(out / "bench.json", result)
+    atomic_write_text(out / "bench.md", bench_markdown(result))
+    return result
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _n(x: float) -> str:
+    for unit, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= s:
+            return f"{x / s:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def bench_markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        "# Benchmark",
+        "",
+        f"{m['device']}, {m['threads']} threads, {m['dtype']}, torch {m['torch']}. "
+        f"GEMM peak ({m['gemm_n']}³ matmul, best of the run): {_n(m['gemm_peak_flops'])}FLOP/s.",
+        "",
+        "| target | clip | tokens | DiT params | FLOPs/step | text | DiT step | decode | end-to-end | out FPS | DiT FLOP/s | of peak | vs LTX | peak mem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["targets"]:
+        c, lat, e = r["clip"], r["latency_s"], r["end_to_end"]
+        l = r["ltx"]  # noqa: E741
+        vs = f"{l['ours_speedup']:.2f}x" if "ours_speedup" in l else "–"
+        mem = r["peak_memory_mb"].get("dit")
+        lines.append(
+            f"| {r['name']} | {c['frames']}×{c['height']}×{c['width']} | {r['tokens']:,} | {_n(r['params']['dit'])} | "
+            f"{_n(r['flops_per_step'])} | {_ms(lat['text'])} | {_ms(lat['dit_step'])} | {_ms(lat['decode'])} | "
+            f"{_ms(e['seconds'])}{'' if e['measured'] else '*'} | {e['output_fps']:.2f} | {_n(r['dit_achieved_flops'])} | "
+            f"{100 * r['dit_fraction_of_peak']:.0f}% | {vs} | {'–' if mem is None else f'{mem:,.0f} MB'} |"
+        )
+    lines += [
+        "",
+        "DiT step: one network evaluation at batch 1 (best of the run). End-to-end: text + sampler "
+        "(NFE evaluations) + decode; * = estimated from the stage timings rather than measured. "
+        "vs LTX: diffusers' LTXVideoTransformer3DModel of the same shape, timed in alternation; "
+        ">1 means ours is faster. Peak memory: DiT weights + activations (CPU: resident set).",
+    ]
+    for r in result["targets"]:
+        extra = [r["note"]] if r["note"] else []
+        if "skipped" in r["ltx"]:
+            extra.append(f"no LTX twin: {r['ltx']['skipped']}")
+        if not r["end_to_end"]["measured"]:
+            extra.append(f"end-to-end = {r['end_to_end']['how']}, {r['sampler']['nfe']} NFE")
+        if extra:
+            lines.append(f"- {r['name']}: " + "; ".join(extra))
+    return "\n".join(lines) + "\n"
