@@ -193,29 +193,6 @@ def cache(
     typer.echo(f"train on them with: --set data.kind=cache --set data.path={out}")
 
 
-@app.command("eval")
-def eval_(
-    model: Annotated[Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")],
-    prompts: Annotated[list[Path], typer.Option("--prompts", "-p", help="prompt file: text (one a line) or JSONL {prompt, split}; repeatable")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory for eval.json, eval.md, contact_sheet.png, videos/")],
-    seeds: Annotated[int, typer.Option(help="samples per prompt")] = 2,
-    seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
-    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
-    cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
-    feature_size: Annotated[int, typer.Option(help="frame side fed to the feature network (VBench: 224)")] = 224,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-) -> None:
-    """Generate clips for a prompt set and score them (faithfulness, VBench-style dimensions, FVD analogue)."""
-    from mvdit.eval.evaluate import evaluate
-
-    if seeds < 1:
-        fail(f"--seeds must be at least 1, got {seeds}")
-    r = evaluate(model, prompts, out, seeds=seeds, steps=steps, cfg=cfg, seed=seed, feature_size=feature_size, device=device)
-    f = r["faithfulness"]
-    typer.echo(f"{r['clips']} clips scored; faithfulness {f['all']['overall']:.3f}" if f else f"{r['clips']} clips scored")
-    typer.echo(f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}")
-
-
 @app.command("train-vae")
 def train_vae(
     config: Annotated[Path | None, typer.Argument(help="TOML/YAML VAE training config (e.g. configs/vae-cpu.toml); omit for the defaults")] = None,
