@@ -124,7 +124,7 @@ def info(
     b = cfg.blocks
     typer.echo(f"preset {preset}: d={cfg.hidden_size}, {len(b)} blocks, heads {_span([x.heads for x in b])} x {cfg.head_dim}, FFN {_span([x.ffn_dim for x in b])}")
     total = counts["total"]
-    typer.echo(f"parameters: {total / 1e9:.3f}B ({total:,})" if total >= 1e9 else f"parameters: {total / 1e6:.2f}M ({total:,})")
+    typer.echo(f"parameters: {total / 1e9:.3f}B ({total:,})" if total >= 1e8 else f"parameters: {total / 1e6:.2f}M ({total:,})")
     for k, v in counts.items():
         if k != "total":
             typer.echo(f"  {k:<13} {v:>15,}  ({100 * v / counts['total']:.1f}%)")
