@@ -68,7 +68,7 @@ class DataConfig(Strict):
 
 class VAEConfig(Strict):
     kind: Literal["patchify", "pretrained"] = "patchify"
-    path: str | None = None  # pretrained: a directory written by save_pretrained
+    path: str | None = None  # pretrained: a directory written by save_pretrained, or "default" (the shipped CPU VAE)
     temporal_factor: int = 1
     spatial_factor: int = 8
 

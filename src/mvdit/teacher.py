@@ -24,7 +24,11 @@ def build_autoencoder(cfg: VAEConfig) -> VideoAutoencoder:
     if cfg.kind == "patchify":
         return PatchifyAutoencoder(cfg.temporal_factor, cfg.spatial_factor)
     if cfg.path is None:
-        raise MvditError("vae.kind = 'pretrained' needs vae.path (a directory written by save_pretrained)")
+        raise MvditError("vae.kind = 'pretrained' needs vae.path (a directory written by save_pretrained, or 'default')")
+    if cfg.path == "default":
+        from mvdit.models.vae import default_vae_path
+
+        return load_autoencoder(default_vae_path())
     if not Path(cfg.path).is_dir():
         raise MvditError(f"vae.path {cfg.path} does not exist")
     return load_autoencoder(cfg.path)
