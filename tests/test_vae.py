@@ -327,6 +327,12 @@ def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
     vae = load_autoencoder(out / "model")
     assert vae.config.latent_mean is not None and len(vae.config.latent_std) == 4
     assert set(json.loads((out / "eval.json").read_text())) == {"psnr", "ssim", "clips"}
+    code, stdout, err = run_cli(
+        ["eval-vae", out / "model", "--config", cfg, "--clips", 2, "--json", tmp_path / "e.json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["clip"] == "5x16x16"
 
     code, stdout, err = run_cli(
         ["train-vae", cfg, "--set", f"run.out_dir={out}", "--set", "optim.steps=5", "--resume"],

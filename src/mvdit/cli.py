@@ -214,32 +214,30 @@ def train_vae(
 @app.command("eval-vae")
 def eval_vae(
     model: Annotated[str, typer.Argument(help="autoencoder directory, or 'default' for the shipped CPU VAE")] = "default",
+    config: Annotated[Path | None, typer.Option(help="VAE training config whose [data] section (clip size, vocabulary) picks the clips")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key of that config, e.g. --set data.frames=17")] = None,
     clips: Annotated[int, typer.Option(help="held-out clips to score")] = 64,
-    frames: Annotated[int, typer.Option()] = 9,
-    height: Annotated[int, typer.Option()] = 32,
-    width: Annotated[int, typer.Option()] = 32,
-    seed: Annotated[int, typer.Option(help="shapes dataset seed (clips come from its 'val' split)")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores as JSON")] = None,
 ) -> None:
-    """Reconstruction PSNR / SSIM of an autoencoder on held-out `shapes` clips."""
-    from mvdit.data.shapes import ShapesDataset
+    """Reconstruction PSNR / SSIM of an autoencoder on held-out clips (the data's 'val' split)."""
+    from mvdit import vae_train as stage
     from mvdit.io import write_json
     from mvdit.models.autoencoder import load_autoencoder
     from mvdit.models.vae import default_vae_path
-    from mvdit.vae_train import clip_batches, evaluate_reconstruction
 
     if clips < 1:
         fail(f"--clips must be positive, got {clips}")
     path = default_vae_path() if model == "default" else Path(model)
     if not path.is_dir():
         fail(f"autoencoder directory {path} does not exist")
+    data = stage.load_vae_config(config, set_).data
     vae = load_autoencoder(path)
-    vae.check_clip(frames, height, width)
-    ds = ShapesDataset(size=clips, frames=frames, height=height, width=width, seed=seed, split="val")
-    scores = evaluate_reconstruction(vae, clip_batches(ds, clips, 16))
-    typer.echo(f"{path}: {scores['clips']} held-out {frames}x{height}x{width} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
+    vae.check_clip(data.frames, data.height, data.width)
+    scores = stage.evaluate_reconstruction(vae, stage.clip_batches(stage.build_video_dataset(data, "val"), clips, 16))
+    clip = f"{data.frames}x{data.height}x{data.width}"
+    typer.echo(f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
     if json_out is not None:
-        write_json(json_out, {"model": str(path), "frames": frames, "height": height, "width": width, **scores})
+        write_json(json_out, {"model": str(path), "config": str(config) if config else None, "clip": clip, **scores})
 
 
 @app.command("eval")
@@ -273,7 +271,7 @@ app.add_typer(study_app, name="study")
 def study_vae(
     out: Annotated[Path, typer.Option("--out", "-o", help="study directory (one run per ratio + study.md/csv/json/png); rerun to resume")] = Path("runs/study-vae"),
     quick: Annotated[bool, typer.Option(help="a seconds-long smoke run: tiny models, 2 steps, 9x32x32 clips")] = False,
-    steps: Annotated[int, typer.Option(help="training steps per ratio (the same budget for all)")] = 400,
+    steps: Annotated[int, typer.Option(help="training steps per ratio (the same budget for all)")] = 300,
     frames: Annotated[int, typer.Option(help="clip frames (1 + 8k, so every ratio applies)")] = 17,
     size: Annotated[int, typer.Option(help="clip height and width (a multiple of 32)")] = 64,
     width: Annotated[int, typer.Option(help="VAE base width (channels of the finest stage)")] = 32,

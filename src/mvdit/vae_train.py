@@ -1,7 +1,7 @@
 """Stage: train the causal video VAE (`mvdit train-vae CONFIG`).
 
 The stage is its loss, run by the shared loop in train.py:
-- pixel L1;
+- pixel L1 and MSE;
 - a Haar wavelet loss (L1 on the detail bands of a 2-level spatial Haar transform, plus frame
   differences for time): it puts weight on edges and motion that L1 alone blurs. It stands in for
   LPIPS, whose pretrained network cannot be downloaded here;
@@ -51,6 +51,7 @@ class VAEArchConfig(Strict):
 
 class VAELossConfig(Strict):
     l1: float = 1.0
+    mse: float = 10.0  # with L1: L1 keeps edges sharp, MSE is what PSNR measures
     wavelet: float = 1.0
     wavelet_levels: int = 2
     kl: float = 1e-4
@@ -67,14 +68,27 @@ class VAEEvalConfig(Strict):
     batch_size: int = 16
 
 
+class VAEDataConfig(DataConfig):
+    frames: int = 9  # 1 + 8k: a clip every causal ratio up to 8x in time accepts
+
+
+class VAEOptimConfig(OptimConfig):
+    lr: float = 3e-4
+    batch_size: int = 4
+    steps: int = 6000
+    ema_decay: float = 0.99
+
+
+class VAERunConfig(RunConfig):
+    out_dir: str = "runs/vae"
+
+
 class VAETrainConfig(Strict):
-    data: DataConfig = Field(default_factory=lambda: DataConfig(frames=9, height=32, width=32))
+    data: VAEDataConfig = Field(default_factory=VAEDataConfig)
     model: VAEArchConfig = Field(default_factory=VAEArchConfig)
     loss: VAELossConfig = Field(default_factory=VAELossConfig)
-    optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=5e-4, batch_size=8, steps=3000, warmup_steps=100)
-    )
-    run: RunConfig = Field(default_factory=lambda: RunConfig(out_dir="runs/vae-cpu"))
+    optim: VAEOptimConfig = Field(default_factory=VAEOptimConfig)
+    run: VAERunConfig = Field(default_factory=VAERunConfig)
     eval: VAEEvalConfig = Field(default_factory=VAEEvalConfig)
 
 
@@ -146,9 +160,10 @@ def make_vae_loss(vae: CausalVideoVAE, disc: nn.Module | None, cfg: VAELossConfi
             z = mean + torch.randn(mean.shape, generator=generator).to(mean) * (0.5 * logvar).exp()
         y = vae.decode_raw(z)
         l1 = (y - x).abs().mean()
+        mse = (y - x).pow(2).mean()
         wav = wavelet_loss(y, x, cfg.wavelet_levels)
         kl = kl_loss(mean, logvar)
-        loss = cfg.l1 * l1 + cfg.wavelet * wav + cfg.kl * kl
+        loss = cfg.l1 * l1 + cfg.mse * mse + cfg.wavelet * wav + cfg.kl * kl
         metrics = {
             "l1": l1.item(),
             "wavelet": wav.item(),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mvdit.config import DataConfig, OptimConfig, RunConfig, preset_config
+from mvdit.config import preset_config
 from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import dit_flops
 from mvdit.models.vae import CausalVideoVAE, vae_preset
@@ -65,25 +65,32 @@ def study_train_config(
     eval_clips: int,
     threads: int | None,
 ):
-    from mvdit.vae_train import VAEArchConfig, VAEEvalConfig, VAETrainConfig
+    from mvdit.vae_train import (
+        VAEArchConfig,
+        VAEDataConfig,
+        VAEEvalConfig,
+        VAEOptimConfig,
+        VAERunConfig,
+        VAETrainConfig,
+    )
 
     stages = len(vae_preset(ratio).widths)
     frames, height, width_px = clip
     return VAETrainConfig(
-        data=DataConfig(frames=frames, height=height, width=width_px, seed=0),
+        data=VAEDataConfig(frames=frames, height=height, width=width_px, seed=1),
         model=VAEArchConfig(
             preset=ratio,
             latent_channels=STUDY_CHANNELS[ratio],
             widths=[width] + [2 * width] * (stages - 1),
         ),
-        optim=OptimConfig(
+        optim=VAEOptimConfig(
             lr=lr,
             batch_size=batch_size,
             steps=steps,
             warmup_steps=max(1, min(100, steps // 10)),
             ema_decay=0.99,
         ),
-        run=RunConfig(
+        run=VAERunConfig(
             out_dir=str(out_dir / ratio),
             threads=threads,
             checkpoint_every=max(1, steps // 4),
@@ -99,10 +106,10 @@ def run_vae_study(
     out_dir: str | Path,
     ratios: list[str] | None = None,
     clip: tuple[int, int, int] = (17, 64, 64),
-    steps: int = 400,
+    steps: int = 300,
     batch_size: int = 4,
     width: int = 32,
-    lr: float = 2e-3,
+    lr: float = 3e-4,
     eval_clips: int = 32,
     timing_repeats: int = 5,
     threads: int | None = 1,
