@@ -153,6 +153,7 @@ def speed_quality_plot(rows: Sequence[dict], path: Path) -> bool:
         ax.scatter([x], [y], s=40)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.15)  # room for the labels beside the outermost points
     ax.set_xlabel("seconds per clip (lower is faster)")
     ax.set_ylabel(
         "prompt faithfulness (higher is better)" if use_faith else "FVD analogue (lower is better)"
