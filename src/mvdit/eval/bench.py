@@ -332,23 +332,28 @@ def bench_target(
     with PeakMemory(device) as mem:
         dit = target.dit or build_random(lambda: VideoDiT(target.dit_config), device, dtype)
         x, t, text, mask = _dit_inputs(target, device, dtype)
-        ours = lambda: dit(x, t, text, mask)  # noqa: E731
+
+        def ours():
+            with _autocast(device, dtype):
+                return dit(x, t, text, mask)
+
         ours()
     twin, why = ltx_twin(target, device, dtype) if ltx else (None, "not requested")
     if twin is not None:
         hs = x.flatten(2).transpose(1, 2).contiguous()  # LTX takes tokens, not a latent grid
 
         def other():
-            return twin(
-                hs,
-                text,
-                t * 1000,
-                mask.long(),
-                num_frames=lt,
-                height=lh,
-                width=lw,
-                return_dict=False,
-            )
+            with _autocast(device, dtype):
+                return twin(
+                    hs,
+                    text,
+                    t * 1000,
+                    mask.long(),
+                    num_frames=lt,
+                    height=lh,
+                    width=lw,
+                    return_dict=False,
+                )
 
         other()
     # alternate ours and the twin so that both see the same machine load; small models keep
@@ -507,9 +512,9 @@ def run_bench(
             te = text_cache.get(key) or text_cache.setdefault(
                 key, load_text_encoder(TextConfig(max_length=min(key, 128)))
             )
-        peaks.append(
-            gemm_peak(dev, dtype, gemm_n)
-        )  # right before the DiT: the load may have changed
+        te.model.to(dev)  # the text encoder runs where the DiT runs
+        # right before the DiT: the load may have changed
+        peaks.append(gemm_peak(dev, dtype, gemm_n))
         rows.append(bench_target(target, te, dev, dtype, reps, ltx, pipe))
     peaks.append(gemm_peak(dev, dtype, gemm_n))
     peak = max(peaks)
