@@ -164,7 +164,8 @@ def test_cli_caches_a_video_folder(tmp_path, capsys):
 
     def cli(*extra):
         sets = ["data.kind=folder", f"data.path={videos}", "data.frames=9", "data.height=16"]
-        sets += ["data.width=16", "text.max_length=8", *extra]
+        sets += ["data.width=16", "text.max_length=8", "vae.kind=patchify", "vae.temporal_factor=1"]
+        sets += ["vae.spatial_factor=8", *extra]
         old, sys.argv = (
             sys.argv,
             ["mvdit", "cache", "--out", str(tmp_path / "c"), "--shard-size", "2"],
