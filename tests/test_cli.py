@@ -136,7 +136,8 @@ def test_train_then_generate_on_shapes(tmp_path, capsys):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     code, _, err = run_cli(["generate", "a red circle moves to the left", "--model", run / "model", "--steps", "2", "-o", tmp_path / "o.mp4"], capsys)
-    assert code == 0, err and (tmp_path / "o.mp4").stat().st_size > 0
+    assert code == 0, err
+    assert (tmp_path / "o.mp4").stat().st_size > 0
     # a second `train` into the same directory refuses instead of overwriting
     code, _, err = run_cli(["train", "--set", f"run.out_dir='{run}'", "--set", "optim.steps=3"], capsys)
     assert code == 2 and "--resume" in err
