@@ -24,3 +24,21 @@ def nonuniform_dit_config():
         BlockSpec(heads=1, cross_heads=0, ffn_dim=0, source=5),  # cross-attention and FFN pruned away
     ]
     return DiTConfig(blocks=blocks, hidden_size=32, head_dim=16, in_channels=12, text_dim=24, caption_dim=20)
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """Run `mvdit ARGS` through the real entry point: (exit code, stdout, stderr)."""
+    import sys
+
+    from mvdit.cli import main
+
+    old, sys.argv = sys.argv, ["mvdit", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -1,8 +1,8 @@
 """Benchmark and report: every field is written, the LTX twin has our shape, the report renders."""
 
 import json
-import sys
 
+import conftest
 import pytest
 import torch
 
@@ -11,18 +11,8 @@ from mvdit.eval import bench as B
 
 
 def run_cli(args, capsys):
-    from mvdit.cli import main
-
-    old, sys.argv = sys.argv, ["mvdit", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = conftest.run_cli(args, capsys)
+    return code, out + err
 
 
 def test_cheap_init_fills_every_tensor_and_keeps_outputs_finite(tiny_dit_config):

@@ -1,26 +1,10 @@
 """The command line as a user meets it: success paths write files, mistakes give one line and exit 2."""
 
 import json
-import sys
 
 import pytest
 import torch
-
-from mvdit.cli import main
-
-
-def run_cli(args, capsys):
-    old = sys.argv
-    sys.argv = ["mvdit", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -293,18 +293,8 @@ def tiny_pipeline(tmp_path_factory):
 
 @needs_features
 def run_cli(args, capsys):
-    from mvdit.cli import main
-
-    old, sys.argv = sys.argv, ["mvdit", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = conftest.run_cli(args, capsys)
+    return code, out + err
 
 
 def test_eval_command_writes_json_markdown_sheet_and_videos(tiny_pipeline, tmp_path, capsys):

@@ -2,7 +2,6 @@
 and diffusers' VAEs behind the same interface. Tiny random models; each test takes seconds."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -294,20 +293,7 @@ def test_diffusers_wrapper_pointing_nowhere_is_an_error(tmp_path):
 # training through the shared loop
 
 
-def run_cli(args, capsys):
-    from mvdit.cli import main
-
-    old, sys.argv = sys.argv, ["mvdit", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
+from conftest import run_cli  # noqa: E402
 
 TINY_CONFIG = """
 [data]
