@@ -215,6 +215,7 @@ def plot_study(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     x = [r["tokens_49x384x512"] for r in rows]
@@ -228,6 +229,9 @@ def plot_study(rows: list[dict], path: Path) -> None:
             fontsize=8,
         )
     a.set_xscale("log")
+    a.set_xticks(x, [f"{v:,}" for v in x], fontsize=8)
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    a.set_xlim(min(x) / 1.6, max(x) * 2.5)  # room for the labels
     a.set_xlabel("DiT tokens at 49x384x512")
     a.set_ylabel("held-out PSNR (dB)")
     a.set_title("reconstruction vs. DiT sequence length")
@@ -239,6 +243,7 @@ def plot_study(rows: list[dict], path: Path) -> None:
     b2 = b.twinx()
     b2.plot(names, [r["decode_ms"] for r in rows], "s-", color="tab:green")
     b2.set_ylabel("VAE decode ms per clip", color="tab:green")
+    b2.set_ylim(bottom=0)
     b.set_title("what each ratio costs")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

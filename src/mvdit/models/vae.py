@@ -462,30 +462,33 @@ class CausalVideoVAE(VideoAutoencoder):
         plan_h = _axis_plan(h, tiling.height, tiling.overlap, sf)
         plan_w = _axis_plan(w, tiling.width, tiling.overlap, sf)
         for (lh, ph, wh), (lw, pw, ww) in itertools.product(plan_h, plan_w):
-            with streaming(self.decoder):
-                tile = torch.cat(
-                    [self.decoder(z[:, :, i : i + chunk, lh, lw]) for i in range(0, t, chunk)],
-                    dim=2,
-                )
             weight = (wh[:, None] * ww[None, :]).to(z)
-            out[:, :, :, ph, pw] += tile * weight
+            with streaming(self.decoder):
+                f0 = 0
+                for i in range(0, t, chunk):
+                    piece = self.decoder(z[:, :, i : i + chunk, lh, lw])
+                    # accumulate in place: no clip-sized temporaries beside the output
+                    out[:, :, f0 : f0 + piece.shape[2], ph, pw].addcmul_(piece, weight)
+                    f0 += piece.shape[2]
+                    del piece
             total[:, :, :, ph, pw] += weight
-        return out / total
+        return out.div_(total)
 
     # -- memory planning -----------------------------------------------------------------------
 
     def decode_bytes(self, latent_thw: tuple[int, int, int], batch: int = 1) -> int:
         """Estimated peak activation bytes (fp32) of decoding one latent chunk or tile.
 
-        At the largest stage about five tensors of the stage's size are alive at once (an
-        upsampling conv's output, its unfolded copy, the unfolded shortcut and their sum; or a
-        residual block's input, activation, padded copy and output). Time is counted as a middle
-        chunk (tf frames per latent step, the most). `mvdit bench-vae` checks this against RSS.
+        At the largest stage about ten tensors of the stage's size are alive at once: an
+        upsampling conv's output, its unfolded copy, the unfolded shortcut and their sum, the
+        padded conv input, and oneDNN's reordered copies of a conv's input and output (the factor
+        is measured by `mvdit bench-vae`, docs/vae.md). Time counts as a middle chunk (tf frames
+        per latent step, the most). Not included: the output clip and the weights.
         """
         t, h, w = latent_thw
         sizes = []
         for i in reversed(range(len(self.config.widths))):
-            sizes.append(5 * self.config.widths[i] * (t + 2) * h * w)
+            sizes.append(10 * self.config.widths[i] * (t + 2) * h * w)
             if i > 0:
                 d = self.config.down[i - 1]
                 t = 2 * t if "t" in d else t
