@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 
 from mvdit import MvditError
 from mvdit.models.autoencoder import load_autoencoder
@@ -292,8 +293,6 @@ def test_diffusers_wrapper_pointing_nowhere_is_an_error(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # training through the shared loop
 
-
-from conftest import run_cli  # noqa: E402
 
 TINY_CONFIG = """
 [data]
