@@ -9,7 +9,7 @@ Causality: every Conv3d pads time on the front only (with copies of the first fr
 temporal 2x fold pairs frames (2j-1, 2j) after doubling frame 0. The first frame therefore gets
 a latent step of its own, a clip has 1 + k * temporal_factor frames, and latent step j depends
 only on frames <= j * temporal_factor. The decoder is causal in the same way, which is what lets
-`decode` split long clips into temporal tiles without reading the future.
+`decode` stream a long latent through it in time chunks with exactly the one-pass result.
 
 Normalisation is per voxel (RMS over channels, LTX's PixelNorm) rather than GroupNorm: no
 statistic crosses time or space, so causality holds exactly and a tile decodes the same pixels
