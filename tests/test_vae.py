@@ -336,7 +336,8 @@ def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
     assert "loss_disc" not in rows[1] and "loss_disc" in rows[2]  # the GAN term starts at step 2
     vae = load_autoencoder(out / "model")
     assert vae.config.latent_mean is not None and len(vae.config.latent_std) == 4
-    assert set(json.loads((out / "eval.json").read_text())) == {"psnr", "ssim", "clips"}
+    assert set(json.loads((out / "eval.json").read_text())) == {"psnr", "ssim", "clips", "faithfulness"}
+    assert "prompt faithfulness of the reconstructions" in stdout
     code, stdout, err = run_cli(
         ["eval-vae", out / "model", "--config", cfg, "--clips", 2, "--json", tmp_path / "e.json"],
         capsys,
@@ -429,3 +430,24 @@ def test_paper_vae_decodes_49x384x512_under_a_cap():
     r = bench_paper_decode(max_tile_bytes=1 << 30)
     assert r["video"] == "3x49x384x512" and r["latent"] == "128x7x12x16"
     assert r["peak_rss_above_weights_gb"] < 2.0
+
+
+def test_reconstruction_faithfulness_is_the_detectors_ceiling():
+    from mvdit.data.shapes import ShapesDataset
+    from mvdit.models.autoencoder import PatchifyAutoencoder
+    from mvdit.vae_train import reconstruction_faithfulness
+
+    data = ShapesDataset(frames=9, height=32, width=32, max_objects=1, split="val")
+    lossless = PatchifyAutoencoder(1, 4)
+    scores = reconstruction_faithfulness(lossless, data, 12, batch_size=5)
+    assert scores["clips"] == 12 and scores["overall"] == 1.0
+
+    class Frozen(PatchifyAutoencoder):  # keeps the first frame only: every motion is lost
+        def decode(self, z):
+            x = super().decode(z)
+            return x[:, :, :1].expand_as(x)
+
+    frozen = reconstruction_faithfulness(Frozen(1, 4), data, 12)
+    moving = sum(data[i]["spec"].objects[0].motion != "still" for i in range(12))
+    assert moving >= 6 and frozen["motion"] <= 1 - moving / 12 + 1e-6
+    assert frozen["colour"] == 1.0

@@ -208,6 +208,10 @@ def train_vae(
     out, ev = Path(cfg.run.out_dir), summary["eval"]
     typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s")
     typer.echo(f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
+    if "faithfulness" in ev:
+        from mvdit.vae_train import format_faithfulness
+
+        typer.echo(f"prompt faithfulness of the reconstructions: {format_faithfulness(ev['faithfulness'])}")
     typer.echo(f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}")
 
 
@@ -233,9 +237,16 @@ def eval_vae(
     data = stage.load_vae_config(config, set_).data
     vae = load_autoencoder(path)
     vae.check_clip(data.frames, data.height, data.width)
-    scores = stage.evaluate_reconstruction(vae, stage.clip_batches(stage.build_video_dataset(data, "val"), clips, 16))
+    val = stage.build_video_dataset(data, "val")
+    scores = stage.evaluate_reconstruction(vae, stage.clip_batches(val, clips, 16))
     clip = f"{data.frames}x{data.height}x{data.width}"
     typer.echo(f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
+    if data.kind == "shapes":
+        scores["faithfulness"] = stage.reconstruction_faithfulness(vae, val, clips)
+        typer.echo(
+            "prompt faithfulness of the reconstructions (the ceiling of a DiT on this VAE): "
+            + stage.format_faithfulness(scores["faithfulness"])
+        )
     if json_out is not None:
         write_json(json_out, {"model": str(path), "config": str(config) if config else None, "clip": clip, **scores})
 
@@ -261,6 +272,29 @@ def eval_(
     f = r["faithfulness"]
     typer.echo(f"{r['clips']} clips scored; faithfulness {f['all']['overall']:.3f}" if f else f"{r['clips']} clips scored")
     typer.echo(f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}")
+
+
+@app.command("eval-curve")
+def eval_curve(
+    run: Annotated[Path, typer.Argument(help="a `mvdit train` run directory (model/ + checkpoints/)")],
+    prompts: Annotated[list[Path], typer.Option("--prompts", "-p", help="prompt file of shapes captions; repeatable")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="directory for curve.json, curve.md, curve.png (default: RUN/curve)")] = None,
+    seeds: Annotated[int, typer.Option(help="samples per prompt")] = 1,
+    seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
+    weights: Annotated[str, typer.Option(help="'ema' (what the run exports) or 'model' (the raw weights)")] = "ema",
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Prompt faithfulness of every kept checkpoint of a run: a table and a plot against the step."""
+    from mvdit.eval.curve import checkpoint_curve
+
+    out = out or run / "curve"
+    r = checkpoint_curve(run, prompts, out, seeds=seeds, steps=steps, cfg=cfg, seed=seed, weights=weights, device=device)
+    for p in r["points"]:
+        a = p["all"]
+        typer.echo(f"step {p['step']:>7}: overall {a['overall']:.2f}  colour {a['colour']:.2f}  shape {a['shape']:.2f}  motion {a['motion']:.2f}")
+    typer.echo(f"wrote {out / 'curve.md'}, curve.json, curve.png")
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Trade-off studies that write a table, a CSV and a plot.")
