@@ -42,3 +42,51 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
         sys.argv = old
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def save_tiny_pipeline(
+    path,
+    frames: int = 9,
+    size: int = 32,
+    temporal_factor: int = 1,
+    spatial_factor: int = 8,
+    ffn_dim: int = 32,
+    cfg: float = 1.0,
+    out_std: float | None = 0.1,
+):
+    """A random tiny pipeline on disk: a one-block DiT on a pixel patchify, and MiniLM.
+
+    out_std re-draws the DiT's zero-initialised out-projection so the sampler moves the latents.
+    """
+    from mvdit.models.autoencoder import PatchifyAutoencoder
+    from mvdit.models.dit import DiTConfig, VideoDiT
+    from mvdit.models.text import TextConfig, load_text_encoder
+    from mvdit.pipeline import Pipeline, PipelineConfig
+
+    torch.manual_seed(0)
+    text = load_text_encoder(TextConfig(max_length=8))
+    vae = PatchifyAutoencoder(temporal_factor=temporal_factor, spatial_factor=spatial_factor)
+    dit = VideoDiT(
+        DiTConfig.uniform(
+            depth=1,
+            heads=2,
+            ffn_dim=ffn_dim,
+            hidden_size=32,
+            head_dim=16,
+            in_channels=vae.latent_channels,
+            text_dim=text.dim,
+        )
+    )
+    if out_std is not None:
+        torch.nn.init.normal_(dit.out.weight, std=out_std)
+    clip = PipelineConfig(
+        frames=frames,
+        height=size,
+        width=size,
+        fps=8,
+        text=TextConfig(max_length=8),
+        steps=2,
+        cfg=cfg,
+    )
+    Pipeline(dit, vae, text, clip).save_pretrained(path)
+    return path

@@ -76,32 +76,7 @@ def test_bench_tiny_preset_writes_every_field(tmp_path, capsys):
 
 
 def test_bench_a_model_directory_and_an_estimated_clip(tmp_path):
-    from mvdit.models.autoencoder import PatchifyAutoencoder
-    from mvdit.models.dit import DiTConfig, VideoDiT
-    from mvdit.models.text import TextConfig, load_text_encoder
-    from mvdit.pipeline import Pipeline, PipelineConfig
-
-    text = load_text_encoder(TextConfig(max_length=8))
-    vae = PatchifyAutoencoder(1, 8)
-    dit = VideoDiT(
-        DiTConfig.uniform(
-            depth=1,
-            heads=2,
-            ffn_dim=64,
-            hidden_size=32,
-            head_dim=16,
-            in_channels=192,
-            text_dim=text.dim,
-        )
-    )
-    Pipeline(
-        dit,
-        vae,
-        text,
-        PipelineConfig(
-            frames=9, height=32, width=32, fps=8, text=TextConfig(max_length=8), steps=2, cfg=1.0
-        ),
-    ).save_pretrained(tmp_path / "m")
+    conftest.save_tiny_pipeline(tmp_path / "m", ffn_dim=64, out_std=None)
     r = B.run_bench([str(tmp_path / "m")], tmp_path / "b", threads=1, reps=1, ltx=False, gemm_n=256)
     (t,) = r["targets"]
     assert t["kind"] == "checkpoint" and t["sampler"]["nfe"] == 2 and t["end_to_end"]["measured"]

@@ -4,25 +4,14 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, save_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random tiny pipeline on disk: DiT + 2x2 patchify (non-causal, even frames) + MiniLM."""
-    from mvdit.models.autoencoder import PatchifyAutoencoder
-    from mvdit.models.dit import DiTConfig, VideoDiT
-    from mvdit.models.text import TextConfig, load_text_encoder
-    from mvdit.pipeline import Pipeline, PipelineConfig
-
-    torch.manual_seed(0)
-    text = load_text_encoder(TextConfig(max_length=8))
-    vae = PatchifyAutoencoder(temporal_factor=2, spatial_factor=4)
-    dit = VideoDiT(DiTConfig.uniform(depth=1, heads=2, ffn_dim=32, hidden_size=32, head_dim=16, in_channels=vae.latent_channels, text_dim=text.dim))
-    torch.nn.init.normal_(dit.out.weight, std=0.1)
     path = tmp_path_factory.mktemp("model") / "tiny"
-    Pipeline(dit, vae, text, PipelineConfig(frames=4, height=16, width=16, fps=8, text=TextConfig(max_length=8), steps=2)).save_pretrained(path)
-    return path
+    return save_tiny_pipeline(path, frames=4, size=16, temporal_factor=2, spatial_factor=4, cfg=4.0)
 
 
 def test_generate_writes_mp4_and_sheet(tiny_model, tmp_path, capsys):

@@ -259,36 +259,7 @@ def test_shipped_prompt_sets_parse_and_holdout_holds_out():
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory):
-    from mvdit.models.autoencoder import PatchifyAutoencoder
-    from mvdit.models.dit import DiTConfig, VideoDiT
-    from mvdit.models.text import TextConfig, load_text_encoder
-    from mvdit.pipeline import Pipeline, PipelineConfig
-
-    torch.manual_seed(0)
-    text = load_text_encoder(TextConfig(max_length=8))
-    vae = PatchifyAutoencoder(temporal_factor=1, spatial_factor=8)
-    dit = VideoDiT(
-        DiTConfig.uniform(
-            depth=1,
-            heads=2,
-            ffn_dim=32,
-            hidden_size=32,
-            head_dim=16,
-            in_channels=vae.latent_channels,
-            text_dim=text.dim,
-        )
-    )
-    torch.nn.init.normal_(dit.out.weight, std=0.1)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    Pipeline(
-        dit,
-        vae,
-        text,
-        PipelineConfig(
-            frames=9, height=32, width=32, fps=8, text=TextConfig(max_length=8), steps=2, cfg=1.0
-        ),
-    ).save_pretrained(path)
-    return path
+    return conftest.save_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @needs_features
