@@ -204,6 +204,10 @@ def test_scoring_real_clips_and_noise():
         good["faithfulness"]["eval"]["overall"] == 1.0
         and bad["faithfulness"]["eval"]["overall"] == 0.0
     )
+    by_motion = good["faithfulness"]["by_motion"]
+    assert sum(r["clips"] for r in by_motion.values()) == 4
+    assert all(r["accuracy"] == 1.0 and list(r["seen"]) == [m] for m, r in by_motion.items())
+    assert all(r["accuracy"] == 0.0 for r in bad["faithfulness"]["by_motion"].values())
     assert (
         good["vbench"]["temporal_flickering"]["value"]
         > 0.95

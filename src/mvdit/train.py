@@ -28,7 +28,14 @@ from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.config import OptimConfig, RunConfig
-from mvdit.io import atomic_dir, atomic_write_text, load_tensors, read_json, save_tensors, write_json
+from mvdit.io import (
+    atomic_dir,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 
 LossFn = Callable[[int, dict, torch.Generator], tuple[dict[str, torch.Tensor], dict[str, float]]]
 BatchFn = Callable[[int, int], dict]

@@ -111,8 +111,9 @@ def checkpoint_curve(
         point |= {
             s: {k: v[k] for k in keep}
             for s, v in f.items()
-            if s not in ("all", "label", "note", "per_clip")
+            if s not in ("all", "label", "note", "per_clip", "by_motion")
         }
+        point["by_motion"] = {m: r["accuracy"] for m, r in f["by_motion"].items()}
         points.append(point)
         _write(out, run_dir, settings, points)
     bar.close()
@@ -145,7 +146,7 @@ def curve_markdown(result: dict) -> str:
     ]
     for p in result["points"]:
         lines.append(f"| {p['step']} | " + " | ".join(_cell(p["all"][k]) for k in ATTRS) + " |")
-    splits = sorted({s for p in result["points"] for s in p if s not in ("step", "all")})
+    splits = sorted({s for p in result["points"] for s in p if s not in ("step", "all", "by_motion")})
     if len(splits) > 1:
         lines += [
             "",
@@ -160,6 +161,13 @@ def curve_markdown(result: dict) -> str:
                 + " | ".join(_cell(p[s]["motion"]) if s in p else "–" for s in splits)
                 + " |"
             )
+    motions = sorted({m for p in result["points"] for m in p.get("by_motion", {})})
+    if motions:
+        lines += ["", "Motion accuracy by the motion asked for (one-object prompts):", ""]
+        lines += ["| step | " + " | ".join(motions) + " |", "|---:|" + "---:|" * len(motions)]
+        for p in result["points"]:
+            bm = p.get("by_motion", {})
+            lines.append(f"| {p['step']} | " + " | ".join(_cell(bm.get(m)) for m in motions) + " |")
     return "\n".join(lines) + "\n"
 
 

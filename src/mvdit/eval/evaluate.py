@@ -120,8 +120,30 @@ def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | N
         out[split] = summarize(
             [s for s, r in zip(scores, rows, strict=True) if r["split"] == split]
         )
+    out["by_motion"] = motion_breakdown(scores, wants)
     out["per_clip"] = [bool(s["overall"]) for s in scores]
     return out
+
+
+def motion_breakdown(scores: Sequence[dict], wants: Sequence) -> dict:
+    """Motion accuracy per asked motion over the one-object prompts, with what the detector saw
+    instead ("none": no object found; "2 objects": more than one)."""
+    from collections import Counter
+
+    table: dict[str, dict] = {}
+    for s, w in zip(scores, wants, strict=True):
+        if len(w.objects) != 1 or w.objects[0].motion is None:
+            continue
+        objs = s["detected"]["objects"]
+        seen = objs[0]["motion"] if len(objs) == 1 else "none" if not objs else f"{len(objs)} objects"
+        row = table.setdefault(w.objects[0].motion, {"clips": 0, "right": 0, "seen": Counter()})
+        row["clips"] += 1
+        row["right"] += bool(s["motion"])
+        row["seen"][str(seen)] += 1
+    return {
+        m: {"clips": r["clips"], "accuracy": r["right"] / r["clips"], "seen": dict(r["seen"].most_common())}
+        for m, r in sorted(table.items())
+    }
 
 
 def real_shapes_clips(
@@ -260,7 +282,7 @@ def eval_markdown(r: dict) -> str:
     ]
     f = r.get("faithfulness")
     if f:
-        splits = [k for k in f if k not in ("label", "note", "per_clip")]
+        splits = [k for k in f if k not in ("label", "note", "per_clip", "by_motion")]
         attrs = ["overall", "count", "colour", "shape", "motion", "speed", "background"]
         lines += [
             f"## Prompt faithfulness ({f['label']}: {f['note']})",
@@ -273,6 +295,17 @@ def eval_markdown(r: dict) -> str:
                 f"| {k} | {f[k]['clips']} | " + " | ".join(_fmt(f[k].get(a)) for a in attrs) + " |"
             )
         lines.append("")
+        if f.get("by_motion"):
+            lines += [
+                "Motion by the motion asked for (one-object prompts, all splits):",
+                "",
+                "| asked | clips | accuracy | what the detector saw |",
+                "|---|---:|---:|---|",
+            ]
+            for m, row in f["by_motion"].items():
+                seen = ", ".join(f"{k} {v}" for k, v in row["seen"].items())
+                lines.append(f"| {m} | {row['clips']} | {row['accuracy']:.2f} | {seen} |")
+            lines.append("")
     lines += [
         "## VBench-style dimensions",
         "",
