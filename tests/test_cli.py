@@ -16,9 +16,28 @@ def tiny_model(tmp_path_factory):
 
 def test_generate_writes_mp4_and_sheet(tiny_model, tmp_path, capsys):
     out, sheet = tmp_path / "v.mp4", tmp_path / "v.png"
-    code, stdout, err = run_cli(["generate", "a red circle moves left", "--model", tiny_model, "-o", out, "--sheet", sheet, "--seed", 3], capsys)
+    code, stdout, err = run_cli(
+        [
+            "generate",
+            "a red circle moves left",
+            "--model",
+            tiny_model,
+            "-o",
+            out,
+            "--sheet",
+            sheet,
+            "--seed",
+            3,
+        ],
+        capsys,
+    )
     assert code == 0, err
-    assert "text encoder" in stdout and "DiT" in stdout and "decode" in stdout and "2 network evaluations" not in stdout
+    assert (
+        "text encoder" in stdout
+        and "DiT" in stdout
+        and "decode" in stdout
+        and "2 network evaluations" not in stdout
+    )
     from mvdit.video import read_video
 
     frames, fps = read_video(out)
@@ -57,7 +76,10 @@ def test_user_mistakes_get_one_line(args, message, capsys):
 
 
 def test_impossible_frame_count(tiny_model, tmp_path, capsys):
-    code, _, err = run_cli(["generate", "a cat", "--model", tiny_model, "--frames", "5", "-o", tmp_path / "x.mp4"], capsys)
+    code, _, err = run_cli(
+        ["generate", "a cat", "--model", tiny_model, "--frames", "5", "-o", tmp_path / "x.mp4"],
+        capsys,
+    )
     assert code == 2 and "multiple of 2 frames" in err and not (tmp_path / "x.mp4").exists()
 
 
@@ -70,7 +92,9 @@ def test_checkpoint_of_another_architecture(tiny_model, tmp_path, capsys):
     cfg["blocks"][0]["ffn_dim"] = 48
     (bad / "dit" / "config.json").write_text(json.dumps(cfg))
     code, _, err = run_cli(["generate", "a cat", "--model", bad, "-o", tmp_path / "x.mp4"], capsys)
-    assert code == 2 and "blocks.0.ffn.fc1.weight" in err and "(32, 32)" in err and "(48, 32)" in err
+    assert (
+        code == 2 and "blocks.0.ffn.fc1.weight" in err and "(32, 32)" in err and "(48, 32)" in err
+    )
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -87,7 +111,20 @@ def test_train_rejects_unknown_key(tmp_path, capsys):
 
 
 def test_info_reports_paper_numbers(capsys):
-    code, out, _ = run_cli(["info", "--preset", "paper-teacher", "--frames", "49", "--height", "384", "--width", "512"], capsys)
+    code, out, _ = run_cli(
+        [
+            "info",
+            "--preset",
+            "paper-teacher",
+            "--frames",
+            "49",
+            "--height",
+            "384",
+            "--width",
+            "512",
+        ],
+        capsys,
+    )
     assert code == 0
     assert "tokens: 1,344" in out and "latent 128x7x12x16" in out
     total = float(out.split("parameters: ")[1].split("B")[0])
@@ -100,17 +137,42 @@ def test_info_reports_paper_numbers(capsys):
 def test_train_then_generate_on_shapes(tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = run_cli(
-        ["train", "--set", f"run.out_dir='{run}'", "--set", "optim.steps=3", "--set", "optim.batch_size=2",
-         "--set", "run.checkpoint_every=2", "--set", "optim.warmup_steps=1"],
+        [
+            "train",
+            "--set",
+            f"run.out_dir='{run}'",
+            "--set",
+            "optim.steps=3",
+            "--set",
+            "optim.batch_size=2",
+            "--set",
+            "run.checkpoint_every=2",
+            "--set",
+            "optim.warmup_steps=1",
+        ],
         capsys,
     )
     assert code == 0, err
     assert (run / "model" / "pipeline.json").is_file() and (run / "loss.png").is_file()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    code, _, err = run_cli(["generate", "a red circle moves to the left", "--model", run / "model", "--steps", "2", "-o", tmp_path / "o.mp4"], capsys)
+    code, _, err = run_cli(
+        [
+            "generate",
+            "a red circle moves to the left",
+            "--model",
+            run / "model",
+            "--steps",
+            "2",
+            "-o",
+            tmp_path / "o.mp4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "o.mp4").stat().st_size > 0
     # a second `train` into the same directory refuses instead of overwriting
-    code, _, err = run_cli(["train", "--set", f"run.out_dir='{run}'", "--set", "optim.steps=3"], capsys)
+    code, _, err = run_cli(
+        ["train", "--set", f"run.out_dir='{run}'", "--set", "optim.steps=3"], capsys
+    )
     assert code == 2 and "--resume" in err

@@ -27,7 +27,9 @@ def test_paper_presets_match_paper_parameter_counts(preset, target):
 
 def test_paper_student_block_shape():
     cfg = preset_config("paper-student")
-    assert len(cfg.blocks) == 20 and {b.heads for b in cfg.blocks} == {20} and cfg.hidden_size == 2048
+    assert (
+        len(cfg.blocks) == 20 and {b.heads for b in cfg.blocks} == {20} and cfg.hidden_size == 2048
+    )
 
 
 def test_forward_shapes_and_zero_init(tiny_dit_config):
@@ -50,7 +52,11 @@ def test_features_are_collected_per_block(nonuniform_dit_config):
 def test_nonuniform_blocks_have_their_own_widths(nonuniform_dit_config):
     model = VideoDiT(nonuniform_dit_config)
     b0, b1, b2 = model.blocks
-    assert b0.attn.q.out_features == 3 * 16 and b0.cross_attn.q.out_features == 16 and b0.ffn.fc1.out_features == 40
+    assert (
+        b0.attn.q.out_features == 3 * 16
+        and b0.cross_attn.q.out_features == 16
+        and b0.ffn.fc1.out_features == 40
+    )
     assert b1.attn is None and b1.cross_attn.k.in_features == 20 and b1.ffn.fc1.out_features == 72
     assert b2.cross_attn is None and b2.ffn is None
 
@@ -82,7 +88,9 @@ def test_wider_ffn_checkpoint_reports_shapes(tmp_path, tiny_dit_config):
     wider.blocks[1].ffn_dim = 96
     import json
 
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"kind": "video_dit", **wider.model_dump()}))
+    (tmp_path / "m" / "config.json").write_text(
+        json.dumps({"kind": "video_dit", **wider.model_dump()})
+    )
     with pytest.raises(MvditError, match=r"blocks\.1\.ffn\.fc1\.weight.*\(64, 32\).*\(96, 32\)"):
         VideoDiT.from_pretrained(tmp_path / "m")
 
@@ -91,7 +99,8 @@ def test_rope_positions_are_distinct_and_relative():
     cos, sin = rope_3d((3, 4, 5), 32, 10000.0)
     assert cos.shape == (60, 16)
     angles = torch.atan2(sin, cos)
-    assert len({tuple(a.round(decimals=5).tolist()) for a in angles}) == 60  # every token its own code
+    # every token its own code
+    assert len({tuple(a.round(decimals=5).tolist()) for a in angles}) == 60
     # attention scores depend on relative positions only: shift every token by one frame
     from mvdit.models.dit import apply_rope
 

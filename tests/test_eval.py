@@ -59,12 +59,9 @@ def test_dynamic_degree_separates_still_from_moving():
     assert vb.dynamic_degree(square_clip(velocity=(2.0, 1.5)))
     # VBench's count rule: a 9-frame clip moves when round(4 * 9 / 16) = 2 of its pairs do
     still = square_clip(velocity=(0, 0))
-    one_jump = np.concatenate(
-        [still[:5], np.roll(still[5:], 3, axis=2)]
-    )  # 3 px right between frames 4 and 5
-    two_jumps = np.concatenate(
-        [one_jump[:7], np.roll(one_jump[7:], 3, axis=1)]
-    )  # and 3 px down later
+    # 3 px right between frames 4 and 5, and 3 px down later
+    one_jump = np.concatenate([still[:5], np.roll(still[5:], 3, axis=2)])
+    two_jumps = np.concatenate([one_jump[:7], np.roll(one_jump[7:], 3, axis=1)])
     assert not vb.dynamic_degree(one_jump)
     assert vb.dynamic_degree(two_jumps)
 

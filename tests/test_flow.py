@@ -31,7 +31,9 @@ def test_logit_normal_and_shift():
     shifted = sample_timesteps(20000, torch.Generator().manual_seed(0), shift=3.0)
     assert shifted.mean() > t.mean() + 0.1  # a shift > 1 spends more time at high noise
     assert shift_time(0.5, 3.0) == pytest.approx(0.75)
-    assert shift_for_tokens(256) == pytest.approx(1.0) and shift_for_tokens(4096) == pytest.approx(3.0)
+    assert shift_for_tokens(256) == pytest.approx(1.0) and shift_for_tokens(4096) == pytest.approx(
+        3.0
+    )
     assert 1.0 < shift_for_tokens(1344) < 3.0
 
 
@@ -68,7 +70,14 @@ def test_cfg_extrapolates_between_branches():
     def model(x, t, text):
         return text.expand_as(x)
 
-    out, _ = euler_sample(model, torch.zeros(1, 1), [1.0, 0.0], {"text": torch.ones(1, 1)}, {"text": torch.zeros(1, 1)}, cfg_scale=3.0)
+    out, _ = euler_sample(
+        model,
+        torch.zeros(1, 1),
+        [1.0, 0.0],
+        {"text": torch.ones(1, 1)},
+        {"text": torch.zeros(1, 1)},
+        cfg_scale=3.0,
+    )
     assert out.item() == pytest.approx(-3.0)  # x += (0 - 1) * (0 + 3 * (1 - 0))
 
 

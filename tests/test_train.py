@@ -19,7 +19,10 @@ class RandomClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return {"latent": torch.randn(12, 2, 3, 3, generator=g), "text": torch.randn(5, 24, generator=g)}
+        return {
+            "latent": torch.randn(12, 2, 3, 3, generator=g),
+            "text": torch.randn(5, 24, generator=g),
+        }
 
 
 def flow_stage(model):
@@ -41,7 +44,10 @@ def test_tiny_model_overfits_one_batch(tmp_path, tiny_dit_config):
     torch.manual_seed(0)
     model = VideoDiT(tiny_dit_config)
     batch = RandomClips(4).__getitem__
-    fixed = {"latent": torch.stack([batch(i)["latent"] for i in range(4)]), "text": torch.stack([batch(i)["text"] for i in range(4)])}
+    fixed = {
+        "latent": torch.stack([batch(i)["latent"] for i in range(4)]),
+        "text": torch.stack([batch(i)["text"] for i in range(4)]),
+    }
     t = torch.tensor([0.2, 0.4, 0.6, 0.8])
     noise = torch.randn(fixed["latent"].shape, generator=torch.Generator().manual_seed(1))
 
@@ -50,7 +56,9 @@ def test_tiny_model_overfits_one_batch(tmp_path, tiny_dit_config):
 
     optim = OptimConfig(lr=3e-3, warmup_steps=10, steps=300, schedule="constant", ema_decay=0.0)
     run = RunConfig(checkpoint_every=1000, log_every=50)
-    train_loop({"model": model}, loss_fn, lambda s, m: fixed, optim, run, tmp_path / "run", progress=False)
+    train_loop(
+        {"model": model}, loss_fn, lambda s, m: fixed, optim, run, tmp_path / "run", progress=False
+    )
     _, ls = losses(tmp_path / "run")
     assert ls[-1] < ls[0] / 10, f"loss {ls[0]:.4f} -> {ls[-1]:.4f}"
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
@@ -66,10 +74,14 @@ def _run(out_dir, cfg, steps=6, crash_at=None, resume=False, accum=2):
             raise KeyboardInterrupt  # simulates a run killed mid-way
         return stage(step, batch, gen)
 
-    optim = OptimConfig(lr=2e-3, warmup_steps=2, steps=steps, batch_size=3, grad_accum=accum, ema_decay=0.9)
+    optim = OptimConfig(
+        lr=2e-3, warmup_steps=2, steps=steps, batch_size=3, grad_accum=accum, ema_decay=0.9
+    )
     run = RunConfig(checkpoint_every=2, log_every=1, seed=3)
     batch_fn = make_batch_fn(RandomClips(), optim.batch_size, optim.grad_accum, run.seed)
-    return train_loop({"model": model}, loss_fn, batch_fn, optim, run, out_dir, resume=resume, progress=False)
+    return train_loop(
+        {"model": model}, loss_fn, batch_fn, optim, run, out_dir, resume=resume, progress=False
+    )
 
 
 def test_resume_continues_exactly(tmp_path, tiny_dit_config):
@@ -101,7 +113,12 @@ def test_checkpoints_are_pruned_and_complete(tmp_path, tiny_dit_config):
     ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["step_0000004", "step_0000006"]  # keep_checkpoints = 2, no temp dirs left
     files = {p.name for p in (tmp_path / "r" / "checkpoints" / "step_0000006").iterdir()}
-    assert files == {"model.safetensors", "optim_model.safetensors", "ema.safetensors", "state.json"}
+    assert files == {
+        "model.safetensors",
+        "optim_model.safetensors",
+        "ema.safetensors",
+        "state.json",
+    }
 
 
 def test_gradients_go_only_to_their_module(tmp_path):
@@ -114,7 +131,15 @@ def test_gradients_go_only_to_their_module(tmp_path):
         return {"model": (a(x) + b(x)).pow(2).mean()}, {}
 
     optim = OptimConfig(lr=0.1, warmup_steps=0, steps=3, ema_decay=0.0)
-    train_loop({"model": a, "disc": b}, loss_fn, lambda s, m: {}, optim, RunConfig(checkpoint_every=100), tmp_path / "r", progress=False)
+    train_loop(
+        {"model": a, "disc": b},
+        loss_fn,
+        lambda s, m: {},
+        optim,
+        RunConfig(checkpoint_every=100),
+        tmp_path / "r",
+        progress=False,
+    )
     assert torch.equal(b.weight, b0)
 
 

@@ -165,9 +165,8 @@ def test_time_chunks_decode_exactly(ratio):
     for frames in (1, 2, 3):
         assert torch.allclose(vae.decode(z, tiling=Tiling(frames=frames)), full, atol=1e-5)
     assert torch.allclose(vae.decode(z, tiling=Tiling(frames=2), batch_slice=1), full, atol=1e-5)
-    assert torch.equal(
-        vae.decode(z, tiling=Tiling(frames=5, height=2, width=2)), full
-    )  # one whole tile
+    # one whole tile
+    assert torch.equal(vae.decode(z, tiling=Tiling(frames=5, height=2, width=2)), full)
 
 
 @torch.no_grad()
@@ -336,7 +335,12 @@ def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
     assert "loss_disc" not in rows[1] and "loss_disc" in rows[2]  # the GAN term starts at step 2
     vae = load_autoencoder(out / "model")
     assert vae.config.latent_mean is not None and len(vae.config.latent_std) == 4
-    assert set(json.loads((out / "eval.json").read_text())) == {"psnr", "ssim", "clips", "faithfulness"}
+    assert set(json.loads((out / "eval.json").read_text())) == {
+        "psnr",
+        "ssim",
+        "clips",
+        "faithfulness",
+    }
     assert "prompt faithfulness of the reconstructions" in stdout
     code, stdout, err = run_cli(
         ["eval-vae", out / "model", "--config", cfg, "--clips", 2, "--json", tmp_path / "e.json"],

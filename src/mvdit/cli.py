@@ -13,8 +13,12 @@ import typer
 
 from mvdit import MvditError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="mvdit: small, fast text-to-video diffusion transformers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="mvdit: small, fast text-to-video diffusion transformers.",
+)
 
 
 def fail(msg: str) -> None:
@@ -24,9 +28,18 @@ def fail(msg: str) -> None:
 
 @app.command()
 def train(
-    config: Annotated[Path | None, typer.Argument(help="TOML/YAML training config; omit for the embedded default (configs/tiny.toml)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="TOML/YAML training config; omit for the embedded default (configs/tiny.toml)"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
+    ] = False,
 ) -> None:
     """Train a text-to-video DiT teacher with rectified flow."""
     from mvdit.config import load_train_config
@@ -35,8 +48,12 @@ def train(
     cfg = load_train_config(config or default_config_path(), set_)
     summary = train_teacher(cfg, resume=resume)
     out = Path(cfg.run.out_dir)
-    typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}")
-    typer.echo(f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}")
+    typer.echo(
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}"
+    )
+    typer.echo(
+        f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
+    )
 
 
 def default_config_path() -> Path:
@@ -48,14 +65,23 @@ def default_config_path() -> Path:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="what the video shows")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")] = Path("runs/tiny/model"),
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")
+    ] = Path("runs/tiny/model"),
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
-    cfg: Annotated[float | None, typer.Option(help="classifier-free guidance scale; 1 disables it")] = None,
+    cfg: Annotated[
+        float | None, typer.Option(help="classifier-free guidance scale; 1 disables it")
+    ] = None,
     seed: Annotated[int, typer.Option(help="noise seed")] = 0,
     frames: Annotated[int | None, typer.Option(help="frame count (default: the model's)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="output .mp4")] = Path("out.mp4"),
-    sheet: Annotated[Path | None, typer.Option(help="also write a PNG contact sheet of the frames")] = None,
-    scale: Annotated[int | None, typer.Option(help="nearest upscale of the written video (default: to at least 128 px)")] = None,
+    sheet: Annotated[
+        Path | None, typer.Option(help="also write a PNG contact sheet of the frames")
+    ] = None,
+    scale: Annotated[
+        int | None,
+        typer.Option(help="nearest upscale of the written video (default: to at least 128 px)"),
+    ] = None,
 ) -> None:
     """Generate a video from a prompt and write it as H.264 mp4."""
     import time
@@ -93,15 +119,21 @@ def generate(
 
 @app.command()
 def info(
-    preset: Annotated[str, typer.Option(help="tiny, small, paper-teacher, paper-student")] = "paper-teacher",
+    preset: Annotated[
+        str, typer.Option(help="tiny, small, paper-teacher, paper-student")
+    ] = "paper-teacher",
     frames: Annotated[int, typer.Option()] = 49,
     height: Annotated[int, typer.Option()] = 384,
     width: Annotated[int, typer.Option()] = 512,
     temporal: Annotated[int, typer.Option(help="VAE temporal compression")] = 8,
     spatial: Annotated[int, typer.Option(help="VAE spatial compression")] = 32,
-    latent_channels: Annotated[int | None, typer.Option(help="VAE latent channels (default: the preset's)")] = None,
+    latent_channels: Annotated[
+        int | None, typer.Option(help="VAE latent channels (default: the preset's)")
+    ] = None,
     text_len: Annotated[int, typer.Option(help="text tokens (77 for CLIP)")] = 77,
-    text_dim: Annotated[int | None, typer.Option(help="text encoder width (default: the preset's)")] = None,
+    text_dim: Annotated[
+        int | None, typer.Option(help="text encoder width (default: the preset's)")
+    ] = None,
 ) -> None:
     """Parameters, latent grid, token count and FLOPs of a DiT preset (built on the meta device)."""
     import torch
@@ -122,16 +154,26 @@ def info(
     tokens = grid[0] * grid[1] * grid[2]
     counts = model.param_counts()
     b = cfg.blocks
-    typer.echo(f"preset {preset}: d={cfg.hidden_size}, {len(b)} blocks, heads {_span([x.heads for x in b])} x {cfg.head_dim}, FFN {_span([x.ffn_dim for x in b])}")
+    typer.echo(
+        f"preset {preset}: d={cfg.hidden_size}, {len(b)} blocks, heads {_span([x.heads for x in b])} x {cfg.head_dim}, FFN {_span([x.ffn_dim for x in b])}"
+    )
     total = counts["total"]
-    typer.echo(f"parameters: {total / 1e9:.3f}B ({total:,})" if total >= 1e8 else f"parameters: {total / 1e6:.2f}M ({total:,})")
+    typer.echo(
+        f"parameters: {total / 1e9:.3f}B ({total:,})"
+        if total >= 1e8
+        else f"parameters: {total / 1e6:.2f}M ({total:,})"
+    )
     for k, v in counts.items():
         if k != "total":
             typer.echo(f"  {k:<13} {v:>15,}  ({100 * v / counts['total']:.1f}%)")
-    typer.echo(f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} ({temporal}x{spatial}x{spatial} VAE, patch 1)")
+    typer.echo(
+        f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} ({temporal}x{spatial}x{spatial} VAE, patch 1)"
+    )
     typer.echo(f"tokens: {tokens:,}")
     flops = model.flops_per_step(tokens, text_len)
-    typer.echo(f"FLOPs per DiT step: {_si(flops)}FLOPs ({text_len} text tokens; 2 per multiply-add)")
+    typer.echo(
+        f"FLOPs per DiT step: {_si(flops)}FLOPs ({text_len} text tokens; 2 per multiply-add)"
+    )
 
 
 def _si(x: float) -> str:
@@ -152,7 +194,12 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("shapes")
 def data_shapes(
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the mp4s, contact_sheet.png and captions.json")] = Path("shapes_examples"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="directory for the mp4s, contact_sheet.png and captions.json"
+        ),
+    ] = Path("shapes_examples"),
     n: Annotated[int, typer.Option("-n", help="number of clips")] = 8,
     frames: Annotated[int, typer.Option(help="frames per clip")] = 9,
     height: Annotated[int, typer.Option(help="frame height")] = 32,
@@ -160,20 +207,36 @@ def data_shapes(
     fps: Annotated[float, typer.Option(help="frames per second")] = 8.0,
     seed: Annotated[int, typer.Option(help="dataset seed")] = 0,
     split: Annotated[str, typer.Option(help="train, val or holdout")] = "train",
-    holdout: Annotated[list[str] | None, typer.Option(help="held-out 'colour shape motion' combination (repeatable)")] = None,
+    holdout: Annotated[
+        list[str] | None,
+        typer.Option(help="held-out 'colour shape motion' combination (repeatable)"),
+    ] = None,
 ) -> None:
     """Write example clips of the procedural `shapes` dataset (mp4 + captioned contact sheet)."""
     from mvdit.data.shapes import write_examples
 
-    paths = write_examples(out, n, frames, height, width, fps, seed, split=split, holdout=holdout or ())
-    typer.echo(f"wrote {n} clips of {frames}x{height}x{width} to {out} (contact sheet: {paths[-2]})")
+    paths = write_examples(
+        out, n, frames, height, width, fps, seed, split=split, holdout=holdout or ()
+    )
+    typer.echo(
+        f"wrote {n} clips of {frames}x{height}x{width} to {out} (contact sheet: {paths[-2]})"
+    )
 
 
 @app.command()
 def cache(
-    out: Annotated[Path, typer.Option("--out", "-o", help="cache directory; rerun the same command to resume")],
-    config: Annotated[Path | None, typer.Argument(help="training config: its data, vae and text sections say what to encode and with what")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set data.kind=folder")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="cache directory; rerun the same command to resume")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="training config: its data, vae and text sections say what to encode and with what"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, e.g. --set data.kind=folder")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="cache only the first N clips")] = None,
     shard_size: Annotated[int, typer.Option(help="clips per safetensors shard")] = 256,
     batch_size: Annotated[int, typer.Option(help="clips encoded at once")] = 8,
@@ -195,9 +258,18 @@ def cache(
 
 @app.command("train-vae")
 def train_vae(
-    config: Annotated[Path | None, typer.Argument(help="TOML/YAML VAE training config (e.g. configs/vae-cpu.toml); omit for the defaults")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="TOML/YAML VAE training config (e.g. configs/vae-cpu.toml); omit for the defaults"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
+    ] = False,
 ) -> None:
     """Train the causal video VAE (L1 + Haar wavelet + KL [+ 3D patch GAN]); writes OUT/model."""
     from mvdit.vae_train import load_vae_config
@@ -207,21 +279,39 @@ def train_vae(
     summary = run_train_vae(cfg, resume=resume)
     out, ev = Path(cfg.run.out_dir), summary["eval"]
     typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s")
-    typer.echo(f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
+    typer.echo(
+        f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}"
+    )
     if "faithfulness" in ev:
         from mvdit.vae_train import format_faithfulness
 
-        typer.echo(f"prompt faithfulness of the reconstructions: {format_faithfulness(ev['faithfulness'])}")
-    typer.echo(f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}")
+        typer.echo(
+            f"prompt faithfulness of the reconstructions: {format_faithfulness(ev['faithfulness'])}"
+        )
+    typer.echo(
+        f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
+    )
 
 
 @app.command("eval-vae")
 def eval_vae(
-    model: Annotated[str, typer.Argument(help="autoencoder directory, or 'default' for the shipped CPU VAE")] = "default",
-    config: Annotated[Path | None, typer.Option(help="VAE training config whose [data] section (clip size, vocabulary) picks the clips")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key of that config, e.g. --set data.frames=17")] = None,
+    model: Annotated[
+        str, typer.Argument(help="autoencoder directory, or 'default' for the shipped CPU VAE")
+    ] = "default",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="VAE training config whose [data] section (clip size, vocabulary) picks the clips"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a key of that config, e.g. --set data.frames=17"),
+    ] = None,
     clips: Annotated[int, typer.Option(help="held-out clips to score")] = 64,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores as JSON")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the scores as JSON")
+    ] = None,
 ) -> None:
     """Reconstruction PSNR / SSIM of an autoencoder on held-out clips (the data's 'val' split)."""
     from mvdit import vae_train as stage
@@ -240,7 +330,9 @@ def eval_vae(
     val = stage.build_video_dataset(data, "val")
     scores = stage.evaluate_reconstruction(vae, stage.clip_batches(val, clips, 16))
     clip = f"{data.frames}x{data.height}x{data.width}"
-    typer.echo(f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}")
+    typer.echo(
+        f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}"
+    )
     if data.kind == "shapes":
         scores["faithfulness"] = stage.reconstruction_faithfulness(vae, val, clips)
         typer.echo(
@@ -248,19 +340,40 @@ def eval_vae(
             + stage.format_faithfulness(scores["faithfulness"])
         )
     if json_out is not None:
-        write_json(json_out, {"model": str(path), "config": str(config) if config else None, "clip": clip, **scores})
+        write_json(
+            json_out,
+            {"model": str(path), "config": str(config) if config else None, "clip": clip, **scores},
+        )
 
 
 @app.command("eval")
 def eval_(
-    model: Annotated[Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")],
-    prompts: Annotated[list[Path], typer.Option("--prompts", "-p", help="prompt file: text (one a line) or JSONL {prompt, split}; repeatable")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory for eval.json, eval.md, contact_sheet.png, videos/")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")
+    ],
+    prompts: Annotated[
+        list[Path],
+        typer.Option(
+            "--prompts",
+            "-p",
+            help="prompt file: text (one a line) or JSONL {prompt, split}; repeatable",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="output directory for eval.json, eval.md, contact_sheet.png, videos/",
+        ),
+    ],
     seeds: Annotated[int, typer.Option(help="samples per prompt")] = 2,
     seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
     cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
-    feature_size: Annotated[int, typer.Option(help="frame side fed to the feature network (VBench: 224)")] = 224,
+    feature_size: Annotated[
+        int, typer.Option(help="frame side fed to the feature network (VBench: 224)")
+    ] = 224,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Generate clips for a prompt set and score them (faithfulness, VBench-style dimensions, FVD analogue)."""
@@ -268,71 +381,158 @@ def eval_(
 
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
-    r = evaluate(model, prompts, out, seeds=seeds, steps=steps, cfg=cfg, seed=seed, feature_size=feature_size, device=device)
+    r = evaluate(
+        model,
+        prompts,
+        out,
+        seeds=seeds,
+        steps=steps,
+        cfg=cfg,
+        seed=seed,
+        feature_size=feature_size,
+        device=device,
+    )
     f = r["faithfulness"]
-    typer.echo(f"{r['clips']} clips scored; faithfulness {f['all']['overall']:.3f}" if f else f"{r['clips']} clips scored")
-    typer.echo(f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}")
+    typer.echo(
+        f"{r['clips']} clips scored; faithfulness {f['all']['overall']:.3f}"
+        if f
+        else f"{r['clips']} clips scored"
+    )
+    typer.echo(
+        f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}"
+    )
 
 
 @app.command("eval-curve")
 def eval_curve(
-    run: Annotated[Path, typer.Argument(help="a `mvdit train` run directory (model/ + checkpoints/)")],
-    prompts: Annotated[list[Path], typer.Option("--prompts", "-p", help="prompt file of shapes captions; repeatable")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="directory for curve.json, curve.md, curve.png (default: RUN/curve)")] = None,
+    run: Annotated[
+        Path, typer.Argument(help="a `mvdit train` run directory (model/ + checkpoints/)")
+    ],
+    prompts: Annotated[
+        list[Path],
+        typer.Option("--prompts", "-p", help="prompt file of shapes captions; repeatable"),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="directory for curve.json, curve.md, curve.png (default: RUN/curve)"
+        ),
+    ] = None,
     seeds: Annotated[int, typer.Option(help="samples per prompt")] = 1,
     seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
     cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
-    weights: Annotated[str, typer.Option(help="'ema' (what the run exports) or 'model' (the raw weights)")] = "ema",
+    weights: Annotated[
+        str, typer.Option(help="'ema' (what the run exports) or 'model' (the raw weights)")
+    ] = "ema",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Prompt faithfulness of every kept checkpoint of a run: a table and a plot against the step."""
     from mvdit.eval.curve import checkpoint_curve
 
     out = out or run / "curve"
-    r = checkpoint_curve(run, prompts, out, seeds=seeds, steps=steps, cfg=cfg, seed=seed, weights=weights, device=device)
+    r = checkpoint_curve(
+        run,
+        prompts,
+        out,
+        seeds=seeds,
+        steps=steps,
+        cfg=cfg,
+        seed=seed,
+        weights=weights,
+        device=device,
+    )
     for p in r["points"]:
         a = p["all"]
-        typer.echo(f"step {p['step']:>7}: overall {a['overall']:.2f}  colour {a['colour']:.2f}  shape {a['shape']:.2f}  motion {a['motion']:.2f}")
+        typer.echo(
+            f"step {p['step']:>7}: overall {a['overall']:.2f}  colour {a['colour']:.2f}  shape {a['shape']:.2f}  motion {a['motion']:.2f}"
+        )
     typer.echo(f"wrote {out / 'curve.md'}, curve.json, curve.png")
 
 
-study_app = typer.Typer(no_args_is_help=True, help="Trade-off studies that write a table, a CSV and a plot.")
+study_app = typer.Typer(
+    no_args_is_help=True, help="Trade-off studies that write a table, a CSV and a plot."
+)
 app.add_typer(study_app, name="study")
 
 
 @study_app.command("vae")
 def study_vae(
-    out: Annotated[Path, typer.Option("--out", "-o", help="study directory (one run per ratio + study.md/csv/json/png); rerun to resume")] = Path("runs/study-vae"),
-    quick: Annotated[bool, typer.Option(help="a seconds-long smoke run: tiny models, 2 steps, 9x32x32 clips")] = False,
-    steps: Annotated[int, typer.Option(help="training steps per ratio (the same budget for all)")] = 300,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="study directory (one run per ratio + study.md/csv/json/png); rerun to resume",
+        ),
+    ] = Path("runs/study-vae"),
+    quick: Annotated[
+        bool, typer.Option(help="a seconds-long smoke run: tiny models, 2 steps, 9x32x32 clips")
+    ] = False,
+    steps: Annotated[
+        int, typer.Option(help="training steps per ratio (the same budget for all)")
+    ] = 300,
     frames: Annotated[int, typer.Option(help="clip frames (1 + 8k, so every ratio applies)")] = 17,
     size: Annotated[int, typer.Option(help="clip height and width (a multiple of 32)")] = 64,
     width: Annotated[int, typer.Option(help="VAE base width (channels of the finest stage)")] = 32,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")
+    ] = 1,
 ) -> None:
     """Train one VAE per compression ratio on the same data and budget; tabulate quality vs. cost."""
     from mvdit.eval.vae_study import run_vae_study
 
     if quick:
-        rows = run_vae_study(out, clip=(9, 32, 32), steps=2, batch_size=2, width=8, eval_clips=2, timing_repeats=1, threads=threads, progress=False)
+        rows = run_vae_study(
+            out,
+            clip=(9, 32, 32),
+            steps=2,
+            batch_size=2,
+            width=8,
+            eval_clips=2,
+            timing_repeats=1,
+            threads=threads,
+            progress=False,
+        )
     else:
         if (frames - 1) % 8 or size % 32 or size <= 0:
-            fail(f"--frames must be 1 + 8k and --size a multiple of 32 so every ratio applies, got {frames} and {size}")
-        rows = run_vae_study(out, clip=(frames, size, size), steps=steps, width=width, threads=threads)
+            fail(
+                f"--frames must be 1 + 8k and --size a multiple of 32 so every ratio applies, got {frames} and {size}"
+            )
+        rows = run_vae_study(
+            out, clip=(frames, size, size), steps=steps, width=width, threads=threads
+        )
     for r in rows:
-        typer.echo(f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms")
+        typer.echo(
+            f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms"
+        )
     typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
 
 
 @app.command("bench-vae")
 def bench_vae(
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")] = Path("runs/bench-vae"),
-    max_tile_mb: Annotated[int, typer.Option(help="memory cap for one decode tile of the paper VAE, in MiB")] = 1024,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")] = 1,
-    repeats: Annotated[int, typer.Option(help="timed repeats of the CPU-preset decode and DiT steps")] = 20,
-    paper: Annotated[bool, typer.Option(help="also decode 49x384x512 with the paper-width 8x32x32 VAE (minutes on CPU)")] = True,
-    vae: Annotated[Path | None, typer.Option(help="VAE directory for the CPU-preset bench (default: the shipped one)")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")
+    ] = Path("runs/bench-vae"),
+    max_tile_mb: Annotated[
+        int, typer.Option(help="memory cap for one decode tile of the paper VAE, in MiB")
+    ] = 1024,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")
+    ] = 1,
+    repeats: Annotated[
+        int, typer.Option(help="timed repeats of the CPU-preset decode and DiT steps")
+    ] = 20,
+    paper: Annotated[
+        bool,
+        typer.Option(
+            help="also decode 49x384x512 with the paper-width 8x32x32 VAE (minutes on CPU)"
+        ),
+    ] = True,
+    vae: Annotated[
+        Path | None,
+        typer.Option(help="VAE directory for the CPU-preset bench (default: the shipped one)"),
+    ] = None,
 ) -> None:
     """Decode speed and memory: the paper VAE at 49x384x512 (tiled), and the CPU default vs 4 DiT steps."""
     from mvdit.eval.vae_bench import bench_markdown, run_vae_bench
@@ -346,14 +546,35 @@ def bench_vae(
 
 @app.command()
 def bench(
-    targets: Annotated[list[str] | None, typer.Argument(help="presets (tiny, small, paper-teacher, paper-student) and/or model directories")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")] = Path("runs/bench"),
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="presets (tiny, small, paper-teacher, paper-student) and/or model directories"
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="directory for bench.json and bench.md")
+    ] = Path("runs/bench"),
     device: Annotated[str, typer.Option(help="cpu or cuda (bf16 on cuda)")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for every measurement, GEMM peak included (default: torch's)")] = None,
-    reps: Annotated[int, typer.Option(help="timed repetitions of each stage after a warm-up (best is reported)")] = 2,
-    ltx: Annotated[bool, typer.Option(help="also time diffusers' LTXVideoTransformer3DModel of the same shape")] = True,
-    paper_decode: Annotated[bool | None, typer.Option(help="time the paper VAE decode at 49x384x512 (default: on GPU only)")] = None,
-    gemm_n: Annotated[int, typer.Option(help="side of the square matmul that measures the GEMM peak")] = 4096,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for every measurement, GEMM peak included (default: torch's)"
+        ),
+    ] = None,
+    reps: Annotated[
+        int, typer.Option(help="timed repetitions of each stage after a warm-up (best is reported)")
+    ] = 2,
+    ltx: Annotated[
+        bool, typer.Option(help="also time diffusers' LTXVideoTransformer3DModel of the same shape")
+    ] = True,
+    paper_decode: Annotated[
+        bool | None,
+        typer.Option(help="time the paper VAE decode at 49x384x512 (default: on GPU only)"),
+    ] = None,
+    gemm_n: Annotated[
+        int, typer.Option(help="side of the square matmul that measures the GEMM peak")
+    ] = 4096,
 ) -> None:
     """Latency per stage, seconds per clip, memory, FLOPs and the DiT's share of the GEMM peak."""
     from mvdit.eval.bench import run_bench
@@ -361,15 +582,31 @@ def bench(
     if gemm_n < 64:
         fail(f"--gemm-n must be at least 64, got {gemm_n}")
     targets = targets or ["tiny", "small", "paper-student", "paper-teacher"]
-    result = run_bench(targets, out, device=device, threads=threads, reps=reps, ltx=ltx, paper_decode=paper_decode, gemm_n=gemm_n)
+    result = run_bench(
+        targets,
+        out,
+        device=device,
+        threads=threads,
+        reps=reps,
+        ltx=ltx,
+        paper_decode=paper_decode,
+        gemm_n=gemm_n,
+    )
     typer.echo((out / "bench.md").read_text())
-    typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'} ({len(result['targets'])} targets)")
+    typer.echo(
+        f"wrote {out / 'bench.json'} and {out / 'bench.md'} ({len(result['targets'])} targets)"
+    )
 
 
 @app.command()
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="run directories holding eval.json and/or bench.json")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="markdown file; the plot is written beside it as .png")] = Path("report.md"),
+    runs: Annotated[
+        list[Path], typer.Argument(help="run directories holding eval.json and/or bench.json")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="markdown file; the plot is written beside it as .png"),
+    ] = Path("report.md"),
 ) -> None:
     """Collect eval and bench results of several models into one page with a speed-quality plot."""
     from mvdit.eval.report import write_report

@@ -21,13 +21,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, head_dim=32, depth=6, heads=4, ffn_dim=512),
     "small": dict(hidden_size=256, head_dim=32, depth=8, heads=8, ffn_dim=1024),
     # The paper's 2.0B teacher: d=2048, 28 blocks, 32 heads of 64, FFN 8192 (docs/parameters.md).
-    "paper-teacher": dict(hidden_size=2048, head_dim=64, depth=28, heads=32, ffn_dim=8192, in_channels=128, text_dim=768),
+    "paper-teacher": dict(
+        hidden_size=2048,
+        head_dim=64,
+        depth=28,
+        heads=32,
+        ffn_dim=8192,
+        in_channels=128,
+        text_dim=768,
+    ),
     # The paper's 0.9B mobile student after tri-level pruning: 20 blocks, 20 heads, FFN ~6144.
-    "paper-student": dict(hidden_size=2048, head_dim=64, depth=20, heads=20, ffn_dim=6144, in_channels=128, text_dim=768),
+    "paper-student": dict(
+        hidden_size=2048,
+        head_dim=64,
+        depth=20,
+        heads=20,
+        ffn_dim=6144,
+        in_channels=128,
+        text_dim=768,
+    ),
 }
 
 
-def preset_config(name: str, in_channels: int | None = None, text_dim: int | None = None) -> DiTConfig:
+def preset_config(
+    name: str, in_channels: int | None = None, text_dim: int | None = None
+) -> DiTConfig:
     if name not in PRESETS:
         raise MvditError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     kw = dict(PRESETS[name])
@@ -54,7 +72,8 @@ class DataConfig(Strict):
     fps: float = 8.0
     seed: int = 0
     window: Literal["start", "center"] = "start"  # folder: where a longer video is cut
-    holdout: list[str] = Field(default_factory=list)  # shapes: "colour shape motion" triples kept out of training
+    # shapes: "colour shape motion" triples kept out of training
+    holdout: list[str] = Field(default_factory=list)
     # shapes: the vocabulary drawn from (None: everything the generator knows)
     max_objects: int = 2
     paraphrase: bool = True
@@ -68,7 +87,9 @@ class DataConfig(Strict):
 
 class VAEConfig(Strict):
     kind: Literal["patchify", "pretrained"] = "patchify"
-    path: str | None = None  # pretrained: a directory written by save_pretrained, or "default" (the shipped CPU VAE)
+    path: str | None = (
+        None  # pretrained: a directory written by save_pretrained, or "default" (the shipped CPU VAE)
+    )
     temporal_factor: int = 1
     spatial_factor: int = 8
 

@@ -29,7 +29,13 @@ def shift_time(t: torch.Tensor | float, shift: float):
     return shift * t / (1 + (shift - 1) * t)
 
 
-def shift_for_tokens(tokens: int, base_tokens: int = 256, max_tokens: int = 4096, base_shift: float = 1.0, max_shift: float = 3.0) -> float:
+def shift_for_tokens(
+    tokens: int,
+    base_tokens: int = 256,
+    max_tokens: int = 4096,
+    base_shift: float = 1.0,
+    max_shift: float = 3.0,
+) -> float:
     """Resolution-dependent shift: more tokens carry more redundant signal, so they need more
     noise to be destroyed (SD3 §5.3.2). log(shift) is linear in the token count between two anchors."""
     a = (math.log(max_shift) - math.log(base_shift)) / (max_tokens - base_tokens)
@@ -37,14 +43,20 @@ def shift_for_tokens(tokens: int, base_tokens: int = 256, max_tokens: int = 4096
     return float(math.exp(min(max(mu, math.log(base_shift)), math.log(max_shift))))
 
 
-def sample_timesteps(n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0) -> torch.Tensor:
+def sample_timesteps(
+    n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0
+) -> torch.Tensor:
     """Logit-normal t (SD3): sigmoid of a normal, concentrating training on the middle of the path."""
     t = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
     return shift_time(t, shift)
 
 
 def flow_loss(
-    model: Callable[..., torch.Tensor], x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **cond
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    **cond,
 ) -> torch.Tensor:
     """Mean squared error between predicted and true velocity."""
     v = model(interpolate(x0, noise, t), t, **cond)

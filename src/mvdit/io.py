@@ -92,9 +92,13 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing:
-        raise MvditError(f"{source}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing) — it was saved from another architecture")
+        raise MvditError(
+            f"{source}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing) — it was saved from another architecture"
+        )
     if unexpected:
-        raise MvditError(f"{source}: checkpoint has unexpected tensor '{unexpected[0]}' ({len(unexpected)} extra) — it was saved from another architecture")
+        raise MvditError(
+            f"{source}: checkpoint has unexpected tensor '{unexpected[0]}' ({len(unexpected)} extra) — it was saved from another architecture"
+        )
     for k, v in own.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise MvditError(

@@ -1,8 +1,8 @@
 """Text → video: a DiT, an autoencoder and a text encoder, saved and loaded as one directory.
 
-    DIR/pipeline.json   clip size, sampler defaults, the text encoder's config
-    DIR/dit/            config.json + model.safetensors
-    DIR/vae/            config.json (+ model.safetensors for a trained VAE)
+DIR/pipeline.json   clip size, sampler defaults, the text encoder's config
+DIR/dit/            config.json + model.safetensors
+DIR/vae/            config.json (+ model.safetensors for a trained VAE)
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ class PipelineConfig(BaseModel):
     steps: int = 20
     cfg: float = 4.0
     shift: float | None = None  # None: follow the token count (flow.shift_for_tokens)
-    schedule: list[float] | None = None  # a fixed schedule (the 4-step student) overrides steps/shift
+    schedule: list[float] | None = (
+        None  # a fixed schedule (the 4-step student) overrides steps/shift
+    )
 
 
 @dataclass
@@ -45,12 +47,29 @@ class Generation:
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """(B, 3, T, H, W) in [-1, 1] → uint8 (B, T, H, W, 3)."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
+    return (
+        ((video.clamp(-1, 1) + 1) * 127.5)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 4, 1)
+        .contiguous()
+    )
 
 
 class Pipeline:
-    def __init__(self, dit: VideoDiT, vae: VideoAutoencoder, text_encoder: TextEncoder, config: PipelineConfig):
-        self.dit, self.vae, self.text_encoder, self.config = dit.eval(), vae.eval(), text_encoder, config
+    def __init__(
+        self,
+        dit: VideoDiT,
+        vae: VideoAutoencoder,
+        text_encoder: TextEncoder,
+        config: PipelineConfig,
+    ):
+        self.dit, self.vae, self.text_encoder, self.config = (
+            dit.eval(),
+            vae.eval(),
+            text_encoder,
+            config,
+        )
         vae.check_clip(config.frames, config.height, config.width)
 
     @property
@@ -103,7 +122,15 @@ class Pipeline:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(sched) - 1, desc="denoise", leave=False)
-        latents, nfe = euler_sample(self.dit, noise, sched, cond, uncond, cfg, progress=(lambda i: bar.update(1)) if bar else None)
+        latents, nfe = euler_sample(
+            self.dit,
+            noise,
+            sched,
+            cond,
+            uncond,
+            cfg,
+            progress=(lambda i: bar.update(1)) if bar else None,
+        )
         if bar:
             bar.close()
         timings["dit"] = time.perf_counter() - t0
@@ -113,7 +140,9 @@ class Pipeline:
         timings["decode"] = time.perf_counter() - t0
         return Generation(videos=videos, latents=latents.cpu(), nfe=nfe, timings=timings)
 
-    def save_pretrained(self, path: str | Path, dit_state: dict[str, torch.Tensor] | None = None) -> None:
+    def save_pretrained(
+        self, path: str | Path, dit_state: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """Write the whole pipeline atomically (an interrupted save leaves the old one intact)."""
         with atomic_dir(path) as tmp:
             write_json(tmp / "pipeline.json", self.config.model_dump())
@@ -121,29 +150,45 @@ class Pipeline:
             self.vae.save_pretrained(tmp / "vae")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", text_encoder: TextEncoder | None = None) -> Pipeline:
+    def from_pretrained(
+        cls, path: str | Path, device: str = "cpu", text_encoder: TextEncoder | None = None
+    ) -> Pipeline:
         path = Path(path)
         if not path.is_dir():
-            raise MvditError(f"model directory {path} does not exist (train one with `mvdit train`)")
+            raise MvditError(
+                f"model directory {path} does not exist (train one with `mvdit train`)"
+            )
         if not (path / "pipeline.json").is_file():
             raise MvditError(f"{path} is not an mvdit model directory: it has no pipeline.json")
         try:
             config = PipelineConfig(**read_json(path / "pipeline.json"))
         except ValidationError as e:
             err = e.errors()[0]
-            raise MvditError(f"{path}/pipeline.json: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise MvditError(
+                f"{path}/pipeline.json: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+            ) from None
         dit = VideoDiT.from_pretrained(path / "dit", device=device)
         vae = load_autoencoder(path / "vae").to(device)
         te = text_encoder or load_text_encoder(config.text)
         if te.dim != dit.config.text_dim:
-            raise MvditError(f"{path}: the DiT expects {dit.config.text_dim}-d text tokens but the text encoder gives {te.dim}")
+            raise MvditError(
+                f"{path}: the DiT expects {dit.config.text_dim}-d text tokens but the text encoder gives {te.dim}"
+            )
         if vae.latent_channels != dit.config.in_channels:
-            raise MvditError(f"{path}: the DiT expects {dit.config.in_channels} latent channels but the VAE gives {vae.latent_channels}")
+            raise MvditError(
+                f"{path}: the DiT expects {dit.config.in_channels} latent channels but the VAE gives {vae.latent_channels}"
+            )
         return cls(dit, vae, te, config)
 
-    def with_clip(self, frames: int | None = None, height: int | None = None, width: int | None = None) -> Pipeline:
+    def with_clip(
+        self, frames: int | None = None, height: int | None = None, width: int | None = None
+    ) -> Pipeline:
         """The same networks at another clip size (checked against the VAE's frame rules)."""
         c = self.config.model_copy(
-            update={k: v for k, v in dict(frames=frames, height=height, width=width).items() if v is not None}
+            update={
+                k: v
+                for k, v in dict(frames=frames, height=height, width=width).items()
+                if v is not None
+            }
         )
         return Pipeline(self.dit, self.vae, self.text_encoder, c)

@@ -24,7 +24,9 @@ def build_autoencoder(cfg: VAEConfig) -> VideoAutoencoder:
     if cfg.kind == "patchify":
         return PatchifyAutoencoder(cfg.temporal_factor, cfg.spatial_factor)
     if cfg.path is None:
-        raise MvditError("vae.kind = 'pretrained' needs vae.path (a directory written by save_pretrained, or 'default')")
+        raise MvditError(
+            "vae.kind = 'pretrained' needs vae.path (a directory written by save_pretrained, or 'default')"
+        )
     if cfg.path == "default":
         from mvdit.models.vae import default_vae_path
 
@@ -34,15 +36,35 @@ def build_autoencoder(cfg: VAEConfig) -> VideoAutoencoder:
     return load_autoencoder(cfg.path)
 
 
-def build_dataset(cfg: DataConfig, split: str = "train", autoencoder: VideoAutoencoder | None = None, text_encoder: TextEncoder | None = None):
+def build_dataset(
+    cfg: DataConfig,
+    split: str = "train",
+    autoencoder: VideoAutoencoder | None = None,
+    text_encoder: TextEncoder | None = None,
+):
     """The dataset a config names. Given the encoders, a latent cache is checked against them."""
     if cfg.kind == "shapes":
         from mvdit.data.shapes import ShapesDataset
 
-        vocab = ("max_objects", "paraphrase", "colours", "shapes", "motions", "speeds", "backgrounds", "background_styles")
+        vocab = (
+            "max_objects",
+            "paraphrase",
+            "colours",
+            "shapes",
+            "motions",
+            "speeds",
+            "backgrounds",
+            "background_styles",
+        )
         return ShapesDataset(
-            frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps, seed=cfg.seed, split=split,
-            holdout=cfg.holdout, **{k: getattr(cfg, k) for k in vocab},
+            frames=cfg.frames,
+            height=cfg.height,
+            width=cfg.width,
+            fps=cfg.fps,
+            seed=cfg.seed,
+            split=split,
+            holdout=cfg.holdout,
+            **{k: getattr(cfg, k) for k in vocab},
         )
     if cfg.path is None:
         raise MvditError(f"data.kind = '{cfg.kind}' needs data.path")
@@ -50,7 +72,13 @@ def build_dataset(cfg: DataConfig, split: str = "train", autoencoder: VideoAutoe
         from mvdit.data.folder import VideoFolderDataset
 
         return VideoFolderDataset(
-            cfg.path, captions=cfg.captions, frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps, window=cfg.window
+            cfg.path,
+            captions=cfg.captions,
+            frames=cfg.frames,
+            height=cfg.height,
+            width=cfg.width,
+            fps=cfg.fps,
+            window=cfg.window,
         )
     from mvdit.data.cache import LatentCacheDataset
 
@@ -93,7 +121,9 @@ def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg:
                 mask = torch.where(keep[:, :, 0], batch["text_mask"], null_m.to(batch["text_mask"]))
             else:
                 ctx, mask = text.encode_cached(captions)
-        t = sample_timesteps(x0.shape[0], gen, cfg.flow.logit_mean, cfg.flow.logit_std, shift).to(x0)
+        t = sample_timesteps(x0.shape[0], gen, cfg.flow.logit_mean, cfg.flow.logit_std, shift).to(
+            x0
+        )
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         loss = flow_loss(dit, x0, t, noise, text=ctx.to(x0.device), text_mask=mask.to(x0.device))
         return {"model": loss}, {}
@@ -111,7 +141,13 @@ def train_teacher(cfg: TrainConfig, resume: bool = False, progress: bool = True)
     dataset = build_dataset(cfg.data, "train", vae, text)
     batch_fn = make_batch_fn(dataset, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed)
     pipe_cfg = PipelineConfig(
-        frames=d.frames, height=d.height, width=d.width, fps=d.fps, text=cfg.text, steps=cfg.sample.steps, cfg=cfg.sample.cfg,
+        frames=d.frames,
+        height=d.height,
+        width=d.width,
+        fps=d.fps,
+        text=cfg.text,
+        steps=cfg.sample.steps,
+        cfg=cfg.sample.cfg,
         shift=None if cfg.flow.shift == "auto" else float(cfg.flow.shift),
     )
     pipeline = Pipeline(dit, vae, text, pipe_cfg)

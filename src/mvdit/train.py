@@ -58,7 +58,9 @@ def default_collate(items: Sequence[dict]) -> dict:
     return out
 
 
-def make_batch_fn(dataset, batch_size: int, grad_accum: int = 1, seed: int = 0, collate=default_collate) -> BatchFn:
+def make_batch_fn(
+    dataset, batch_size: int, grad_accum: int = 1, seed: int = 0, collate=default_collate
+) -> BatchFn:
     """Batches drawn from per-epoch permutations seeded by (seed, epoch): batch (step, micro) is
     always the same, whether the run started at step 0 or resumed at step 1000."""
     n = len(dataset)
@@ -97,7 +99,9 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, sd["param_groups"]
 
 
-def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+def _unflatten_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         i, k = key.split(".", 1)
@@ -113,7 +117,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return ckpt if (ckpt / "state.json").is_file() else None
 
 
-def save_checkpoint(out_dir: Path, step: int, modules, optimizers, ema, extra: dict, keep: int) -> Path:
+def save_checkpoint(
+    out_dir: Path, step: int, modules, optimizers, ema, extra: dict, keep: int
+) -> Path:
     root = out_dir / "checkpoints"
     name = f"step_{step:07d}"
     with atomic_dir(root / name) as tmp:
@@ -170,7 +176,10 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         steps, vals = zip(*pts, strict=True)
         w = max(1, len(vals) // 50)
-        smooth = [sum(vals[max(0, i - w + 1) : i + 1]) / len(vals[max(0, i - w + 1) : i + 1]) for i in range(len(vals))]
+        smooth = [
+            sum(vals[max(0, i - w + 1) : i + 1]) / len(vals[max(0, i - w + 1) : i + 1])
+            for i in range(len(vals))
+        ]
         ax.plot(steps, vals, color="tab:blue", alpha=0.25, lw=0.8)
         ax.plot(steps, smooth, color="tab:blue", lw=1.6)
         ax.set_yscale("log" if min(vals) > 0 else "linear")
@@ -218,13 +227,17 @@ def train_loop(
     start = 0
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None and not resume:
-        raise MvditError(f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir")
+        raise MvditError(
+            f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir"
+        )
     if resume and ckpt is not None:
         state = read_json(ckpt / "state.json")
         for k, m in modules.items():
             m.load_state_dict(load_tensors(ckpt / f"{k}.safetensors"))
         for k, opt in optimizers.items():
-            _unflatten_optimizer(opt, load_tensors(ckpt / f"optim_{k}.safetensors"), state[f"param_groups_{k}"])
+            _unflatten_optimizer(
+                opt, load_tensors(ckpt / f"optim_{k}.safetensors"), state[f"param_groups_{k}"]
+            )
         if ema is not None:
             ema.state = load_tensors(ckpt / "ema.safetensors")
         start = state["step"]
@@ -240,14 +253,30 @@ def train_loop(
 
     def export() -> None:
         if on_export is not None:
-            on_export(out_dir / "model", ema.state if ema is not None else modules["model"].state_dict())
+            on_export(
+                out_dir / "model", ema.state if ema is not None else modules["model"].state_dict()
+            )
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(out_dir, step, modules, optimizers, ema.state if ema else None, {"config": config_dump}, run.keep_checkpoints)
+        save_checkpoint(
+            out_dir,
+            step,
+            modules,
+            optimizers,
+            ema.state if ema else None,
+            {"config": config_dump},
+            run.keep_checkpoints,
+        )
         export()
         plot_losses(metrics_path, out_dir / "loss.png")
 
-    bar = tqdm(total=optim.steps, initial=start, disable=not progress, dynamic_ncols=True, desc=out_dir.name)
+    bar = tqdm(
+        total=optim.steps,
+        initial=start,
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=out_dir.name,
+    )
     t0, last = time.perf_counter(), {}
     with metrics_path.open("a") as log:
         for step in range(start, optim.steps):
@@ -263,25 +292,42 @@ def train_loop(
                 active = [k for k, v in losses.items() if v.requires_grad]
                 for i, k in enumerate(active):
                     grads = torch.autograd.grad(
-                        losses[k] / optim.grad_accum, params[k], retain_graph=i < len(active) - 1, allow_unused=True
+                        losses[k] / optim.grad_accum,
+                        params[k],
+                        retain_graph=i < len(active) - 1,
+                        allow_unused=True,
                     )
                     for p, g in zip(params[k], grads, strict=True):
                         if g is not None:
                             p.grad = g if p.grad is None else p.grad.add_(g)
-                for k, v in {**{f"loss_{k}" if k != "model" else "loss": v for k, v in losses.items()}, **extra}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / optim.grad_accum
+                for k, v in {
+                    **{f"loss_{k}" if k != "model" else "loss": v for k, v in losses.items()},
+                    **extra,
+                }.items():
+                    sums[k] = (
+                        sums.get(k, 0.0)
+                        + float(v.detach() if isinstance(v, torch.Tensor) else v) / optim.grad_accum
+                    )
             for k, opt in optimizers.items():
                 if not any(p.grad is not None for p in params[k]):
                     continue
                 if optim.grad_clip > 0:
-                    sums[f"grad_norm_{k}"] = float(torch.nn.utils.clip_grad_norm_(params[k], optim.grad_clip))
+                    sums[f"grad_norm_{k}"] = float(
+                        torch.nn.utils.clip_grad_norm_(params[k], optim.grad_clip)
+                    )
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(modules[ema_module], step)
             if not all(math.isfinite(v) for v in sums.values()):
-                raise MvditError(f"step {step}: non-finite loss {sums}; lower optim.lr or check the data")
-            row = {"step": step + 1, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"], **sums}
+                raise MvditError(
+                    f"step {step}: non-finite loss {sums}; lower optim.lr or check the data"
+                )
+            row = {
+                "step": step + 1,
+                "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+                **sums,
+            }
             log.write(json.dumps(row) + "\n")
             last = sums
             bar.update(1)
@@ -296,7 +342,12 @@ def train_loop(
     if start < optim.steps or latest_checkpoint(out_dir) is None:
         checkpoint(optim.steps)
     seconds = time.perf_counter() - t0
-    summary = {"steps": optim.steps, "resumed_from": start, "seconds": round(seconds, 2), "final": last}
+    summary = {
+        "steps": optim.steps,
+        "resumed_from": start,
+        "seconds": round(seconds, 2),
+        "final": last,
+    }
     write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -305,11 +356,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from, so the log has no repeats."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     if device.type == "cpu":
         return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }

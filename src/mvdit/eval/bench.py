@@ -193,9 +193,8 @@ class Target:
     kind: str  # "preset" (random weights) or "checkpoint"
     dit_config: object  # DiTConfig
     dit: nn.Module | None  # built lazily for presets, so only one large model lives at a time
-    vae: (
-        nn.Module | None
-    )  # None: decode not timed (e.g. the paper VAE on CPU without --paper-decode)
+    # None: decode not timed (e.g. the paper VAE on CPU without --paper-decode)
+    vae: nn.Module | None
     latent: tuple[int, int, int, int]  # (C, t, h, w)
     clip: tuple[int, int, int]
     fps: float

@@ -146,7 +146,9 @@ def curve_markdown(result: dict) -> str:
     ]
     for p in result["points"]:
         lines.append(f"| {p['step']} | " + " | ".join(_cell(p["all"][k]) for k in ATTRS) + " |")
-    splits = sorted({s for p in result["points"] for s in p if s not in ("step", "all", "by_motion")})
+    splits = sorted(
+        {s for p in result["points"] for s in p if s not in ("step", "all", "by_motion")}
+    )
     if len(splits) > 1:
         lines += [
             "",

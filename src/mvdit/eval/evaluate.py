@@ -135,13 +135,19 @@ def motion_breakdown(scores: Sequence[dict], wants: Sequence) -> dict:
         if len(w.objects) != 1 or w.objects[0].motion is None:
             continue
         objs = s["detected"]["objects"]
-        seen = objs[0]["motion"] if len(objs) == 1 else "none" if not objs else f"{len(objs)} objects"
+        seen = (
+            objs[0]["motion"] if len(objs) == 1 else "none" if not objs else f"{len(objs)} objects"
+        )
         row = table.setdefault(w.objects[0].motion, {"clips": 0, "right": 0, "seen": Counter()})
         row["clips"] += 1
         row["right"] += bool(s["motion"])
         row["seen"][str(seen)] += 1
     return {
-        m: {"clips": r["clips"], "accuracy": r["right"] / r["clips"], "seen": dict(r["seen"].most_common())}
+        m: {
+            "clips": r["clips"],
+            "accuracy": r["right"] / r["clips"],
+            "seen": dict(r["seen"].most_common()),
+        }
         for m, r in sorted(table.items())
     }
 

@@ -53,7 +53,9 @@ UNIT_AREA = {"circle": math.pi} | {
 FG_THRESHOLD = 30.0
 MIN_TEMPLATE_SCORE = 0.5  # below this overlap with every shape, a blob is not an object
 MIN_AREA_FRAC = 0.003  # smallest object mass, as a share of the frame
-MAX_AREA_FRAC = 0.35  # the largest shapes object (a grown disc) covers 18%; a bigger blob is not one
+MAX_AREA_FRAC = (
+    0.35  # the largest shapes object (a grown disc) covers 18%; a bigger blob is not one
+)
 NOISY = 3.0  # pixel noise (RGB standard deviation) above which contrast is measured after smoothing
 MIN_SPLIT = 70.0  # two opaque colours this far apart in one blob are two touching objects
 # Motion thresholds, in units of the free span (frame minus object) or of the clip.

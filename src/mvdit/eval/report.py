@@ -42,7 +42,9 @@ def collect(run: str | Path) -> dict:
         f = ev.get("faithfulness")
         row["faithfulness"] = f["all"]["overall"] if f else None
         row["faithfulness_splits"] = {
-            k: v["overall"] for k, v in (f or {}).items() if isinstance(v, dict) and k not in ("all", "by_motion")
+            k: v["overall"]
+            for k, v in (f or {}).items()
+            if isinstance(v, dict) and k not in ("all", "by_motion")
         }
         row["vbench"] = {k: v["value"] for k, v in ev["vbench"].items()}
         row["labels"] = {k: v["label"] for k, v in ev["vbench"].items()}

@@ -39,7 +39,9 @@ class VideoAutoencoder(nn.Module):
         if not self.causal and frames % tf != 0:
             raise MvditError(f"this VAE needs a multiple of {tf} frames, got {frames}")
         if height % sf or width % sf or height <= 0 or width <= 0:
-            raise MvditError(f"height and width must be positive multiples of {sf}, got {height}x{width}")
+            raise MvditError(
+                f"height and width must be positive multiples of {sf}, got {height}x{width}"
+            )
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         self.check_clip(frames, height, width)
@@ -73,7 +75,11 @@ class PatchifyAutoencoder(VideoAutoencoder):
         self.causal = False
 
     def config(self) -> dict:
-        return {"kind": self.kind, "temporal_factor": self.temporal_factor, "spatial_factor": self.spatial_factor}
+        return {
+            "kind": self.kind,
+            "temporal_factor": self.temporal_factor,
+            "spatial_factor": self.spatial_factor,
+        }
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = video.shape

@@ -58,7 +58,10 @@ class DiTConfig(BaseModel):
 
     @classmethod
     def uniform(cls, depth: int, heads: int, ffn_dim: int, **kw) -> DiTConfig:
-        blocks = [BlockSpec(heads=heads, cross_heads=heads, ffn_dim=ffn_dim, source=i) for i in range(depth)]
+        blocks = [
+            BlockSpec(heads=heads, cross_heads=heads, ffn_dim=ffn_dim, source=i)
+            for i in range(depth)
+        ]
         return cls(blocks=blocks, **kw)
 
     @property
@@ -80,7 +83,9 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_3d(
+    grid: tuple[int, int, int], head_dim: int, theta: float, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape (T*H*W, head_dim/2) for tokens laid out t-major, then h, then w."""
     t, h, w = grid
     parts = []
@@ -109,7 +114,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of flow time t in [0, 1] (scaled to [0, 1000] like DiT's integer steps)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
     args = (t.float() * 1000.0)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -136,7 +143,9 @@ class Attention(nn.Module):
         context = x if context is None else context
         b, n, _ = x.shape
         q = self.q_norm(self.q(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k(context).view(b, context.shape[1], self.heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(
+            self.k(context).view(b, context.shape[1], self.heads, self.head_dim)
+        ).transpose(1, 2)
         v = self.v(context).view(b, context.shape[1], self.heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -163,14 +172,20 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(d, d, spec.heads, cfg.head_dim, cfg.qk_norm) if spec.heads else None
         self.norm2 = nn.LayerNorm(d, eps=1e-6)
-        self.cross_attn = Attention(d, cfg.cap_dim, spec.cross_heads, cfg.head_dim, cfg.qk_norm) if spec.cross_heads else None
+        self.cross_attn = (
+            Attention(d, cfg.cap_dim, spec.cross_heads, cfg.head_dim, cfg.qk_norm)
+            if spec.cross_heads
+            else None
+        )
         self.norm3 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ffn = FeedForward(d, spec.ffn_dim) if spec.ffn_dim else None
         # adaLN-single: this block's learned offset to the shared time modulation
         self.scale_shift_table = nn.Parameter(torch.randn(6, d) / d**0.5)
 
     def forward(self, x, text, text_mask, t_mod, rope):
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.scale_shift_table[None] + t_mod).unbind(1)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (
+            self.scale_shift_table[None] + t_mod
+        ).unbind(1)
         if self.attn is not None:
             h = self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None]
             x = x + gate_a[:, None] * self.attn(h, rope=rope)
@@ -195,7 +210,9 @@ class VideoDiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(config.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.caption_proj = nn.Sequential(
-            nn.Linear(config.text_dim, config.cap_dim), nn.GELU(approximate="tanh"), nn.Linear(config.cap_dim, config.cap_dim)
+            nn.Linear(config.text_dim, config.cap_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(config.cap_dim, config.cap_dim),
         )
         self.blocks = nn.ModuleList([DiTBlock(config, s) for s in config.blocks])
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -229,7 +246,9 @@ class VideoDiT(nn.Module):
         if c != self.config.in_channels:
             raise MvditError(f"DiT expects {self.config.in_channels} latent channels, got {c}")
         tokens = self.x_embed(x.flatten(2).transpose(1, 2))
-        t_emb = self.t_embed(timestep_embedding(t.expand(b) if t.dim() == 0 else t, self.config.freq_dim))
+        t_emb = self.t_embed(
+            timestep_embedding(t.expand(b) if t.dim() == 0 else t, self.config.freq_dim)
+        )
         t_mod = self.t_block(t_emb).view(b, 6, -1)
         ctx = self.caption_proj(text)
         rope = rope_3d((T, H, W), self.config.head_dim, self.config.rope_theta, device=x.device)
@@ -262,7 +281,9 @@ class VideoDiT(nn.Module):
 
     # -- save / load -----------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    def save_pretrained(
+        self, path: str | Path, state: dict[str, torch.Tensor] | None = None
+    ) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "config.json", {"kind": "video_dit", **self.config.model_dump()})
@@ -279,7 +300,9 @@ class VideoDiT(nn.Module):
         try:
             config = DiTConfig(**cfg)
         except ValueError as e:
-            raise MvditError(f"{path}/config.json: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+            raise MvditError(
+                f"{path}/config.json: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+            ) from None  # type: ignore[attr-defined]
         with torch.device("meta"):
             model = cls(config)
         model = model.to_empty(device=device)
