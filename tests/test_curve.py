@@ -65,6 +65,17 @@ def test_curve_scores_every_checkpoint_and_ends_at_the_export(short_run, tmp_pat
         )
         assert code == 0, err
         assert json.loads((out / "curve.json").read_text())["points"] == r["points"]
+        # another checkpoint at the same step (a retrained run) is scored again
+        state = short_run / "checkpoints" / "step_0000002" / "state.json"
+        saved = state.read_bytes()
+        state.write_bytes(saved + b" ")
+        try:
+            code, _, err = run_cli(
+                ["eval-curve", short_run, "-p", prompts, "-o", out, "--steps", 2], capsys
+            )
+            assert code == 2 and "step_0000002/ema.safetensors not found" in err
+        finally:
+            state.write_bytes(saved)
         # other settings recompute, and then the missing file is named
         code, _, err = run_cli(
             ["eval-curve", short_run, "-p", prompts, "-o", out, "--steps", 3], capsys

@@ -7,11 +7,13 @@ long must I train before motion follows the prompt?" without exporting a model p
 
 Only the detector runs (no VBench dimensions, no feature network), so a checkpoint costs about
 as much as generating its clips. Finished checkpoints are kept in OUT/curve.json and reused when
-the command is rerun with the same prompts and sampler, so an interrupted curve resumes.
+the command is rerun with the same prompts and sampler on the same checkpoint, so an interrupted
+curve resumes and a retrained run is scored again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,7 +96,10 @@ def checkpoint_curve(
     points = []
     bar = tqdm(ckpts, desc="checkpoints", disable=not progress, dynamic_ncols=True)
     for step, path in bar:
-        if step in done:
+        # a point is reused only for the same checkpoint: its state.json holds the run's config
+        # and optimizer settings, so a retrained run under another config is scored again
+        stamp = hashlib.sha1((path / "state.json").read_bytes()).hexdigest()[:16]
+        if done.get(step, {}).get("checkpoint") == stamp:
             points.append(done[step])
             continue
         bar.set_postfix(step=step)
@@ -107,7 +112,7 @@ def checkpoint_curve(
             clip_rows += [row] * seeds
         f = faithfulness(videos, clip_rows)
         keep = ("clips", *ATTRS)
-        point = {"step": step, "all": {k: f["all"][k] for k in keep}}
+        point = {"step": step, "checkpoint": stamp, "all": {k: f["all"][k] for k in keep}}
         point |= {
             s: {k: v[k] for k in keep}
             for s, v in f.items()
@@ -147,7 +152,12 @@ def curve_markdown(result: dict) -> str:
     for p in result["points"]:
         lines.append(f"| {p['step']} | " + " | ".join(_cell(p["all"][k]) for k in ATTRS) + " |")
     splits = sorted(
-        {s for p in result["points"] for s in p if s not in ("step", "all", "by_motion")}
+        {
+            s
+            for p in result["points"]
+            for s in p
+            if s not in ("step", "checkpoint", "all", "by_motion")
+        }
     )
     if len(splits) > 1:
         lines += [
