@@ -439,11 +439,11 @@ def test_paper_vae_decodes_49x384x512_under_a_cap():
 def test_reconstruction_faithfulness_is_the_detectors_ceiling():
     from mvdit.data.shapes import ShapesDataset
     from mvdit.models.autoencoder import PatchifyAutoencoder
-    from mvdit.vae_train import reconstruction_faithfulness
+    from mvdit.vae_train import evaluate_reconstruction
 
     data = ShapesDataset(frames=9, height=32, width=32, max_objects=1, split="val")
     lossless = PatchifyAutoencoder(1, 4)
-    scores = reconstruction_faithfulness(lossless, data, 12, batch_size=5)
+    scores = evaluate_reconstruction(lossless, data, 12, batch_size=5)["faithfulness"]
     assert scores["clips"] == 12 and scores["overall"] == 1.0
 
     class Frozen(PatchifyAutoencoder):  # keeps the first frame only: every motion is lost
@@ -451,7 +451,7 @@ def test_reconstruction_faithfulness_is_the_detectors_ceiling():
             x = super().decode(z)
             return x[:, :, :1].expand_as(x)
 
-    frozen = reconstruction_faithfulness(Frozen(1, 4), data, 12)
+    frozen = evaluate_reconstruction(Frozen(1, 4), data, 12)["faithfulness"]
     moving = sum(data[i]["spec"].objects[0].motion != "still" for i in range(12))
     assert moving >= 6 and frozen["motion"] <= 1 - moving / 12 + 1e-6
     assert frozen["colour"] == 1.0

@@ -327,14 +327,12 @@ def eval_vae(
     data = stage.load_vae_config(config, set_).data
     vae = load_autoencoder(path)
     vae.check_clip(data.frames, data.height, data.width)
-    val = stage.build_video_dataset(data, "val")
-    scores = stage.evaluate_reconstruction(vae, stage.clip_batches(val, clips, 16))
+    scores = stage.evaluate_reconstruction(vae, stage.build_video_dataset(data, "val"), clips)
     clip = f"{data.frames}x{data.height}x{data.width}"
     typer.echo(
         f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}"
     )
-    if data.kind == "shapes":
-        scores["faithfulness"] = stage.reconstruction_faithfulness(vae, val, clips)
+    if "faithfulness" in scores:
         typer.echo(
             "prompt faithfulness of the reconstructions (the ceiling of a DiT on this VAE): "
             + stage.format_faithfulness(scores["faithfulness"])

@@ -56,7 +56,7 @@ def checkpoint_curve(
     from tqdm.auto import tqdm
 
     from mvdit.data.shapes import parse_caption
-    from mvdit.eval.evaluate import faithfulness, read_prompts
+    from mvdit.eval.evaluate import faithfulness, faithfulness_splits, read_prompts, sample_prompts
     from mvdit.pipeline import Pipeline
 
     if seeds < 1:
@@ -106,18 +106,13 @@ def checkpoint_curve(
         state = load_tensors(path / f"{weights}.safetensors")
         load_state_strict(pipe.dit, state, str(path / f"{weights}.safetensors"))
         videos, clip_rows = [], []
-        for row in rows:
-            g = pipe.generate([row["prompt"]] * seeds, steps=steps, cfg=cfg, seed=seed)
+        for _, row, g, _ in sample_prompts(pipe, rows, seeds, steps, cfg, seed):
             videos += list(g.videos.numpy())
             clip_rows += [row] * seeds
         f = faithfulness(videos, clip_rows)
         keep = ("clips", *ATTRS)
-        point = {"step": step, "checkpoint": stamp, "all": {k: f["all"][k] for k in keep}}
-        point |= {
-            s: {k: v[k] for k in keep}
-            for s, v in f.items()
-            if s not in ("all", "label", "note", "per_clip", "by_motion")
-        }
+        point = {"step": step, "checkpoint": stamp}
+        point |= {s: {k: v[k] for k in keep} for s, v in faithfulness_splits(f).items()}
         point["by_motion"] = {m: r["accuracy"] for m, r in f["by_motion"].items()}
         points.append(point)
         _write(out, run_dir, settings, points)

@@ -68,27 +68,11 @@ def shapes_prompt_sets(
     """Prompt sets from a shapes data config (mvdit.config.DataConfig): plain captions of the
     validation split ("shapes-eval"), paraphrases of other validation clips ("shapes-paraphrase")
     and plain captions of held-out combinations ("shapes-holdout")."""
-    from mvdit.data.shapes import ShapesDataset, caption
+    from mvdit.data.shapes import caption
+    from mvdit.teacher import build_dataset
 
-    vocab = (
-        "max_objects",
-        "colours",
-        "shapes",
-        "motions",
-        "speeds",
-        "backgrounds",
-        "background_styles",
-    )
-    kw = dict(
-        frames=data.frames,
-        height=data.height,
-        width=data.width,
-        seed=seed,
-        holdout=list(data.holdout or holdout),
-    )
-    kw |= {k: getattr(data, k) for k in vocab}
-    val = ShapesDataset(size=2 * n, split="val", **kw)
-    held = ShapesDataset(size=n, split="holdout", **kw)
+    data = data.model_copy(update={"seed": seed, "holdout": list(data.holdout or holdout)})
+    val, held = build_dataset(data, "val"), build_dataset(data, "holdout")
     plain = lambda ds, i: caption(ds.spec(i)[0], paraphrase=False)  # noqa: E731
     return {
         "shapes-eval": [plain(val, i) for i in range(n)],
@@ -123,6 +107,15 @@ def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | N
     out["by_motion"] = motion_breakdown(scores, wants)
     out["per_clip"] = [bool(s["overall"]) for s in scores]
     return out
+
+
+# keys of a faithfulness() result that are not per-split summaries
+FAITHFULNESS_META = ("label", "note", "per_clip", "by_motion")
+
+
+def faithfulness_splits(f: dict) -> dict[str, dict]:
+    """The summaries of a faithfulness() result ("all", then one per split), without its metadata."""
+    return {k: v for k, v in f.items() if k not in FAITHFULNESS_META}
 
 
 def motion_breakdown(scores: Sequence[dict], wants: Sequence) -> dict:
@@ -198,6 +191,23 @@ def score(
 # the command
 
 
+def sample_prompts(
+    pipe,
+    rows: Sequence[dict],
+    seeds: int,
+    steps: int | None = None,
+    cfg: float | None = None,
+    seed: int = 0,
+):
+    """Generate the clips of prompt rows, one batch per prompt: clip k of a prompt is sample k of a
+    batch of `seeds` drawn from `seed`, so a prompt's clips never depend on the other prompts.
+    Yields (index, row, Generation, seconds spent generating)."""
+    for i, row in enumerate(rows):
+        t0 = time.perf_counter()
+        g = pipe.generate([row["prompt"]] * seeds, steps=steps, cfg=cfg, seed=seed)
+        yield i, row, g, time.perf_counter() - t0
+
+
 def evaluate(
     model: str | Path,
     prompt_files: Sequence[str | Path],
@@ -223,10 +233,8 @@ def evaluate(
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
     videos, clip_rows, files, gen_s, nfe = [], [], {}, 0.0, 0
-    for i, row in enumerate(rows):
-        t0 = time.perf_counter()
-        g = pipe.generate([row["prompt"]] * seeds, steps=steps, cfg=cfg, seed=seed)
-        gen_s += time.perf_counter() - t0
+    for i, row, g, seconds in sample_prompts(pipe, rows, seeds, steps, cfg, seed):
+        gen_s += seconds
         nfe = g.nfe
         for k, v in enumerate(g.videos.numpy()):
             name = f"{i:03d}-{k}.mp4"
@@ -288,7 +296,7 @@ def eval_markdown(r: dict) -> str:
     ]
     f = r.get("faithfulness")
     if f:
-        splits = [k for k in f if k not in ("label", "note", "per_clip", "by_motion")]
+        splits = list(faithfulness_splits(f))
         attrs = ["overall", "count", "colour", "shape", "motion", "speed", "background"]
         lines += [
             f"## Prompt faithfulness ({f['label']}: {f['note']})",
@@ -357,9 +365,8 @@ def write_prompt_files(
     return paths
 
 
-if (
-    __name__ == "__main__"
-):  # python -m mvdit.eval.evaluate CONFIG OUT_DIR: regenerate the shipped prompt files
+# python -m mvdit.eval.evaluate CONFIG OUT_DIR: regenerate the shipped prompt files
+if __name__ == "__main__":
     import sys
 
     for p in write_prompt_files(

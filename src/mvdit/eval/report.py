@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mvdit import MvditError
+from mvdit.eval.evaluate import faithfulness_splits
 from mvdit.io import atomic_write_text
 
 
@@ -42,9 +43,7 @@ def collect(run: str | Path) -> dict:
         f = ev.get("faithfulness")
         row["faithfulness"] = f["all"]["overall"] if f else None
         row["faithfulness_splits"] = {
-            k: v["overall"]
-            for k, v in (f or {}).items()
-            if isinstance(v, dict) and k not in ("all", "by_motion")
+            k: v["overall"] for k, v in faithfulness_splits(f or {}).items() if k != "all"
         }
         row["vbench"] = {k: v["value"] for k, v in ev["vbench"].items()}
         row["labels"] = {k: v["label"] for k, v in ev["vbench"].items()}
