@@ -58,15 +58,17 @@ def save_tiny_pipeline(
     ffn_dim: int = 32,
     cfg: float = 1.0,
     out_std: float | None = 0.1,
+    schedule: list[float] | None = None,
 ):
     """A random tiny pipeline on disk: a one-block DiT on a pixel patchify, and MiniLM.
 
-    out_std re-draws the DiT's zero-initialised out-projection so the sampler moves the latents.
+    out_std re-draws the DiT's zero-initialised out-projection so the sampler moves the latents;
+    schedule makes it a fixed-schedule model (a distilled student's sampler).
     """
     from mvdit.models.autoencoder import PatchifyAutoencoder
     from mvdit.models.dit import DiTConfig, VideoDiT
     from mvdit.models.text import TextConfig, load_text_encoder
-    from mvdit.pipeline import Pipeline, PipelineConfig
+    from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
 
     torch.manual_seed(0)
     text = load_text_encoder(TextConfig(max_length=8))
@@ -90,8 +92,7 @@ def save_tiny_pipeline(
         width=size,
         fps=8,
         text=TextConfig(max_length=8),
-        steps=2,
-        cfg=cfg,
+        sampler=SamplerConfig(steps=2, guidance=cfg, schedule=schedule),
     )
     Pipeline(dit, vae, text, clip).save_pretrained(path)
     return path

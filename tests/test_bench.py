@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mvdit import MvditError
-from mvdit.eval import bench as B
+from mvdit.bench import dit as B
 
 
 def run_cli(args, capsys):
@@ -86,7 +86,7 @@ def test_bench_a_model_directory_and_an_estimated_clip(tmp_path):
     assert (
         target.latent == (128, 7, 12, 16)
         and target.vae is None
-        and (target.steps, target.cfg) == (4, 1.0)
+        and (target.sampling.steps, target.sampling.guidance) == (4, 1.0)
     )
 
 

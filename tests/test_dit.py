@@ -43,9 +43,8 @@ def test_forward_shapes_and_zero_init(tiny_dit_config):
 
 def test_features_are_collected_per_block(nonuniform_dit_config):
     model = VideoDiT(nonuniform_dit_config)
-    feats: list[torch.Tensor] = []
     x, t, text, mask = _inputs(nonuniform_dit_config)
-    model(x, t, text, mask, features=feats)
+    feats = list(model.features(x, t, text, mask, blocks=[0, 1, 2]).tokens.values())
     assert len(feats) == 3 and all(f.shape == (2, 3 * 4 * 5, 32) for f in feats)
 
 

@@ -242,9 +242,9 @@ def test_prompt_files_text_and_jsonl(tmp_path):
 
 def test_shipped_prompt_sets_parse_and_holdout_holds_out():
     from mvdit.data.shapes import parse_caption, parse_holdout
-    from mvdit.eval.evaluate import DEFAULT_HOLDOUT, read_prompts
+    from mvdit.eval.evaluate import default_holdout, read_prompts
 
-    combos = parse_holdout(DEFAULT_HOLDOUT)
+    combos = parse_holdout(default_holdout())
     hits = lambda p: any(  # noqa: E731
         all(w is None or w == getattr(o, k) for k, w in vars(c).items() if k != "speed")
         for o in parse_caption(p).objects

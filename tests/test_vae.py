@@ -8,7 +8,7 @@ import torch
 from conftest import run_cli
 
 from mvdit import MvditError
-from mvdit.models.autoencoder import load_autoencoder
+from mvdit.build import load_autoencoder
 from mvdit.models.vae import CausalVideoVAE, Tiling, latent_stats, vae_preset
 
 
@@ -375,7 +375,7 @@ def test_train_vae_rejects_bad_clip_and_keys(tmp_path, capsys):
 
 
 def test_study_writes_one_table_and_resumes(tmp_path):
-    from mvdit.eval.vae_study import run_vae_study
+    from mvdit.studies.vae_ratios import run_vae_study
 
     kw = dict(
         ratios=["4x8x8", "8x32x32"],
@@ -408,7 +408,7 @@ def test_study_writes_one_table_and_resumes(tmp_path):
 
 
 def test_bench_times_decode_beside_dit_steps(tmp_path):
-    from mvdit.eval.vae_bench import bench_cpu_default
+    from mvdit.bench.vae import bench_cpu_default
 
     vae = tiny_vae("4x8x8", channels=16)
     vae.save_pretrained(tmp_path / "vae")
@@ -419,17 +419,17 @@ def test_bench_times_decode_beside_dit_steps(tmp_path):
 
 
 def test_peak_rss_sees_an_allocation():
-    from mvdit.eval.vae_bench import PeakRSS
+    from mvdit.bench.measure import PeakMemory
 
-    with PeakRSS() as mem:
+    with PeakMemory() as mem:
         x = torch.ones(50_000_000)  # 200 MB, touched
         del x
-    assert mem.peak - mem.base > 150e6
+    assert mem.peak - mem.start > 150e6
 
 
 @pytest.mark.slow
 def test_paper_vae_decodes_49x384x512_under_a_cap():
-    from mvdit.eval.vae_bench import bench_paper_decode
+    from mvdit.bench.vae import bench_paper_decode
 
     r = bench_paper_decode(max_tile_bytes=1 << 30)
     assert r["video"] == "3x49x384x512" and r["latent"] == "128x7x12x16"
@@ -439,7 +439,7 @@ def test_paper_vae_decodes_49x384x512_under_a_cap():
 def test_reconstruction_faithfulness_is_the_detectors_ceiling():
     from mvdit.data.shapes import ShapesDataset
     from mvdit.models.autoencoder import PatchifyAutoencoder
-    from mvdit.vae_train import evaluate_reconstruction
+    from mvdit.stages.vae import evaluate_reconstruction
 
     data = ShapesDataset(frames=9, height=32, width=32, max_objects=1, split="val")
     lossless = PatchifyAutoencoder(1, 4)

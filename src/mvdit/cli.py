@@ -6,12 +6,31 @@ User mistakes (MvditError) print one line and exit with status 2; nothing half-w
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from mvdit import MvditError
+from mvdit.bench.dit import run_bench
+from mvdit.bench.measure import si
+from mvdit.bench.vae import bench_markdown, run_vae_bench
+from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
+from mvdit.config import PRESETS, default_config_path, load_train_config, preset_config
+from mvdit.data.shapes import write_examples
+from mvdit.eval.curve import checkpoint_curve
+from mvdit.eval.evaluate import evaluate
+from mvdit.eval.report import write_report
+from mvdit.io import write_json
+from mvdit.models.dit import VideoDiT
+from mvdit.models.vae import default_vae_path
+from mvdit.pipeline import Pipeline
+from mvdit.stages import vae as vae_stage
+from mvdit.stages.teacher import train_teacher
+from mvdit.studies.vae_ratios import run_vae_study
+from mvdit.video import contact_sheet, save_png, write_mp4
 
 app = typer.Typer(
     add_completion=False,
@@ -42,8 +61,6 @@ def train(
     ] = False,
 ) -> None:
     """Train a text-to-video DiT teacher with rectified flow."""
-    from mvdit.config import load_train_config
-    from mvdit.teacher import train_teacher
 
     cfg = load_train_config(config or default_config_path(), set_)
     summary = train_teacher(cfg, resume=resume)
@@ -54,12 +71,6 @@ def train(
     typer.echo(
         f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
     )
-
-
-def default_config_path() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("mvdit") / "configs" / "tiny.toml"))
 
 
 @app.command()
@@ -84,7 +95,6 @@ def generate(
     ] = None,
 ) -> None:
     """Generate a video from a prompt and write it as H.264 mp4."""
-    import time
 
     if not prompt.strip():
         fail("the prompt is empty: give a text description of the video")
@@ -95,8 +105,6 @@ def generate(
     if scale is not None and scale < 1:
         fail(f"--scale must be at least 1, got {scale}")
     t0 = time.perf_counter()
-    from mvdit.pipeline import Pipeline
-    from mvdit.video import contact_sheet, save_png, write_mp4
 
     pipe = Pipeline.from_pretrained(model)
     if frames is not None:
@@ -136,10 +144,6 @@ def info(
     ] = None,
 ) -> None:
     """Parameters, latent grid, token count and FLOPs of a DiT preset (built on the meta device)."""
-    import torch
-
-    from mvdit.config import PRESETS, preset_config
-    from mvdit.models.dit import VideoDiT
 
     if preset not in PRESETS:
         fail(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
@@ -172,15 +176,8 @@ def info(
     typer.echo(f"tokens: {tokens:,}")
     flops = model.flops_per_step(tokens, text_len)
     typer.echo(
-        f"FLOPs per DiT step: {_si(flops)}FLOPs ({text_len} text tokens; 2 per multiply-add)"
+        f"FLOPs per DiT step: {si(flops, 'FLOPs')} ({text_len} text tokens; 2 per multiply-add)"
     )
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
-        if x >= scale:
-            return f"{x / scale:.2f} {unit}"
-    return f"{x:.0f} "
 
 
 def _span(values: list[int]) -> str:
@@ -213,7 +210,6 @@ def data_shapes(
     ] = None,
 ) -> None:
     """Write example clips of the procedural `shapes` dataset (mp4 + captioned contact sheet)."""
-    from mvdit.data.shapes import write_examples
 
     paths = write_examples(
         out, n, frames, height, width, fps, seed, split=split, holdout=holdout or ()
@@ -245,10 +241,6 @@ def cache(
     """Encode clips and captions once (VAE latents + text embeddings) so training skips both encoders."""
     if dtype not in ("float32", "bfloat16", "float16"):
         fail(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
-    import torch
-
-    from mvdit.config import load_train_config
-    from mvdit.data.cache import cache_from_config
 
     cfg = load_train_config(config or default_config_path(), set_)
     ds = cache_from_config(cfg, out, limit, shard_size, batch_size, getattr(torch, dtype))
@@ -272,21 +264,17 @@ def train_vae(
     ] = False,
 ) -> None:
     """Train the causal video VAE (L1 + Haar wavelet + KL [+ 3D patch GAN]); writes OUT/model."""
-    from mvdit.vae_train import load_vae_config
-    from mvdit.vae_train import train_vae as run_train_vae
 
-    cfg = load_vae_config(config, set_)
-    summary = run_train_vae(cfg, resume=resume)
+    cfg = vae_stage.load_vae_config(config, set_)
+    summary = vae_stage.train_vae(cfg, resume=resume)
     out, ev = Path(cfg.run.out_dir), summary["eval"]
     typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s")
     typer.echo(
         f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}"
     )
     if "faithfulness" in ev:
-        from mvdit.vae_train import format_faithfulness
-
         typer.echo(
-            f"prompt faithfulness of the reconstructions: {format_faithfulness(ev['faithfulness'])}"
+            f"prompt faithfulness of the reconstructions: {vae_stage.format_faithfulness(ev['faithfulness'])}"
         )
     typer.echo(
         f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
@@ -314,20 +302,16 @@ def eval_vae(
     ] = None,
 ) -> None:
     """Reconstruction PSNR / SSIM of an autoencoder on held-out clips (the data's 'val' split)."""
-    from mvdit import vae_train as stage
-    from mvdit.io import write_json
-    from mvdit.models.autoencoder import load_autoencoder
-    from mvdit.models.vae import default_vae_path
 
     if clips < 1:
         fail(f"--clips must be positive, got {clips}")
     path = default_vae_path() if model == "default" else Path(model)
     if not path.is_dir():
         fail(f"autoencoder directory {path} does not exist")
-    data = stage.load_vae_config(config, set_).data
+    data = vae_stage.load_vae_config(config, set_).data
     vae = load_autoencoder(path)
     vae.check_clip(data.frames, data.height, data.width)
-    scores = stage.evaluate_reconstruction(vae, stage.build_video_dataset(data, "val"), clips)
+    scores = vae_stage.evaluate_reconstruction(vae, build_video_dataset(data, "val"), clips)
     clip = f"{data.frames}x{data.height}x{data.width}"
     typer.echo(
         f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}"
@@ -335,7 +319,7 @@ def eval_vae(
     if "faithfulness" in scores:
         typer.echo(
             "prompt faithfulness of the reconstructions (the ceiling of a DiT on this VAE): "
-            + stage.format_faithfulness(scores["faithfulness"])
+            + vae_stage.format_faithfulness(scores["faithfulness"])
         )
     if json_out is not None:
         write_json(
@@ -375,7 +359,6 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Generate clips for a prompt set and score them (faithfulness, VBench-style dimensions, FVD analogue)."""
-    from mvdit.eval.evaluate import evaluate
 
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
@@ -426,7 +409,6 @@ def eval_curve(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Prompt faithfulness of every kept checkpoint of a run: a table and a plot against the step."""
-    from mvdit.eval.curve import checkpoint_curve
 
     out = out or run / "curve"
     r = checkpoint_curve(
@@ -478,7 +460,6 @@ def study_vae(
     ] = 1,
 ) -> None:
     """Train one VAE per compression ratio on the same data and budget; tabulate quality vs. cost."""
-    from mvdit.eval.vae_study import run_vae_study
 
     if quick:
         rows = run_vae_study(
@@ -533,7 +514,6 @@ def bench_vae(
     ] = None,
 ) -> None:
     """Decode speed and memory: the paper VAE at 49x384x512 (tiled), and the CPU default vs 4 DiT steps."""
-    from mvdit.eval.vae_bench import bench_markdown, run_vae_bench
 
     if max_tile_mb < 1 or repeats < 1:
         fail("--max-tile-mb and --repeats must be positive")
@@ -575,7 +555,6 @@ def bench(
     ] = 4096,
 ) -> None:
     """Latency per stage, seconds per clip, memory, FLOPs and the DiT's share of the GEMM peak."""
-    from mvdit.eval.bench import run_bench
 
     if gemm_n < 64:
         fail(f"--gemm-n must be at least 64, got {gemm_n}")
@@ -607,7 +586,6 @@ def report(
     ] = Path("report.md"),
 ) -> None:
     """Collect eval and bench results of several models into one page with a speed-quality plot."""
-    from mvdit.eval.report import write_report
 
     path = write_report(runs, out)
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")

@@ -81,6 +81,11 @@ def check_schedule(schedule: Sequence[float]) -> list[float]:
     return s
 
 
+def network_evaluations(steps: int, guidance: float) -> int:
+    """Network evaluations per clip of an Euler sampler: one per step, two with guidance."""
+    return steps * (2 if guidance != 1.0 else 1)
+
+
 @torch.no_grad()
 def euler_sample(
     model: Callable[..., torch.Tensor],
@@ -90,25 +95,31 @@ def euler_sample(
     uncond: dict | None = None,
     cfg_scale: float = 1.0,
     progress: Callable[[int], None] | None = None,
+    prepare: Callable[..., dict] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate from schedule[0] to schedule[-1]. Returns (x, number of network evaluations).
 
     With cfg_scale != 1 the conditional and unconditional passes run as one batch of 2B:
-    v = v_u + s (v_c - v_u) (classifier-free guidance), 2 evaluations per step.
+    v = v_u + s (v_c - v_u) (classifier-free guidance), 2 evaluations per step. The two
+    conditionings are joined once, before the first step; `prepare(**conditioning)` then turns
+    them into the model's keyword arguments once per clip (VideoDiT.prepare_conditioning projects
+    the text and computes every cross-attention key/value there instead of at every step).
     """
     schedule = check_schedule(schedule)
     guided = cfg_scale != 1.0 and uncond is not None
+    kwargs = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if guided else dict(cond)
+    if prepare is not None:
+        kwargs = prepare(**kwargs)
     x, nfe = noise, 0
     b = noise.shape[0]
     for i, (t, t_next) in enumerate(zip(schedule[:-1], schedule[1:], strict=True)):
         tt = torch.full((b,), t, device=noise.device, dtype=noise.dtype)
         if guided:
-            both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
-            v_c, v_u = model(torch.cat([x, x]), torch.cat([tt, tt]), **both).chunk(2)
+            v_c, v_u = model(torch.cat([x, x]), torch.cat([tt, tt]), **kwargs).chunk(2)
             v = v_u + cfg_scale * (v_c - v_u)
             nfe += 2
         else:
-            v = model(x, tt, **cond)
+            v = model(x, tt, **kwargs)
             nfe += 1
         x = x + (t_next - t) * v
         if progress:

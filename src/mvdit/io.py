@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ValidationError
 from safetensors.torch import load_file, save_file
 
 from mvdit import MvditError
@@ -105,3 +106,27 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
                 f"{source}: tensor '{k}' has shape {tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model config"
             )
     module.load_state_dict(state, strict=True)
+
+
+def format_validation_error(e: ValidationError, source: str, hint: str = "") -> str:
+    """One line naming the first bad key of a config and what is wrong with it."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'" + (f" — {hint}" if hint else "")
+    return f"{source}: {loc}: {err['msg']}"
+
+
+def validate(cls: type[BaseModel], raw: dict, source: str, hint: str = ""):
+    """Build a pydantic config from a dict; a mistake becomes a one-line MvditError naming `source`."""
+    if not isinstance(raw, dict):
+        raise MvditError(f"{source}: expected a table of keys, got {type(raw).__name__}")
+    try:
+        return cls(**raw)
+    except ValidationError as e:
+        raise MvditError(format_validation_error(e, source, hint)) from None
+
+
+def read_config_json(cls: type[BaseModel], path: str | Path):
+    """A pydantic config saved as JSON (a model directory's config.json, pipeline.json)."""
+    return validate(cls, read_json(path), str(path))

@@ -1,6 +1,7 @@
 """Text → video: a DiT, an autoencoder and a text encoder, saved and loaded as one directory.
 
-DIR/pipeline.json   clip size, sampler defaults, the text encoder's config
+DIR/pipeline.json   format version, clip size, the text encoder's config and the sampler the
+                    model was made for (steps or a fixed schedule, guidance, time shift, NFE)
 DIR/dit/            config.json + model.safetensors
 DIR/vae/            config.json (+ model.safetensors for a trained VAE)
 """
@@ -10,31 +11,102 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from mvdit import MvditError
-from mvdit.flow import check_schedule, euler_sample, shift_for_tokens, timestep_schedule
-from mvdit.io import atomic_dir, read_json, write_json
-from mvdit.models.autoencoder import VideoAutoencoder, load_autoencoder
+from mvdit.build import load_autoencoder
+from mvdit.flow import (
+    check_schedule,
+    euler_sample,
+    network_evaluations,
+    shift_for_tokens,
+    timestep_schedule,
+)
+from mvdit.io import atomic_dir, read_json, validate, write_json
+from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder
+
+FORMAT = 2  # pipeline.json layout; 1 (no "format" key) kept the sampler settings at the top level
+
+
+class SamplerConfig(BaseModel):
+    """How the model samples, owned by the model: a teacher's step count and guidance, or a
+    distilled student's fixed schedule. Every command that samples, reports or estimates reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["euler"] = "euler"  # Euler steps on the rectified-flow ODE (flow.euler_sample)
+    steps: int = 20  # without a fixed schedule: steps uniform in t, then time-shifted
+    schedule: list[float] | None = None  # a fixed schedule (a distilled student): steps + 1 times
+    guidance: float = 4.0  # classifier-free guidance scale; 1 turns it off
+    shift: float | None = None  # time shift; None follows the token count (flow.shift_for_tokens)
+    nfe: int | None = None  # network evaluations per clip; written on save, checked on load
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplerConfig:
+        if self.schedule is not None:
+            check_schedule(self.schedule)
+            self.steps = len(self.schedule) - 1
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        nfe = network_evaluations(self.steps, self.guidance)
+        if self.nfe is not None and self.nfe != nfe:
+            raise ValueError(
+                f"nfe is {self.nfe} but {self.steps} steps at guidance {self.guidance:g} make {nfe}"
+            )
+        self.nfe = nfe
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.schedule is not None
 
 
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    format: int = FORMAT
     frames: int
     height: int
     width: int
     fps: float
     text: TextConfig = Field(default_factory=TextConfig)
-    steps: int = 20
-    cfg: float = 4.0
-    shift: float | None = None  # None: follow the token count (flow.shift_for_tokens)
-    schedule: list[float] | None = (
-        None  # a fixed schedule (the 4-step student) overrides steps/shift
-    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+
+
+def upgrade_pipeline_json(raw: dict) -> dict:
+    """Read a pipeline.json of an earlier format as the current one."""
+    raw = dict(raw)
+    if "format" not in raw:  # format 1: steps / cfg / shift / schedule at the top level
+        old = {k: raw.pop(k) for k in ("steps", "cfg", "shift", "schedule") if k in raw}
+        if "cfg" in old:
+            old["guidance"] = old.pop("cfg")
+        raw["sampler"] = {k: v for k, v in old.items() if v is not None}
+        raw["format"] = FORMAT
+    if raw["format"] != FORMAT:
+        raise MvditError(
+            f"pipeline.json format {raw['format']} is newer than this mvdit reads ({FORMAT}); upgrade mvdit"
+        )
+    return raw
+
+
+@dataclass
+class Sampling:
+    """The sampler a generation runs: the model's, with any allowed override applied."""
+
+    schedule: list[float]
+    guidance: float
+    nfe: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.schedule) - 1
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "cfg": self.guidance, "nfe": self.nfe}
 
 
 @dataclass
@@ -77,13 +149,34 @@ class Pipeline:
         c = self.config
         return self.vae.latent_shape(c.frames, c.height, c.width)
 
-    def default_schedule(self, steps: int | None = None) -> list[float]:
-        c = self.config
-        if c.schedule is not None and steps in (None, len(c.schedule) - 1):
-            return list(c.schedule)
-        _, t, h, w = self.latent_shape
-        shift = c.shift if c.shift is not None else shift_for_tokens(t * h * w)
-        return timestep_schedule(steps or c.steps, shift)
+    def sampling(
+        self,
+        steps: int | None = None,
+        cfg: float | None = None,
+        schedule: list[float] | None = None,
+    ) -> Sampling:
+        """The sampler a generation runs: the model's own (pipeline.json), with `steps`, `cfg` or
+        an explicit `schedule` overriding it where the model allows. A model trained for a fixed
+        schedule (a distilled student) refuses another step count rather than silently sampling
+        with a schedule it never saw."""
+        s = self.config.sampler
+        if steps is not None and steps < 1:
+            raise MvditError(f"--steps must be at least 1, got {steps}")
+        guidance = s.guidance if cfg is None else float(cfg)
+        if schedule is not None:
+            sched = check_schedule(schedule)
+        elif s.fixed:
+            if steps is not None and steps != s.steps:
+                raise MvditError(
+                    f"this model was trained for a fixed {s.steps}-step schedule {s.schedule}; "
+                    f"it cannot sample with {steps} steps: drop --steps"
+                )
+            sched = list(s.schedule)
+        else:
+            _, t, h, w = self.latent_shape
+            shift = s.shift if s.shift is not None else shift_for_tokens(t * h * w)
+            sched = timestep_schedule(steps or s.steps, shift)
+        return Sampling(sched, guidance, network_evaluations(len(sched) - 1, guidance))
 
     @torch.no_grad()
     def generate(
@@ -98,18 +191,15 @@ class Pipeline:
     ) -> Generation:
         if not prompts or any(not p.strip() for p in prompts):
             raise MvditError("the prompt is empty: give a text description of the video")
-        if steps is not None and steps < 1:
-            raise MvditError(f"--steps must be at least 1, got {steps}")
+        sampling = self.sampling(steps, cfg, schedule)
         device = next(self.dit.parameters()).device
-        cfg = self.config.cfg if cfg is None else cfg
-        sched = check_schedule(schedule) if schedule is not None else self.default_schedule(steps)
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
         text, mask = self.text_encoder.encode(prompts)
         cond = {"text": text.to(device), "text_mask": mask.to(device)}
         uncond = None
-        if cfg != 1.0:
+        if sampling.guidance != 1.0:
             ntext, nmask = self.text_encoder.encode([negative] * len(prompts))
             uncond = {"text": ntext.to(device), "text_mask": nmask.to(device)}
         timings["text"] = time.perf_counter() - t0
@@ -117,22 +207,18 @@ class Pipeline:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(len(prompts), *self.latent_shape, generator=gen).to(device)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(sched) - 1, desc="denoise", leave=False)
+        bar = tqdm(total=sampling.steps, desc="denoise", leave=False, disable=not progress)
         latents, nfe = euler_sample(
             self.dit,
             noise,
-            sched,
+            sampling.schedule,
             cond,
             uncond,
-            cfg,
-            progress=(lambda i: bar.update(1)) if bar else None,
+            sampling.guidance,
+            progress=lambda i: bar.update(1),
+            prepare=self.dit.prepare_conditioning,
         )
-        if bar:
-            bar.close()
+        bar.close()
         timings["dit"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -160,13 +246,8 @@ class Pipeline:
             )
         if not (path / "pipeline.json").is_file():
             raise MvditError(f"{path} is not an mvdit model directory: it has no pipeline.json")
-        try:
-            config = PipelineConfig(**read_json(path / "pipeline.json"))
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise MvditError(
-                f"{path}/pipeline.json: {'.'.join(map(str, err['loc']))}: {err['msg']}"
-            ) from None
+        raw = upgrade_pipeline_json(read_json(path / "pipeline.json"))
+        config = validate(PipelineConfig, raw, str(path / "pipeline.json"))
         dit = VideoDiT.from_pretrained(path / "dit", device=device)
         vae = load_autoencoder(path / "vae").to(device)
         te = text_encoder or load_text_encoder(config.text)

@@ -193,6 +193,21 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     tmp.replace(png_path)
 
 
+def module_optim(optim: OptimConfig, overrides: dict[str, Any] | None) -> OptimConfig:
+    """A module's own optimizer settings: the run's, with the module's overrides (e.g. a
+    discriminator's lr, betas, warm-up, schedule or grad_clip)."""
+    if not overrides:
+        return optim
+    unknown = sorted(set(overrides) - set(OptimConfig.model_fields))
+    if unknown:
+        raise MvditError(f"unknown optimizer setting '{unknown[0]}' for a module")
+    return OptimConfig(**{**optim.model_dump(), **overrides})
+
+
+def _finite(x: torch.Tensor | float) -> bool:
+    return math.isfinite(float(x.detach() if isinstance(x, torch.Tensor) else x))
+
+
 def train_loop(
     modules: dict[str, nn.Module],
     loss_fn: LossFn,
@@ -206,22 +221,40 @@ def train_loop(
     optim_overrides: dict[str, dict[str, Any]] | None = None,
     on_export: Callable[[Path, dict[str, torch.Tensor]], None] | None = None,
     progress: bool = True,
+    frozen: dict[str, nn.Module] | None = None,
 ) -> dict:
-    """Train `modules` for `optim.steps` steps; returns a summary (steps, seconds, final losses)."""
+    """Train `modules` for `optim.steps` steps; returns a summary (steps, seconds, final losses).
+
+    `frozen`: helpers the loss uses but never trains (a teacher, an autoencoder, a text encoder, a
+    frozen discriminator backbone): moved to run.device, kept in eval mode, given no optimizer and
+    not checkpointed. `optim_overrides[name]`: that module's own optimizer settings (any
+    OptimConfig field: lr, betas, warm-up, schedule, grad_clip).
+
+    A step whose loss or gradients are not finite for a module is skipped for that module (no
+    optimizer step, no EMA update) and logged; `optim.max_nonfinite_steps` such steps in a row stop
+    the run. Logged metrics (anything not a loss) are never checked.
+    """
     out_dir = Path(out_dir)
     if run.threads:
         torch.set_num_threads(run.threads)
     device = torch.device(run.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MvditError(f"run.device = '{run.device}' but no CUDA GPU is visible; use 'cpu'")
     for m in modules.values():
         m.to(device).train()
+    trainable = {id(p) for m in modules.values() for p in m.parameters()}
+    for name, m in (frozen or {}).items():
+        if any(id(p) in trainable for p in m.parameters()):
+            raise MvditError(f"frozen module '{name}' shares parameters with a trained module")
+        m.to(device).eval().requires_grad_(False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16")
 
     params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in modules.items()}
-    optimizers: dict[str, torch.optim.Optimizer] = {}
-    for k in modules:
-        kw = dict(lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-        kw.update((optim_overrides or {}).get(k, {}))
-        optimizers[k] = torch.optim.AdamW(params[k], **kw)
-    base_lr = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
+    settings = {k: module_optim(optim, (optim_overrides or {}).get(k)) for k in modules}
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        k: torch.optim.AdamW(params[k], lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        for k, o in settings.items()
+    }
     ema = EMA(modules[ema_module], optim.ema_decay) if ema_module and optim.ema_decay > 0 else None
 
     start = 0
@@ -239,7 +272,7 @@ def train_loop(
                 opt, load_tensors(ckpt / f"optim_{k}.safetensors"), state[f"param_groups_{k}"]
             )
         if ema is not None:
-            ema.state = load_tensors(ckpt / "ema.safetensors")
+            ema.state = {k: v.to(device) for k, v in load_tensors(ckpt / "ema.safetensors").items()}
         start = state["step"]
         tqdm.write(f"resuming from {ckpt} (step {start})")
     elif resume:
@@ -277,19 +310,23 @@ def train_loop(
         dynamic_ncols=True,
         desc=out_dir.name,
     )
-    t0, last = time.perf_counter(), {}
+    t0, last, streak = time.perf_counter(), {}, 0
     with metrics_path.open("a") as log:
         for step in range(start, optim.steps):
-            f = lr_factor(step, optim)
             for k, opt in optimizers.items():
                 for g in opt.param_groups:
-                    g["lr"] = base_lr[k] * f
+                    g["lr"] = settings[k].lr * lr_factor(step, settings[k])
             sums: dict[str, float] = {}
+            skipped: dict[str, str] = {}  # module -> why its update was skipped
             for micro in range(optim.grad_accum):
                 batch = _to_device(batch_fn(step, micro), device)
                 gen = torch.Generator().manual_seed(step_seed(run.seed, step, micro))
-                losses, extra = loss_fn(step, batch, gen)
-                active = [k for k, v in losses.items() if v.requires_grad]
+                with autocast:
+                    losses, extra = loss_fn(step, batch, gen)
+                for k, v in losses.items():
+                    if not _finite(v):
+                        skipped.setdefault(k, f"{_loss_key(k)} = {float(v.detach())}")
+                active = [k for k, v in losses.items() if v.requires_grad and k not in skipped]
                 for i, k in enumerate(active):
                     grads = torch.autograd.grad(
                         losses[k] / optim.grad_accum,
@@ -300,35 +337,48 @@ def train_loop(
                     for p, g in zip(params[k], grads, strict=True):
                         if g is not None:
                             p.grad = g if p.grad is None else p.grad.add_(g)
-                for k, v in {
-                    **{f"loss_{k}" if k != "model" else "loss": v for k, v in losses.items()},
-                    **extra,
-                }.items():
+                for k, v in [*((_loss_key(k), v) for k, v in losses.items()), *extra.items()]:
                     sums[k] = (
                         sums.get(k, 0.0)
                         + float(v.detach() if isinstance(v, torch.Tensor) else v) / optim.grad_accum
                     )
+            stepped = set()
             for k, opt in optimizers.items():
-                if not any(p.grad is not None for p in params[k]):
+                grads = [p for p in params[k] if p.grad is not None]
+                if not grads:
                     continue
-                if optim.grad_clip > 0:
-                    sums[f"grad_norm_{k}"] = float(
-                        torch.nn.utils.clip_grad_norm_(params[k], optim.grad_clip)
-                    )
-                opt.step()
+                if k not in skipped:
+                    clip = settings[k].grad_clip if settings[k].grad_clip > 0 else math.inf
+                    norm = float(torch.nn.utils.clip_grad_norm_(grads, clip))
+                    if math.isfinite(norm):
+                        sums[f"grad_norm_{k}"] = norm
+                        opt.step()
+                        stepped.add(k)
+                    else:
+                        skipped[k] = f"grad norm of '{k}' = {norm}"
                 opt.zero_grad(set_to_none=True)
-            if ema is not None:
+            if ema is not None and ema_module in stepped:
                 ema.update(modules[ema_module], step)
-            if not all(math.isfinite(v) for v in sums.values()):
-                raise MvditError(
-                    f"step {step}: non-finite loss {sums}; lower optim.lr or check the data"
-                )
             row = {
                 "step": step + 1,
                 "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
-                **sums,
+                **{k: v for k, v in sums.items() if math.isfinite(v)},
             }
+            if skipped:
+                row["skipped"] = skipped
+                streak += 1
+                tqdm.write(f"step {step + 1}: skipped the update of {_why(skipped)}")
+            else:
+                streak = 0
             log.write(json.dumps(row) + "\n")
+            if streak >= optim.max_nonfinite_steps:
+                log.flush()
+                bar.close()
+                raise MvditError(
+                    f"step {step + 1}: {streak} steps in a row with non-finite values "
+                    f"({_why(skipped)}); lower optim.lr, check the data, or resume from the last "
+                    f"checkpoint in {out_dir / 'checkpoints'}"
+                )
             last = sums
             bar.update(1)
             if (step + 1) % run.log_every == 0 or step + 1 == optim.steps:
@@ -350,6 +400,14 @@ def train_loop(
     }
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _loss_key(module: str) -> str:
+    return "loss" if module == "model" else f"loss_{module}"
+
+
+def _why(skipped: dict[str, str]) -> str:
+    return ", ".join(f"'{k}' ({why})" for k, why in skipped.items())
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

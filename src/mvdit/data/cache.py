@@ -25,14 +25,13 @@ from pydantic import BaseModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
-from mvdit.config import TrainConfig
 from mvdit.io import read_json, write_json
 from mvdit.models.autoencoder import VideoAutoencoder
-from mvdit.models.text import TextEncoder, load_text_encoder
+from mvdit.models.text import TextEncoder
 
 FORMAT = 1  # bump when the layout changes
 
@@ -257,33 +256,6 @@ def build_latent_cache(
     }
     write_json(out_dir / "index.json", index)
     return out_dir
-
-
-def cache_from_config(
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    limit: int | None = None,
-    shard_size: int = 256,
-    batch_size: int = 8,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-) -> LatentCacheDataset:
-    """Cache the clips a training config's [data] names, with its [vae] and [text] encoders."""
-    from mvdit.teacher import build_autoencoder, build_dataset  # the same builders training uses
-
-    d = cfg.data
-    if d.kind == "cache":
-        raise MvditError("data.kind is already 'cache': point [data] at the clips to encode")
-    if limit is not None and limit < 1:
-        raise MvditError(f"limit must be positive, got {limit}")
-    vae = build_autoencoder(cfg.vae).to(cfg.run.device).eval()
-    vae.check_clip(d.frames, d.height, d.width)
-    text = load_text_encoder(cfg.text).to(cfg.run.device)
-    dataset = build_dataset(d)
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
-    build_latent_cache(dataset, vae, text, out_dir, shard_size, batch_size, dtype, progress)
-    return LatentCacheDataset(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from mvdit import MvditError
+from mvdit.io import write_json
+from mvdit.video import contact_sheet, save_png, write_mp4
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -751,9 +753,6 @@ def write_examples(
     **dataset_kw,
 ) -> list[Path]:
     """Write n example clips as mp4 plus contact_sheet.png and captions.json; returns the paths."""
-    from mvdit.io import write_json
-    from mvdit.video import contact_sheet, save_png, write_mp4
-
     if n < 1:
         raise MvditError(f"number of examples must be positive, got {n}")
     ds = ShapesDataset(

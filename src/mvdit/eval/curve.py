@@ -18,8 +18,15 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+
 from mvdit import MvditError
+from mvdit.data.shapes import parse_caption
+from mvdit.eval.evaluate import faithfulness, faithfulness_splits, read_prompts, sample_prompts
 from mvdit.io import atomic_write_text, load_state_strict, load_tensors, read_json, write_json
+from mvdit.pipeline import Pipeline
 
 ATTRS = ("overall", "count", "colour", "shape", "motion", "speed", "background")
 _STEP = re.compile(r"step_(\d+)$")
@@ -53,12 +60,6 @@ def checkpoint_curve(
     progress: bool = True,
 ) -> dict:
     """Score every checkpoint of a run; writes OUT/curve.json, curve.md and curve.png."""
-    from tqdm.auto import tqdm
-
-    from mvdit.data.shapes import parse_caption
-    from mvdit.eval.evaluate import faithfulness, faithfulness_splits, read_prompts, sample_prompts
-    from mvdit.pipeline import Pipeline
-
     if seeds < 1:
         raise MvditError(f"--seeds must be at least 1, got {seeds}")
     if weights not in ("ema", "model"):
@@ -83,8 +84,7 @@ def checkpoint_curve(
         "splits": [r["split"] for r in rows],
         "seeds": seeds,
         "seed": seed,
-        "steps": steps or pipe.config.steps,
-        "cfg": pipe.config.cfg if cfg is None else cfg,
+        **pipe.sampling(steps, cfg).summary(),
         "weights": weights,
     }
     done: dict[int, dict] = {}
@@ -179,11 +179,7 @@ def curve_markdown(result: dict) -> str:
 
 
 def plot_curve(result: dict, png: Path) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = result["points"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     steps = [p["step"] for p in pts]

@@ -14,19 +14,24 @@ size drawn from the prompts' vocabulary (eval/metrics.py).
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mvdit import MvditError
+from mvdit.build import build_dataset
+from mvdit.config import DataConfig, default_train_config, load_train_config
+from mvdit.data.shapes import ShapesDataset, caption, parse_caption, render
+from mvdit.eval.faithfulness import score_clip, summarize
+from mvdit.eval.metrics import distribution_distance
+from mvdit.eval.vbench import score_videos
 from mvdit.io import atomic_write_text, write_json
-
-# Combinations kept out of training for the compositional split. configs/tiny.toml must list the
-# same ones under data.holdout for the split to be held out (prompts/shapes-holdout.txt uses them).
-DEFAULT_HOLDOUT = ("red star", "blue square rotating", "white circle down")
-
+from mvdit.pipeline import Pipeline
+from mvdit.video import contact_sheet, save_png, write_mp4
 
 # ---------------------------------------------------------------------------------------------
 # prompt files
@@ -62,16 +67,20 @@ def read_prompts(path: str | Path) -> list[dict]:
     return out
 
 
-def shapes_prompt_sets(
-    data, n: int = 24, seed: int = 0, holdout: Sequence[str] = DEFAULT_HOLDOUT
-) -> dict[str, list[str]]:
-    """Prompt sets from a shapes data config (mvdit.config.DataConfig): plain captions of the
-    validation split ("shapes-eval"), paraphrases of other validation clips ("shapes-paraphrase")
-    and plain captions of held-out combinations ("shapes-holdout")."""
-    from mvdit.data.shapes import caption
-    from mvdit.teacher import build_dataset
+def default_holdout() -> list[str]:
+    """The combinations the default model never trains on: data.holdout of the embedded default
+    config, the one place they are written (prompts/shapes-holdout.txt is made from them)."""
+    return list(default_train_config().data.holdout)
 
-    data = data.model_copy(update={"seed": seed, "holdout": list(data.holdout or holdout)})
+
+def shapes_prompt_sets(
+    data: DataConfig, n: int = 24, seed: int = 0, holdout: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """Prompt sets from a shapes data config: plain captions of the validation split
+    ("shapes-eval"), paraphrases of other validation clips ("shapes-paraphrase") and plain
+    captions of held-out combinations ("shapes-holdout"; default: the default config's)."""
+    holdout = list(data.holdout or holdout or default_holdout())
+    data = data.model_copy(update={"seed": seed, "holdout": holdout})
     val, held = build_dataset(data, "val"), build_dataset(data, "holdout")
     plain = lambda ds, i: caption(ds.spec(i)[0], paraphrase=False)  # noqa: E731
     return {
@@ -87,9 +96,6 @@ def shapes_prompt_sets(
 
 def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | None:
     """Per-split prompt faithfulness, or None when some prompt is not a shapes caption."""
-    from mvdit.data.shapes import parse_caption
-    from mvdit.eval.faithfulness import score_clip, summarize
-
     try:
         wants = [parse_caption(r["prompt"]) for r in rows]
     except MvditError:
@@ -121,8 +127,6 @@ def faithfulness_splits(f: dict) -> dict[str, dict]:
 def motion_breakdown(scores: Sequence[dict], wants: Sequence) -> dict:
     """Motion accuracy per asked motion over the one-object prompts, with what the detector saw
     instead ("none": no object found; "2 objects": more than one)."""
-    from collections import Counter
-
     table: dict[str, dict] = {}
     for s, w in zip(scores, wants, strict=True):
         if len(w.objects) != 1 or w.objects[0].motion is None:
@@ -150,8 +154,6 @@ def real_shapes_clips(
 ) -> list[np.ndarray]:
     """Real clips from the vocabulary the prompts use (colours, shapes, motions, backgrounds),
     so the FVD analogue compares like with like."""
-    from mvdit.data.shapes import ShapesDataset, parse_caption, render
-
     attrs = [parse_caption(p) for p in prompts]
     objs = [o for a in attrs for o in a.objects]
     pick = lambda xs: sorted({x for x in xs if x is not None}) or None  # noqa: E731
@@ -173,9 +175,6 @@ def score(
     real: Sequence[np.ndarray] | None = None,
 ) -> dict:
     """All metrics of a set of generated clips (uint8 (T, H, W, 3)) and their prompt rows."""
-    from mvdit.eval.metrics import distribution_distance
-    from mvdit.eval.vbench import score_videos
-
     out: dict = {
         "faithfulness": faithfulness(videos, rows),
         "vbench": score_videos(videos, fps, feature_size),
@@ -221,9 +220,6 @@ def evaluate(
 ) -> dict:
     """Generate `seeds` clips per prompt (clip k of a prompt: sample k of a batch drawn from `seed`),
     score everything and write OUT/eval.json, eval.md, contact_sheet.png and videos/."""
-    from mvdit.pipeline import Pipeline
-    from mvdit.video import contact_sheet, save_png, write_mp4
-
     if seeds < 1:
         raise MvditError(f"--seeds must be at least 1, got {seeds}")
     rows = [r for f in prompt_files for r in read_prompts(f)]
@@ -232,10 +228,10 @@ def evaluate(
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
-    videos, clip_rows, files, gen_s, nfe = [], [], {}, 0.0, 0
+    sampling = pipe.sampling(steps, cfg)  # the model's sampler; refuses what it cannot run
+    videos, clip_rows, files, gen_s = [], [], {}, 0.0
     for i, row, g, seconds in sample_prompts(pipe, rows, seeds, steps, cfg, seed):
         gen_s += seconds
-        nfe = g.nfe
         for k, v in enumerate(g.videos.numpy()):
             name = f"{i:03d}-{k}.mp4"
             write_mp4(out / "videos" / name, v, c.fps)
@@ -255,9 +251,7 @@ def evaluate(
         "prompt_files": [str(p) for p in prompt_files],
         "clip": {"frames": c.frames, "height": c.height, "width": c.width, "fps": c.fps},
         "sampler": {
-            "steps": steps or c.steps,
-            "cfg": c.cfg if cfg is None else cfg,
-            "nfe": nfe,
+            **sampling.summary(),
             "seed": seed,
             "samples_per_prompt": seeds,
         },
@@ -349,11 +343,9 @@ def write_prompt_files(
     config: str | Path | None, out_dir: str | Path, n: int = 24, seed: int = 0
 ) -> list[Path]:
     """Write prompts/shapes-{eval,paraphrase,holdout}.txt from a training config's data section."""
-    from mvdit.config import load_train_config
-
     cfg = load_train_config(config)
     sets = shapes_prompt_sets(cfg.data, n, seed)
-    holdout = cfg.data.holdout or list(DEFAULT_HOLDOUT)
+    holdout = cfg.data.holdout or default_holdout()
     paths = []
     for name, prompts in sets.items():
         head = f"# {name}: {len(prompts)} prompts from the shapes vocabulary of {config or 'the default config'}"
@@ -367,8 +359,6 @@ def write_prompt_files(
 
 # python -m mvdit.eval.evaluate CONFIG OUT_DIR: regenerate the shipped prompt files
 if __name__ == "__main__":
-    import sys
-
     for p in write_prompt_files(
         sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2] if len(sys.argv) > 2 else "prompts"
     ):

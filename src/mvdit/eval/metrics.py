@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mvdit import MvditError
+from mvdit.eval.features import frame_features
 
 # ---------------------------------------------------------------------------------------------
 # reconstruction
@@ -96,8 +97,6 @@ def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
 
 def clip_embedding(video, size: int = 224) -> torch.Tensor:
     """One vector per clip: mean frame feature ++ mean |feature change| between adjacent frames."""
-    from mvdit.eval.features import frame_features
-
     f = frame_features(video, size=size)["global"]
     motion = (f[1:] - f[:-1]).abs().mean(0) if len(f) > 1 else torch.zeros_like(f[0])
     return torch.cat([f.mean(0), motion])

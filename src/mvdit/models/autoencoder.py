@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.io import read_json, write_json
+from mvdit.io import write_json
 
 
 class VideoAutoencoder(nn.Module):
@@ -98,35 +98,3 @@ class PatchifyAutoencoder(VideoAutoencoder):
     def save_pretrained(self, path: str | Path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         write_json(Path(path) / "config.json", self.config())
-
-
-_REGISTRY: dict[str, type] = {"patchify": PatchifyAutoencoder}
-
-
-def register_autoencoder(kind: str, cls: type) -> None:
-    """Let a VAE module add itself, keeping this file free of heavy imports."""
-    _REGISTRY[kind] = cls
-
-
-def load_autoencoder(path: str | Path) -> VideoAutoencoder:
-    """Load any autoencoder saved with `save_pretrained` (its config.json names its kind)."""
-    path = Path(path)
-    cfg = read_json(path / "config.json")
-    kind = cfg.get("kind", cfg.get("_class_name"))  # a bare diffusers directory names its class
-    if kind == "patchify":
-        return PatchifyAutoencoder(cfg["temporal_factor"], cfg["spatial_factor"])
-    _import_known_backends()
-    if kind not in _REGISTRY:
-        raise MvditError(f"{path}: unknown autoencoder kind {kind!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[kind].from_pretrained(path)
-
-
-def _import_known_backends() -> None:
-    # Importing these modules registers their kinds; missing optional modules are fine.
-    import importlib
-
-    for mod in ("mvdit.models.vae", "mvdit.models.diffusers_vae"):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass

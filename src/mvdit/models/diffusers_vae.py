@@ -21,9 +21,11 @@ import torch
 
 from mvdit import MvditError
 from mvdit.io import read_json, write_json
-from mvdit.models.autoencoder import VideoAutoencoder, register_autoencoder
+from mvdit.models.autoencoder import VideoAutoencoder
 
 _CLASS_NAMES = {"diffusers_ltx": "AutoencoderKLLTXVideo", "diffusers_wan": "AutoencoderKLWan"}
+# what load_autoencoder accepts: our wrapper kinds and a bare diffusers directory's class names
+KINDS = (*_CLASS_NAMES, *_CLASS_NAMES.values())
 
 
 def _diffusers():
@@ -178,8 +180,3 @@ class DiffusersVideoVAE(VideoAutoencoder):
             source=str(target),
             decode_timestep=float(options.get("decode_timestep", 0.0)),
         )
-
-
-for _kind, _name in _CLASS_NAMES.items():
-    register_autoencoder(_kind, DiffusersVideoVAE)
-    register_autoencoder(_name, DiffusersVideoVAE)  # a bare diffusers directory names its class

@@ -15,15 +15,18 @@ the JSON config records the exact shape so `from_pretrained` rebuilds it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.io import load_state_strict, load_tensors, read_json, save_tensors, write_json
+from mvdit.io import load_state_strict, load_tensors, read_json, save_tensors, validate, write_json
 
 
 class BlockSpec(BaseModel):
@@ -54,6 +57,10 @@ class DiTConfig(BaseModel):
         for i, b in enumerate(self.blocks):
             if min(b.heads, b.cross_heads, b.ffn_dim) < 0:
                 raise ValueError(f"block {i}: heads, cross_heads and ffn_dim must be >= 0")
+            if max(b.heads, b.cross_heads, b.ffn_dim) == 0:
+                raise ValueError(
+                    f"block {i} has no self-attention, cross-attention or FFN left: remove the block instead"
+                )
         return self
 
     @classmethod
@@ -86,22 +93,27 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
 def rope_3d(
     grid: tuple[int, int, int], head_dim: int, theta: float, device=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (T*H*W, head_dim/2) for tokens laid out t-major, then h, then w."""
+    """cos and sin of shape (T*H*W, head_dim/2) for tokens laid out t-major, then h, then w.
+
+    The angles are computed in float64 with numpy and handed to torch as fp32 constants: a traced
+    or exported forward then holds two fp32 tables and no float64 op (which Core ML and XNNPACK
+    cannot take), and the values are those of a float64 torch computation to the last bit."""
     t, h, w = grid
     parts = []
     for n, dim in zip((t, h, w), rope_axes(head_dim), strict=True):
-        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
-        parts.append(torch.outer(torch.arange(n, device=device, dtype=torch.float64), freqs))
+        freqs = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+        parts.append(np.outer(np.arange(n, dtype=np.float64), freqs))
     ft, fh, fw = parts
-    angles = torch.cat(
+    angles = np.concatenate(
         [
-            ft[:, None, None, :].expand(t, h, w, -1),
-            fh[None, :, None, :].expand(t, h, w, -1),
-            fw[None, None, :, :].expand(t, h, w, -1),
+            np.broadcast_to(ft[:, None, None, :], (t, h, w, ft.shape[1])),
+            np.broadcast_to(fh[None, :, None, :], (t, h, w, fh.shape[1])),
+            np.broadcast_to(fw[None, None, :, :], (t, h, w, fw.shape[1])),
         ],
-        dim=-1,
+        axis=-1,
     ).reshape(t * h * w, -1)
-    return angles.cos().float(), angles.sin().float()
+    cos, sin = (torch.from_numpy(f(angles).astype(np.float32)) for f in (np.cos, np.sin))
+    return cos.to(device), sin.to(device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -122,6 +134,94 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 # ---------------------------------------------------------------------------------------------
+# masks: which units take part in the forward
+
+
+@dataclass
+class UnitMask:
+    """A mask over the DiT's prunable units at every level, applied in the forward (no weights are
+    copied). 1 keeps a unit, 0 removes it; values in between scale it (for gradient-based scores).
+
+    - `heads[b]` (heads,): a self-attention head's output, before the output projection;
+    - `cross_heads[b]` (cross_heads,): the same for cross-attention;
+    - `ffn[b]` (ffn_dim,): an FFN channel's activation, after the GELU;
+    - `blocks` (depth,): a block's whole residual update (0: the block passes its input through).
+
+    A sub-layer whose units are all 0 is absent, output bias included (for self-attention and the
+    FFN that bias is gated by time): that is what removing it leaves, so masking a unit and
+    slicing it away (mvdit.compress.slicing) give the same model, at every level.
+    """
+
+    blocks: torch.Tensor
+    heads: list[torch.Tensor]
+    cross_heads: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+    LEVELS = ("blocks", "heads", "cross_heads", "ffn")
+
+    @classmethod
+    def full(cls, config: DiTConfig, device: torch.device | str | None = None) -> UnitMask:
+        ones = lambda n: torch.ones(n, device=device)  # noqa: E731
+        b = config.blocks
+        return cls(
+            ones(len(b)),
+            [ones(s.heads) for s in b],
+            [ones(s.cross_heads) for s in b],
+            [ones(s.ffn_dim) for s in b],
+        )
+
+    def clone(self) -> UnitMask:
+        return UnitMask(
+            self.blocks.clone(),
+            [m.clone() for m in self.heads],
+            [m.clone() for m in self.cross_heads],
+            [m.clone() for m in self.ffn],
+        )
+
+    def without(self, level: str, block: int, units: Sequence[int] | None = None) -> UnitMask:
+        """A copy with some units of one block removed (all of that level's units when None)."""
+        if level not in self.LEVELS:
+            raise MvditError(
+                f"unknown mask level '{level}'; choose one of {', '.join(self.LEVELS)}"
+            )
+        out = self.clone()
+        if level == "blocks":
+            out.blocks[block] = 0
+        else:
+            m = getattr(out, level)[block]
+            m[list(units) if units is not None else slice(None)] = 0
+        return out
+
+    def check(self, config: DiTConfig) -> None:
+        b = config.blocks
+        want = {
+            "blocks": [len(b)],
+            "heads": [s.heads for s in b],
+            "cross_heads": [s.cross_heads for s in b],
+            "ffn": [s.ffn_dim for s in b],
+        }
+        got = {
+            "blocks": [self.blocks.numel()],
+            "heads": [m.numel() for m in self.heads],
+            "cross_heads": [m.numel() for m in self.cross_heads],
+            "ffn": [m.numel() for m in self.ffn],
+        }
+        for level in self.LEVELS:
+            if want[level] != got[level]:
+                raise MvditError(
+                    f"unit mask '{level}' has sizes {got[level]} but the model has {want[level]}"
+                )
+
+    def block(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.heads[i], self.cross_heads[i], self.ffn[i]
+
+
+def _present(mask: torch.Tensor | None, module: nn.Module | None) -> bool:
+    """Whether a sub-layer takes part: it exists and, under a mask, keeps at least one unit."""
+    return module is not None and (mask is None or bool((mask != 0).any()))
+
+
+# ---------------------------------------------------------------------------------------------
 # layers
 
 
@@ -139,19 +239,26 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
 
-    def forward(self, x, context=None, rope=None, mask=None):
-        context = x if context is None else context
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, heads, L, head_dim) of a context, before any rotary embedding."""
+        b, n, _ = context.shape
+        k = self.k_norm(self.k(context).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
+        v = self.v(context).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(self, x, context=None, rope=None, mask=None, kv=None, head_mask=None):
+        """x (B, N, dim). `kv`: precomputed keys_values(context). `head_mask` (heads,) scales
+        each head's output before the output projection."""
         b, n, _ = x.shape
         q = self.q_norm(self.q(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(
-            self.k(context).view(b, context.shape[1], self.heads, self.head_dim)
-        ).transpose(1, 2)
-        v = self.v(context).view(b, context.shape[1], self.heads, self.head_dim).transpose(1, 2)
+        k, v = kv if kv is not None else self.keys_values(x if context is None else context)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if mask is not None:
             mask = mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if head_mask is not None:
+            y = y * head_mask.to(y.dtype)[None, :, None, None]
         return self.out(y.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
 
 
@@ -161,8 +268,11 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+    def forward(self, x, channel_mask=None):
+        h = F.gelu(self.fc1(x), approximate="tanh")
+        if channel_mask is not None:  # gelu(0) = 0: a masked channel is a removed channel
+            h = h * channel_mask.to(h.dtype)
+        return self.fc2(h)
 
 
 class DiTBlock(nn.Module):
@@ -171,7 +281,7 @@ class DiTBlock(nn.Module):
         d = cfg.hidden_size
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(d, d, spec.heads, cfg.head_dim, cfg.qk_norm) if spec.heads else None
-        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6) if spec.cross_heads else None
         self.cross_attn = (
             Attention(d, cfg.cap_dim, spec.cross_heads, cfg.head_dim, cfg.qk_norm)
             if spec.cross_heads
@@ -182,19 +292,51 @@ class DiTBlock(nn.Module):
         # adaLN-single: this block's learned offset to the shared time modulation
         self.scale_shift_table = nn.Parameter(torch.randn(6, d) / d**0.5)
 
-    def forward(self, x, text, text_mask, t_mod, rope):
+    def forward(self, x, text, text_mask, t_mod, rope, kv=None, mask=None):
+        """`kv`: this block's cross-attention keys/values (TextContext); `mask`: (heads,
+        cross_heads, ffn) masks of UnitMask.block."""
+        heads_m, cross_m, ffn_m = mask if mask is not None else (None, None, None)
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (
             self.scale_shift_table[None] + t_mod
         ).unbind(1)
-        if self.attn is not None:
+        if _present(heads_m, self.attn):
             h = self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None]
-            x = x + gate_a[:, None] * self.attn(h, rope=rope)
-        if self.cross_attn is not None:
-            x = x + self.cross_attn(self.norm2(x), context=text, mask=text_mask)
-        if self.ffn is not None:
+            x = x + gate_a[:, None] * self.attn(h, rope=rope, head_mask=heads_m)
+        if _present(cross_m, self.cross_attn):
+            x = x + self.cross_attn(
+                self.norm2(x), context=text, mask=text_mask, kv=kv, head_mask=cross_m
+            )
+        if _present(ffn_m, self.ffn):
             h = self.norm3(x) * (1 + scale_f[:, None]) + shift_f[:, None]
-            x = x + gate_f[:, None] * self.ffn(h)
+            x = x + gate_f[:, None] * self.ffn(h, channel_mask=ffn_m)
         return x
+
+
+# ---------------------------------------------------------------------------------------------
+# what the forward can hand out
+
+
+@dataclass
+class TextContext:
+    """The text side of a forward, computed once per clip (`VideoDiT.text_context`) instead of
+    once per sampling step: the projected text tokens and every block's cross-attention keys and
+    values. Pass it as `text` to the forward."""
+
+    text: torch.Tensor  # (B, L, caption width)
+    mask: torch.Tensor | None  # (B, L) bool
+    kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # per block; None without cross-attention
+
+
+@dataclass
+class DiTFeatures:
+    """What `VideoDiT.features` returns: token features of chosen blocks and what conditions them."""
+
+    tokens: dict[int, torch.Tensor]  # block index -> that block's output tokens (B, N, hidden)
+    t_emb: torch.Tensor  # (B, hidden): the time embedding (adaLN-single's input)
+    text: torch.Tensor  # (B, L, caption width): the projected text tokens
+    text_mask: torch.Tensor | None
+    grid: tuple[int, int, int]  # (T, H, W) of the latent; tokens are laid out t, then h, then w
+    velocity: torch.Tensor | None  # the prediction, or None when the forward stopped early
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +360,8 @@ class VideoDiT(nn.Module):
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5)
         self.out = nn.Linear(d, config.out_ch)
+        # rotary tables per (grid, device), built once (rope_3d), not at every forward
+        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -230,36 +374,98 @@ class VideoDiT(nn.Module):
         # zero output: the untrained model predicts v = 0, a stable start (DiT, PixArt)
         nn.init.zeros_(self.out.weight)
 
+    def rope(
+        self, grid: tuple[int, int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables of a latent grid (rope_3d), cached per grid and device."""
+        key = (tuple(grid), str(device))
+        if key not in self._rope:
+            self._rope[key] = rope_3d(grid, self.config.head_dim, self.config.rope_theta, device)
+        return self._rope[key]
+
+    def text_context(
+        self, text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> TextContext:
+        """Project the text encoder's states and compute every block's cross-attention keys and
+        values: the part of a forward that does not change between sampling steps."""
+        ctx = self.caption_proj(text)
+        kv = [
+            b.cross_attn.keys_values(ctx) if b.cross_attn is not None else None for b in self.blocks
+        ]
+        return TextContext(ctx, text_mask, kv)
+
+    def prepare_conditioning(
+        self, text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> dict[str, TextContext]:
+        """The forward's keyword arguments with the text side precomputed (flow.euler_sample's
+        `prepare`): the sampler then projects the text once per clip, not once per step."""
+        return {"text": self.text_context(text, text_mask)}
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        text: torch.Tensor,
+        text: torch.Tensor | TextContext,
         text_mask: torch.Tensor | None = None,
-        features: list[torch.Tensor] | None = None,
+        unit_mask: UnitMask | None = None,
     ) -> torch.Tensor:
-        """Predict the flow velocity. x: (B, C, T, H, W); t: (B,) in [0, 1]; text: (B, L, text_dim).
+        """Predict the flow velocity. x: (B, C, T, H, W); t: (B,) in [0, 1]; text: the text
+        encoder's states (B, L, text_dim) with their mask, or a TextContext of them.
+        `unit_mask` removes units (heads, FFN channels, sub-layers, blocks) without copying weights."""
+        return self._run(x, t, text, text_mask, unit_mask, keep=(), stop_after=None).velocity
 
-        If `features` is a list, every block's output tokens are appended to it (for KD).
-        """
+    def features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor | TextContext,
+        text_mask: torch.Tensor | None = None,
+        blocks: Sequence[int] = (),
+        stop_after: int | None = None,
+        unit_mask: UnitMask | None = None,
+    ) -> DiTFeatures:
+        """The forward, handing out the output tokens of `blocks` (indices; negative count from the
+        end) with the time embedding and the projected text. With `stop_after` = N only the first
+        N blocks run and no velocity is computed (a discriminator built on the first N blocks)."""
+        n = len(self.blocks)
+        if stop_after is not None and not 1 <= stop_after <= n:
+            raise MvditError(f"stop_after must be in 1..{n}, got {stop_after}")
+        keep = sorted({i % n for i in blocks}) if n else []
+        if any(not -n <= i < n for i in blocks):
+            raise MvditError(f"block indices must be in -{n}..{n - 1}, got {list(blocks)}")
+        if stop_after is not None and keep and keep[-1] >= stop_after:
+            raise MvditError(f"block {keep[-1]} is not run when stopping after {stop_after} blocks")
+        return self._run(x, t, text, text_mask, unit_mask, keep=tuple(keep), stop_after=stop_after)
+
+    def _run(self, x, t, text, text_mask, unit_mask, keep, stop_after) -> DiTFeatures:
         b, c, T, H, W = x.shape
         if c != self.config.in_channels:
             raise MvditError(f"DiT expects {self.config.in_channels} latent channels, got {c}")
+        if unit_mask is not None:
+            unit_mask.check(self.config)
+        ctx = text if isinstance(text, TextContext) else self.text_context(text, text_mask)
         tokens = self.x_embed(x.flatten(2).transpose(1, 2))
         t_emb = self.t_embed(
             timestep_embedding(t.expand(b) if t.dim() == 0 else t, self.config.freq_dim)
         )
         t_mod = self.t_block(t_emb).view(b, 6, -1)
-        ctx = self.caption_proj(text)
-        rope = rope_3d((T, H, W), self.config.head_dim, self.config.rope_theta, device=x.device)
-        for block in self.blocks:
-            tokens = block(tokens, ctx, text_mask, t_mod, rope)
-            if features is not None:
-                features.append(tokens)
-        shift, scale = (self.final_table[None] + t_emb[:, None]).unbind(1)
-        tokens = self.final_norm(tokens) * (1 + scale[:, None]) + shift[:, None]
-        out = self.out(tokens)
-        return out.transpose(1, 2).reshape(b, self.config.out_ch, T, H, W)
+        rope = self.rope((T, H, W), x.device)
+        out: dict[int, torch.Tensor] = {}
+        last = len(self.blocks) if stop_after is None else stop_after
+        for i, block in enumerate(self.blocks[:last]):
+            if unit_mask is None:
+                tokens = block(tokens, ctx.text, ctx.mask, t_mod, rope, kv=ctx.kv[i])
+            elif (m := unit_mask.blocks[i]) != 0:
+                y = block(tokens, ctx.text, ctx.mask, t_mod, rope, ctx.kv[i], unit_mask.block(i))
+                tokens = tokens + m.to(tokens.dtype) * (y - tokens) if m != 1 else y
+            if i in keep:
+                out[i] = tokens
+        velocity = None
+        if stop_after is None:
+            shift, scale = (self.final_table[None] + t_emb[:, None]).unbind(1)
+            tokens = self.final_norm(tokens) * (1 + scale[:, None]) + shift[:, None]
+            velocity = self.out(tokens).transpose(1, 2).reshape(b, self.config.out_ch, T, H, W)
+        return DiTFeatures(out, t_emb, ctx.text, ctx.mask, (T, H, W), velocity)
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -297,12 +503,7 @@ class VideoDiT(nn.Module):
         cfg = read_json(path / "config.json")
         if cfg.pop("kind", "video_dit") != "video_dit":
             raise MvditError(f"{path} does not hold a video DiT")
-        try:
-            config = DiTConfig(**cfg)
-        except ValueError as e:
-            raise MvditError(
-                f"{path}/config.json: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
-            ) from None  # type: ignore[attr-defined]
+        config = validate(DiTConfig, cfg, f"{path / 'config.json'}")
         with torch.device("meta"):
             model = cls(config)
         model = model.to_empty(device=device)

@@ -9,11 +9,12 @@ static (latent caches and exported graphs depend on that).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mvdit import MvditError
@@ -26,6 +27,9 @@ class TextConfig(BaseModel):
     kind: TextKind = "minilm"
     path: str | None = None  # local HF directory; None means the bundled MiniLM
     max_length: int = 32
+    # encode_cached keeps this many captions' states (least recently used go first): a folder of
+    # real captions would otherwise grow the cache without bound
+    cache_size: int = Field(default=4096, ge=0)
 
 
 def default_minilm_path() -> Path:
@@ -48,7 +52,7 @@ class TextEncoder(nn.Module):
             else model.config.d_model
         )
         self.max_length = config.max_length
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,13 +71,19 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode_cached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode` with a per-prompt memo: training sees the same captions many times."""
+        """`encode` with a per-prompt memo (training sees the same captions many times), bounded
+        to `config.cache_size` captions, least recently used evicted first."""
         todo = sorted({p for p in prompts if p not in self._cache})
+        found = {p: self._cache[p] for p in prompts if p in self._cache}
         if todo:
             h, m = self.encode(todo)
-            for p, hi, mi in zip(todo, h, m, strict=True):
-                self._cache[p] = (hi.cpu(), mi.cpu())
-        hs, ms = zip(*(self._cache[p] for p in prompts), strict=True)
+            found |= {p: (hi.cpu(), mi.cpu()) for p, hi, mi in zip(todo, h, m, strict=True)}
+        for p in dict.fromkeys(prompts):  # this batch's captions become the most recent
+            self._cache[p] = found[p]
+            self._cache.move_to_end(p)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+        hs, ms = zip(*(found[p] for p in prompts), strict=True)
         return torch.stack(hs), torch.stack(ms)
 
 

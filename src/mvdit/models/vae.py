@@ -24,17 +24,25 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.io import load_state_strict, load_tensors, read_json, save_tensors, write_json
-from mvdit.models.autoencoder import VideoAutoencoder, register_autoencoder
+from mvdit.io import (
+    load_state_strict,
+    load_tensors,
+    read_config_json,
+    save_tensors,
+    validate,
+    write_json,
+)
+from mvdit.models.autoencoder import VideoAutoencoder
 
 Down = Literal["t", "s", "ts"]
 
@@ -117,10 +125,7 @@ VAE_PRESETS: dict[str, dict] = {
 def vae_preset(name: str, **overrides) -> VAEModelConfig:
     if name not in VAE_PRESETS:
         raise MvditError(f"unknown VAE preset {name!r}; choose one of: {', '.join(VAE_PRESETS)}")
-    try:
-        return VAEModelConfig(**{**VAE_PRESETS[name], **overrides})
-    except ValidationError as e:
-        raise MvditError(f"VAE preset {name!r}: {e.errors()[0]['msg']}") from None
+    return validate(VAEModelConfig, {**VAE_PRESETS[name], **overrides}, f"VAE preset {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,15 +550,7 @@ class CausalVideoVAE(VideoAutoencoder):
         path = Path(path)
         if not path.is_dir():
             raise MvditError(f"VAE directory {path} does not exist")
-        raw = read_json(path / "config.json")
-        try:
-            config = VAEModelConfig(**raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise MvditError(
-                f"{path}/config.json: {'.'.join(map(str, err['loc']))}: {err['msg']}"
-            ) from None
-        model = cls(config)
+        model = cls(read_config_json(VAEModelConfig, path / "config.json"))
         load_state_strict(model, load_tensors(path / "model.safetensors"), str(path))
         return model.to(device).eval()
 
@@ -576,14 +573,9 @@ def latent_stats(
 
 def default_vae_path() -> Path:
     """The VAE shipped with the package for the CPU preset (9x32x32 clips, 4x8x8, 16 channels)."""
-    from importlib.resources import files
-
     path = Path(str(files("mvdit") / "assets" / "vae-cpu"))
     if not (path / "model.safetensors").is_file():
         raise MvditError(
             f"the shipped VAE is missing from {path}; reinstall mvdit or train one with: mvdit train-vae configs/vae-cpu.toml"
         )
     return path
-
-
-register_autoencoder("causal_vae", CausalVideoVAE)

@@ -17,16 +17,25 @@ it is filled in; without it the column reads "n/a".
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from mvdit.bench.measure import timed
 from mvdit.config import preset_config
 from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import dit_flops
 from mvdit.models.vae import CausalVideoVAE, vae_preset
+from mvdit.stages.vae import (
+    VAEArchConfig,
+    VAEDataConfig,
+    VAEEvalConfig,
+    VAEOptimConfig,
+    VAERunConfig,
+    VAETrainConfig,
+    train_vae,
+)
 
 STUDY_CHANNELS: dict[str, int] = {"4x8x8": 16, "4x16x16": 48, "8x16x16": 64, "8x32x32": 128}
 PAPER_CLIP = (49, 384, 512)
@@ -43,18 +52,6 @@ def tokens(ratio_cfg, clip: tuple[int, int, int]) -> int:
     return (1 + (t - 1) // tf) * max(1, h // sf) * max(1, w // sf)
 
 
-def best_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of `repeats` timed calls after a warm-up: on a shared machine the minimum is the
-    estimate of the work itself that load spikes disturb least."""
-    fn()  # warm-up: first calls pay for allocator growth and kernel selection
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * min(times)
-
-
 def study_train_config(
     ratio: str,
     out_dir: Path,
@@ -66,15 +63,6 @@ def study_train_config(
     eval_clips: int,
     threads: int | None,
 ):
-    from mvdit.vae_train import (
-        VAEArchConfig,
-        VAEDataConfig,
-        VAEEvalConfig,
-        VAEOptimConfig,
-        VAERunConfig,
-        VAETrainConfig,
-    )
-
     stages = len(vae_preset(ratio).widths)
     frames, height, width_px = clip
     return VAETrainConfig(
@@ -119,8 +107,6 @@ def run_vae_study(
 ) -> list[dict]:
     """Train, score and time one VAE per ratio; write study.{md,csv,json,png}. Resumable: a
     ratio whose run finished is read back, an interrupted one continues from its checkpoint."""
-    from mvdit.vae_train import train_vae
-
     out_dir = Path(out_dir)
     ratios = ratios or list(STUDY_CHANNELS)
     if threads:
@@ -142,8 +128,8 @@ def run_vae_study(
         x = torch.rand(1, 3, *clip) * 2 - 1
         with torch.no_grad():
             z = vae.encode(x)
-            enc_ms = best_ms(lambda: vae.encode(x), timing_repeats)  # noqa: B023 - timed now, not later
-            dec_ms = best_ms(lambda: vae.decode(z), timing_repeats)  # noqa: B023
+            enc_ms = 1000 * min(timed(lambda: vae.encode(x), reps=timing_repeats))  # noqa: B023 - timed now, not later
+            dec_ms = 1000 * min(timed(lambda: vae.decode(z), reps=timing_repeats))  # noqa: B023
         arch = vae.config
         paper_tokens = tokens(arch, PAPER_CLIP)
         student = preset_config("paper-student", in_channels=arch.latent_channels)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import platform
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +26,22 @@ import torch
 from torch import nn
 
 from mvdit import MvditError
+from mvdit.bench.measure import PeakMemory, seconds, si, time_once, timed
+from mvdit.build import build_autoencoder
+from mvdit.config import PRESETS, default_train_config, preset_config
+from mvdit.flow import euler_sample, shift_for_tokens, timestep_schedule
 from mvdit.io import atomic_write_text, write_json
+from mvdit.models.dit import VideoDiT
+from mvdit.models.text import TextConfig, load_text_encoder
+from mvdit.models.vae import CausalVideoVAE, vae_preset
+from mvdit.pipeline import Pipeline, SamplerConfig, Sampling
 
 PAPER_CLIP = (49, 384, 512)  # the paper's clip: 8x32x32 VAE -> 7x12x16 latent, 1,344 tokens
 # Sampling of the paper's models: the teacher ~40 Euler steps with CFG, the student 4 steps without.
-PAPER_SAMPLER = {"paper-teacher": (40, 4.0), "paper-student": (4, 1.0)}
+PAPER_SAMPLER = {
+    "paper-teacher": SamplerConfig(steps=40, guidance=4.0),
+    "paper-student": SamplerConfig(steps=4, guidance=1.0),
+}
 CPU_PRESET_CLIPS = {"tiny": (9, 32, 32), "small": (17, 64, 64)}
 PROMPT = "a red circle moves quickly to the left on a black background"
 
@@ -41,72 +50,11 @@ PROMPT = "a red circle moves quickly to the left on a black background"
 # measuring
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(
-    fn: Callable[[], object], device: torch.device, reps: int, min_seconds: float = 0.0
-) -> list[float]:
-    """Wall-clock seconds of `reps` calls (more while under `min_seconds` total), after one warm-up."""
-    fn()
-    sync(device)
-    times: list[float] = []
-    while len(times) < reps or (sum(times) < min_seconds and len(times) < 50):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def gemm_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
     """FLOP/s of the fastest n x n x n matmul: the practical ceiling of a dense network."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / min(timed(lambda: a @ b, device, reps))
-
-
-class PeakMemory:
-    """Peak memory inside a block: CUDA's allocator peak, or on CPU the process's resident set
-    sampled every 5 ms (the OS high-water mark never goes down, so it cannot isolate one stage)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.start, self.peak, self._stop = device, 0, 0, threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        elif platform.system() == "Linux":
-            self.start = self.peak = self.rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self.rss())
-
-    @property
-    def mb(self) -> float | None:
-        """The peak in MiB: on CPU the whole process's resident set (Python, torch and the text
-        encoder included, ~0.5 GB), on CUDA the allocator's peak; None where not measurable."""
-        return self.peak / 2**20 if self.peak else None
 
 
 def params(module: nn.Module | None) -> int:
@@ -199,16 +147,20 @@ class Target:
     clip: tuple[int, int, int]
     fps: float
     text_len: int
-    steps: int
-    cfg: float
+    sampling: Sampling  # the schedule, guidance and network evaluations of one clip
     note: str = ""
+
+
+def preset_sampling(sampler: SamplerConfig, latent: tuple[int, int, int, int]) -> Sampling:
+    """The sampler of a preset without a pipeline directory, resolved as Pipeline.sampling does."""
+    _, t, h, w = latent
+    shift = sampler.shift if sampler.shift is not None else shift_for_tokens(t * h * w)
+    return Sampling(timestep_schedule(sampler.steps, shift), sampler.guidance, sampler.nfe)
 
 
 def preset_target(name: str, paper_decode: bool) -> Target:
     """A preset with random weights at its clip size: the CPU presets with the tiny config's VAE
     and text encoder, the paper presets at 49x384x512 with the paper's 8x32x32 VAE."""
-    from mvdit.config import PRESETS, load_train_config, preset_config
-
     if name not in PRESETS:
         raise MvditError(
             f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)} or give a model directory"
@@ -218,12 +170,10 @@ def preset_target(name: str, paper_decode: bool) -> Target:
         latent = (128, 1 + (frames - 1) // 8, height // 32, width // 32)
         vae = None
         if paper_decode:
-            from mvdit.models.vae import CausalVideoVAE, vae_preset
-
             vae = build_random(
                 lambda: CausalVideoVAE(vae_preset("paper")), torch.device("cpu"), torch.float32
             )
-        steps, cfg = PAPER_SAMPLER[name]
+        sampling = preset_sampling(PAPER_SAMPLER[name], latent)
         note = "random weights; 77 text tokens of 768-d (CLIP-L's shape), text encoder timed with MiniLM"
         return Target(
             name,
@@ -235,14 +185,10 @@ def preset_target(name: str, paper_decode: bool) -> Target:
             PAPER_CLIP,
             8.0,
             77,
-            steps,
-            cfg,
+            sampling,
             note,
         )
-    from mvdit.cli import default_config_path
-    from mvdit.teacher import build_autoencoder
-
-    tc = load_train_config(default_config_path())
+    tc = default_train_config()
     frames, height, width = CPU_PRESET_CLIPS.get(
         name, (tc.data.frames, tc.data.height, tc.data.width)
     )
@@ -260,15 +206,12 @@ def preset_target(name: str, paper_decode: bool) -> Target:
         (frames, height, width),
         tc.data.fps,
         tc.text.max_length,
-        tc.sample.steps,
-        tc.sample.cfg,
+        preset_sampling(SamplerConfig(steps=tc.sample.steps, guidance=tc.sample.cfg), latent),
         note,
     )
 
 
 def checkpoint_target(path: str | Path, device: torch.device) -> tuple[Target, object]:
-    from mvdit.pipeline import Pipeline
-
     pipe = Pipeline.from_pretrained(path, device=str(device))
     c = pipe.config
     t = Target(
@@ -281,8 +224,7 @@ def checkpoint_target(path: str | Path, device: torch.device) -> tuple[Target, o
         (c.frames, c.height, c.width),
         c.fps,
         pipe.text_encoder.max_length,
-        c.steps,
-        c.cfg,
+        pipe.sampling(),  # the model's own sampler (pipeline.json), a fixed schedule included
     )
     return t, pipe
 
@@ -314,15 +256,13 @@ def bench_target(
     e2e_budget: float = 20.0,
 ) -> dict:
     """Time one target's stages; generate a whole clip when that is expected to take <= e2e_budget s."""
-    from mvdit.models.dit import VideoDiT
-
     _, lt, lh, lw = target.latent
     tokens = lt * lh * lw
     r: dict = {
         "name": target.name, "kind": target.kind, "note": target.note,
         "clip": dict(zip(("frames", "height", "width"), target.clip, strict=True), fps=target.fps),
         "latent": list(target.latent), "tokens": tokens, "text_tokens": target.text_len,
-        "sampler": {"steps": target.steps, "cfg": target.cfg, "nfe": target.steps * (2 if target.cfg != 1.0 else 1)},
+        "sampler": target.sampling.summary(),
     }  # fmt: skip
 
     # text encoder: one prompt
@@ -359,9 +299,9 @@ def bench_target(
     # going for a second so that one unlucky time slice cannot decide the result
     dit_s, ltx_s = [], []
     while len(dit_s) < reps or (sum(dit_s) < 1.0 and len(dit_s) < 100):
-        dit_s += _once(ours, device)
+        dit_s.append(time_once(ours, device))
         if twin is not None:
-            ltx_s += _once(other, device)
+            ltx_s.append(time_once(other, device))
     flops = dit.flops_per_step(tokens, target.text_len)
     counts = dit.param_counts()
     r["params"] = {
@@ -424,13 +364,6 @@ def bench_target(
     return r
 
 
-def _once(fn: Callable[[], object], device: torch.device) -> list[float]:
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return [time.perf_counter() - t0]
-
-
 def _autocast(device: torch.device, dtype: torch.dtype):
     # bf16 weights with fp32 noise and latents: autocast casts each op's inputs (GPU path)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -441,16 +374,20 @@ def _sampler(
 ) -> Callable[[], object]:
     """A whole clip for a preset: encode the prompt, run the sampler, decode. The DiT reads random
     text tokens of its own width (a paper preset expects CLIP-L's 768-d, MiniLM gives 384-d)."""
-    from mvdit.flow import euler_sample, shift_for_tokens, timestep_schedule
-
     x, _, text, mask = _dit_inputs(target, device, dtype)
-    schedule = timestep_schedule(target.steps, shift_for_tokens(x[0, 0].numel()))
+    s = target.sampling
     cond = {"text": text, "text_mask": mask}
 
     def run() -> None:
         text_encoder.encode([PROMPT])
         latents, _ = euler_sample(
-            dit, x, schedule, cond, cond if target.cfg != 1.0 else None, target.cfg
+            dit,
+            x,
+            s.schedule,
+            cond,
+            cond if s.guidance != 1.0 else None,
+            s.guidance,
+            prepare=dit.prepare_conditioning,
         )
         target.vae.decode(latents.float())
 
@@ -472,8 +409,6 @@ def run_bench(
     gemm_n: int = 4096,
 ) -> dict:
     """Benchmark presets or model directories; write OUT/bench.json and OUT/bench.md."""
-    from mvdit.models.text import TextConfig, load_text_encoder
-
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MvditError("--device cuda but no CUDA GPU is visible; use --device cpu")
@@ -488,8 +423,6 @@ def run_bench(
     # fp32 on CPU (bf16 matmul is far slower on most CPUs), bf16 on GPU: what the project runs.
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     paper_decode = dev.type == "cuda" if paper_decode is None else paper_decode
-    from mvdit.config import PRESETS
-
     for spec in targets:
         if not Path(spec).is_dir() and spec not in PRESETS:
             raise MvditError(
@@ -534,26 +467,13 @@ def run_bench(
     return result
 
 
-def _ms(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.2f} s"
-
-
-def _n(x: float) -> str:
-    for unit, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= s:
-            return f"{x / s:.2f}{unit}"
-    return f"{x:.0f}"
-
-
 def bench_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         "# Benchmark",
         "",
         f"{m['device']}, {m['threads']} threads, {m['dtype']}, torch {m['torch']}. "
-        f"GEMM peak ({m['gemm_n']}³ matmul, best of the run): {_n(m['gemm_peak_flops'])}FLOP/s.",
+        f"GEMM peak ({m['gemm_n']}³ matmul, best of the run): {si(m['gemm_peak_flops'])}FLOP/s.",
         "",
         "| target | clip | tokens | DiT params | FLOPs/step | text | DiT step | decode | end-to-end | out FPS | DiT FLOP/s | of peak | vs LTX | peak mem |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -564,9 +484,9 @@ def bench_markdown(result: dict) -> str:
         vs = f"{l['ours_speedup']:.2f}x" if "ours_speedup" in l else "–"
         mem = r["peak_memory_mb"].get("dit")
         lines.append(
-            f"| {r['name']} | {c['frames']}×{c['height']}×{c['width']} | {r['tokens']:,} | {_n(r['params']['dit'])} | "
-            f"{_n(r['flops_per_step'])} | {_ms(lat['text'])} | {_ms(lat['dit_step'])} | {_ms(lat['decode'])} | "
-            f"{_ms(e['seconds'])}{'' if e['measured'] else '*'} | {e['output_fps']:.2f} | {_n(r['dit_achieved_flops'])} | "
+            f"| {r['name']} | {c['frames']}×{c['height']}×{c['width']} | {r['tokens']:,} | {si(r['params']['dit'])} | "
+            f"{si(r['flops_per_step'])} | {seconds(lat['text'])} | {seconds(lat['dit_step'])} | {seconds(lat['decode'])} | "
+            f"{seconds(e['seconds'])}{'' if e['measured'] else '*'} | {e['output_fps']:.2f} | {si(r['dit_achieved_flops'])} | "
             f"{100 * r['dit_fraction_of_peak']:.0f}% | {vs} | {'–' if mem is None else f'{mem:,.0f} MB'} |"
         )
     lines += [

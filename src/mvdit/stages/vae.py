@@ -1,4 +1,4 @@
-"""Stage: train the causal video VAE (`mvdit train-vae CONFIG`).
+"""Stage: train the causal video VAE (`mvdit train-vae CONFIG`), the paper's first step.
 
 The stage is its loss, run by the shared loop in train.py:
 - pixel L1 and MSE;
@@ -19,18 +19,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from mvdit import MvditError
-from mvdit.config import DataConfig, OptimConfig, RunConfig
+from mvdit.build import build_video_dataset
+from mvdit.config import DataConfig, OptimConfig, RunConfig, Strict, load_config
+from mvdit.eval.faithfulness import score_clip, summarize
 from mvdit.eval.metrics import psnr, ssim
 from mvdit.io import atomic_dir, write_json
 from mvdit.models.vae import CausalVideoVAE, VAEModelConfig, latent_stats, vae_preset
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from mvdit.train import make_batch_fn, train_loop
 
 
 class VAEArchConfig(Strict):
@@ -93,8 +91,6 @@ class VAETrainConfig(Strict):
 
 
 def load_vae_config(path: str | Path | None, overrides: list[str] | None = None) -> VAETrainConfig:
-    from mvdit.config import load_config
-
     return load_config(VAETrainConfig, path, overrides)
 
 
@@ -190,16 +186,6 @@ def _videos_only(items: list[dict]) -> dict:
     return {"video": torch.stack([it["video"] for it in items])}
 
 
-def build_video_dataset(cfg: DataConfig, split: str = "train"):
-    if cfg.kind == "cache":
-        raise MvditError(
-            "data.kind = 'cache' holds latents, not videos: train the VAE on 'shapes' or 'folder' data"
-        )
-    from mvdit.teacher import build_dataset
-
-    return build_dataset(cfg, split)
-
-
 def clip_batches(dataset, n: int, batch_size: int) -> list[torch.Tensor]:
     """The first n clips of a dataset as batches (B, 3, T, H, W)."""
     n = min(n, len(dataset))
@@ -235,8 +221,6 @@ def evaluate_reconstruction(vae, dataset, n: int, batch_size: int = 16) -> dict:
     trip (a star blurred into a blob, a rotation too small to survive) no DiT on this VAE can
     produce: those accuracies are its ceiling, attribute by attribute.
     """
-    from mvdit.eval.faithfulness import score_clip, summarize
-
     vae.eval()
     n = min(n, len(dataset))
     ps, ss, scores = [], [], []
@@ -272,8 +256,6 @@ def format_faithfulness(scores: dict) -> str:
 
 def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train, export OUT/model (weights + latent stats) and score it on held-out clips."""
-    from mvdit.train import make_batch_fn, train_loop
-
     torch.manual_seed(cfg.run.seed)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)

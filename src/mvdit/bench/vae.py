@@ -9,52 +9,17 @@
 
 from __future__ import annotations
 
-import os
-import resource
 import statistics
-import threading
-import time
 from pathlib import Path
 
 import torch
 
+from mvdit.bench.measure import PeakMemory, time_once
+from mvdit.build import load_autoencoder
 from mvdit.config import preset_config
 from mvdit.io import atomic_write_text, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import CausalVideoVAE, default_vae_path, vae_preset
-
-
-def current_rss() -> int:
-    """Resident set size of this process in bytes (Linux /proc; elsewhere the peak so far)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakRSS:
-    """Samples the resident set every few milliseconds inside a `with` block."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval, self.peak, self.base = interval, 0, 0
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, current_rss())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.peak = current_rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss())
 
 
 @torch.no_grad()
@@ -65,10 +30,10 @@ def bench_paper_decode(max_tile_bytes: int | None, seed: int = 0) -> dict:
     tiling = (
         vae.tiling_for_budget(tuple(latent.shape[2:]), max_tile_bytes) if max_tile_bytes else None
     )
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        video = vae.decode(latent, tiling=tiling)
-        seconds = time.perf_counter() - t0
+    out = []
+    with PeakMemory() as mem:
+        seconds = time_once(lambda: out.append(vae.decode(latent, tiling=tiling)))
+    video = out[0]
     tile = (tiling.frames or 7, tiling.height or 12, tiling.width or 16) if tiling else (7, 12, 16)
     return {
         "vae": "paper (8x32x32, 128 ch, widths 128/256/512/512)",
@@ -80,7 +45,7 @@ def bench_paper_decode(max_tile_bytes: int | None, seed: int = 0) -> dict:
         "estimated_tile_bytes": vae.decode_bytes(tile),
         "decode_s": round(seconds, 2),
         "peak_rss_gb": round(mem.peak / 1e9, 3),
-        "peak_rss_above_weights_gb": round((mem.peak - mem.base) / 1e9, 3),
+        "peak_rss_above_weights_gb": round((mem.peak - mem.start) / 1e9, 3),
         # oneDNN keeps a reordered copy of every conv's weights: part of the peak above weights
         "decoder_weights_gb": round(4 * vae.param_count()["decoder"] / 1e9, 3),
         "output_clip_gb": round(video.numel() * 4 / 1e9, 3),
@@ -95,8 +60,6 @@ def bench_cpu_default(
     text_dim: int = 384,
     steps: int = 4,
 ) -> dict:
-    from mvdit.models.autoencoder import load_autoencoder
-
     vae = load_autoencoder(vae_path or default_vae_path()).eval()
     frames, height, width = 9, 32, 32
     shape = vae.latent_shape(frames, height, width)
@@ -112,13 +75,8 @@ def bench_cpu_default(
     dec, den = [], []
     vae.decode(z), dit_steps()  # warm-up
     for _ in range(repeats):  # interleaved, so both see the same machine load
-        t0 = time.perf_counter()
-        vae.decode(z)
-        t1 = time.perf_counter()
-        dit_steps()
-        t2 = time.perf_counter()
-        dec.append(t1 - t0)
-        den.append(t2 - t1)
+        dec.append(time_once(lambda: vae.decode(z)))
+        den.append(time_once(dit_steps))
     return {
         "vae": str(vae_path or default_vae_path()),
         "clip": f"{frames}x{height}x{width}",

@@ -1,0 +1,162 @@
+"""Builders every stage shares: the autoencoder, the dataset and the DiT a config names.
+
+One place turns config sections into objects, so `mvdit train`, `mvdit cache`, `mvdit train-vae`,
+evaluation and benchmarks build the same thing from the same config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+from mvdit import MvditError
+from mvdit.config import DataConfig, ModelConfig, TrainConfig, VAEConfig, preset_config
+from mvdit.data.cache import LatentCacheDataset, build_latent_cache
+from mvdit.data.folder import VideoFolderDataset
+from mvdit.data.shapes import ShapesDataset
+from mvdit.io import read_json
+from mvdit.models import diffusers_vae
+from mvdit.models.autoencoder import PatchifyAutoencoder, VideoAutoencoder
+from mvdit.models.dit import DiTConfig
+from mvdit.models.text import TextEncoder, load_text_encoder
+from mvdit.models.vae import CausalVideoVAE, default_vae_path
+
+# ---------------------------------------------------------------------------------------------
+# autoencoders
+
+
+def load_autoencoder(path: str | Path) -> VideoAutoencoder:
+    """Load any autoencoder saved with `save_pretrained` (its config.json names its kind), or a
+    bare diffusers VAE directory (its config.json names its class)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MvditError(f"autoencoder directory {path} does not exist")
+    cfg = read_json(path / "config.json")
+    kind = cfg.get("kind", cfg.get("_class_name"))
+    if kind == "patchify":
+        return PatchifyAutoencoder(cfg["temporal_factor"], cfg["spatial_factor"])
+    if kind == "causal_vae":
+        return CausalVideoVAE.from_pretrained(path)
+    if kind in diffusers_vae.KINDS:
+        return diffusers_vae.DiffusersVideoVAE.from_pretrained(path)
+    known = ["patchify", "causal_vae", *diffusers_vae.KINDS]
+    raise MvditError(f"{path}: unknown autoencoder kind {kind!r}; known: {', '.join(known)}")
+
+
+def build_autoencoder(cfg: VAEConfig) -> VideoAutoencoder:
+    if cfg.kind == "patchify":
+        return PatchifyAutoencoder(cfg.temporal_factor, cfg.spatial_factor)
+    if cfg.path is None:
+        raise MvditError(
+            "vae.kind = 'pretrained' needs vae.path (a directory written by save_pretrained, or 'default')"
+        )
+    if cfg.path == "default":
+        return load_autoencoder(default_vae_path())
+    if not Path(cfg.path).is_dir():
+        raise MvditError(f"vae.path {cfg.path} does not exist")
+    return load_autoencoder(cfg.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+
+_SHAPES_VOCABULARY = (
+    "max_objects",
+    "paraphrase",
+    "colours",
+    "shapes",
+    "motions",
+    "speeds",
+    "backgrounds",
+    "background_styles",
+)
+
+
+def build_dataset(
+    cfg: DataConfig,
+    split: str = "train",
+    autoencoder: VideoAutoencoder | None = None,
+    text_encoder: TextEncoder | None = None,
+):
+    """The dataset a config names. Given the encoders, a latent cache is checked against them."""
+    if cfg.kind == "shapes":
+        return ShapesDataset(
+            frames=cfg.frames,
+            height=cfg.height,
+            width=cfg.width,
+            fps=cfg.fps,
+            seed=cfg.seed,
+            split=split,
+            holdout=cfg.holdout,
+            **{k: getattr(cfg, k) for k in _SHAPES_VOCABULARY},
+        )
+    if cfg.path is None:
+        raise MvditError(f"data.kind = '{cfg.kind}' needs data.path")
+    if cfg.kind == "folder":
+        return VideoFolderDataset(
+            cfg.path,
+            captions=cfg.captions,
+            frames=cfg.frames,
+            height=cfg.height,
+            width=cfg.width,
+            fps=cfg.fps,
+            window=cfg.window,
+        )
+    return LatentCacheDataset(cfg.path, autoencoder=autoencoder, text_encoder=text_encoder)
+
+
+def build_video_dataset(cfg: DataConfig, split: str = "train"):
+    """A dataset of pixels (for the autoencoder): shapes or a video folder, never a latent cache."""
+    if cfg.kind == "cache":
+        raise MvditError(
+            "data.kind = 'cache' holds latents, not videos: train the VAE on 'shapes' or 'folder' data"
+        )
+    return build_dataset(cfg, split)
+
+
+def cache_from_config(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    limit: int | None = None,
+    shard_size: int = 256,
+    batch_size: int = 8,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> LatentCacheDataset:
+    """Cache the clips a training config's [data] names, with its [vae] and [text] encoders."""
+    d = cfg.data
+    if d.kind == "cache":
+        raise MvditError("data.kind is already 'cache': point [data] at the clips to encode")
+    if limit is not None and limit < 1:
+        raise MvditError(f"limit must be positive, got {limit}")
+    vae = build_autoencoder(cfg.vae).to(cfg.run.device).eval()
+    vae.check_clip(d.frames, d.height, d.width)
+    text = load_text_encoder(cfg.text).to(cfg.run.device)
+    dataset = build_dataset(d)
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    build_latent_cache(dataset, vae, text, out_dir, shard_size, batch_size, dtype, progress)
+    return LatentCacheDataset(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# the DiT
+
+
+def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTConfig:
+    base = preset_config(cfg.preset, in_channels, text_dim)
+    over = {k: v for k, v in cfg.model_dump().items() if k != "preset" and v is not None}
+    if not over:
+        return base
+    b0 = base.blocks[0]
+    return DiTConfig.uniform(
+        depth=over.get("depth", len(base.blocks)),
+        heads=over.get("heads", b0.heads),
+        ffn_dim=over.get("ffn_dim", b0.ffn_dim),
+        hidden_size=over.get("hidden_size", base.hidden_size),
+        head_dim=over.get("head_dim", base.head_dim),
+        in_channels=in_channels,
+        text_dim=text_dim,
+    )

@@ -1,0 +1,105 @@
+"""Stage: train a text-to-video DiT teacher with rectified flow (`mvdit train CONFIG`).
+
+The stage is its loss: encode the clip (or read a cached latent), noise it along the straight
+path, regress the velocity. Everything else is the shared loop in train.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mvdit.build import build_autoencoder, build_dataset, build_dit_config
+from mvdit.config import TrainConfig
+from mvdit.flow import flow_loss, sample_timesteps, shift_for_tokens
+from mvdit.models.autoencoder import VideoAutoencoder
+from mvdit.models.dit import VideoDiT
+from mvdit.models.text import TextEncoder, load_text_encoder
+from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
+from mvdit.train import make_batch_fn, train_loop
+
+
+def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg: TrainConfig):
+    """The teacher's loss: rectified-flow velocity regression with caption dropout for CFG."""
+    d = cfg.data
+    _, lt, lh, lw = vae.latent_shape(d.frames, d.height, d.width)
+    shift = shift_for_tokens(lt * lh * lw) if cfg.flow.shift == "auto" else float(cfg.flow.shift)
+
+    def loss_fn(step: int, batch: dict, gen: torch.Generator):
+        with torch.no_grad():
+            x0 = batch["latent"] if "latent" in batch else vae.encode(batch["video"])
+            captions = list(batch["caption"])
+            drop = torch.rand(len(captions), generator=gen) < cfg.flow.caption_dropout
+            captions = ["" if dr else c for c, dr in zip(captions, drop.tolist(), strict=True)]
+            if "text" in batch:
+                null_h, null_m = text.encode_cached([""])
+                keep = ~drop.to(x0.device)[:, None, None]
+                ctx = torch.where(keep, batch["text"], null_h.to(batch["text"]))
+                mask = torch.where(keep[:, :, 0], batch["text_mask"], null_m.to(batch["text_mask"]))
+            else:
+                ctx, mask = text.encode_cached(captions)
+        t = sample_timesteps(x0.shape[0], gen, cfg.flow.logit_mean, cfg.flow.logit_std, shift).to(
+            x0
+        )
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        loss = flow_loss(dit, x0, t, noise, text=ctx.to(x0.device), text_mask=mask.to(x0.device))
+        return {"model": loss}, {}
+
+    return loss_fn
+
+
+@dataclass
+class TeacherParts:
+    """Everything a teacher run is made of, built from its config (train_teacher trains it)."""
+
+    dit: VideoDiT
+    vae: VideoAutoencoder
+    text: TextEncoder
+    dataset: object
+    pipeline: Pipeline
+    loss_fn: object
+
+
+def build_teacher(cfg: TrainConfig) -> TeacherParts:
+    vae = build_autoencoder(cfg.vae)
+    d = cfg.data
+    vae.check_clip(d.frames, d.height, d.width)
+    text = load_text_encoder(cfg.text)
+    torch.manual_seed(cfg.run.seed)  # the initial weights
+    dit = VideoDiT(build_dit_config(cfg.model, vae.latent_channels, text.dim))
+    dataset = build_dataset(cfg.data, "train", vae, text)
+    pipe_cfg = PipelineConfig(
+        frames=d.frames,
+        height=d.height,
+        width=d.width,
+        fps=d.fps,
+        text=cfg.text,
+        sampler=SamplerConfig(
+            steps=cfg.sample.steps,
+            guidance=cfg.sample.cfg,
+            shift=None if cfg.flow.shift == "auto" else float(cfg.flow.shift),
+        ),
+    )
+    pipeline = Pipeline(dit, vae, text, pipe_cfg)
+    return TeacherParts(dit, vae, text, dataset, pipeline, make_flow_loss(dit, vae, text, cfg))
+
+
+def train_teacher(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    parts = build_teacher(cfg)
+    batch_fn = make_batch_fn(
+        parts.dataset, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed
+    )
+    return train_loop(
+        {"model": parts.dit},
+        parts.loss_fn,
+        batch_fn,
+        cfg.optim,
+        cfg.run,
+        cfg.run.out_dir,
+        resume=resume,
+        config_dump=cfg.model_dump(mode="json"),
+        on_export=lambda path, state: parts.pipeline.save_pretrained(path, dit_state=state),
+        progress=progress,
+        frozen={"vae": parts.vae, "text": parts.text},
+    )
