@@ -113,3 +113,50 @@ def test_flops_scale_with_tokens(tiny_dit_config):
     model = VideoDiT(tiny_dit_config)
     f1, f2 = model.flops_per_step(100, 8), model.flops_per_step(200, 8)
     assert 2 * f1 < f2 < 4 * f1  # linear layers double, attention quadruples
+
+
+def _trained_like(cfg):
+    torch.manual_seed(0)
+    model = VideoDiT(cfg).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.1)  # the output depends on every block
+    return model
+
+
+def test_features_stop_early_and_carry_the_conditioning(tiny_dit_config):
+    model = _trained_like(tiny_dit_config)
+    x, t, text, mask = _inputs(tiny_dit_config)
+    full = model.features(x, t, text, mask, blocks=[0, -1])
+    assert sorted(full.tokens) == [0, 1] and full.velocity is not None
+    torch.testing.assert_close(full.velocity, model(x, t, text, mask), rtol=0, atol=0)
+    early = model.features(x, t, text, mask, blocks=[0], stop_after=1)
+    assert early.velocity is None and list(early.tokens) == [0]
+    torch.testing.assert_close(early.tokens[0], full.tokens[0], rtol=0, atol=0)
+    assert early.t_emb.shape == (2, 32) and early.text.shape == (2, 7, 32)
+    assert early.grid == (3, 4, 5) and early.text_mask is mask
+    with pytest.raises(MvditError, match="not run"):
+        model.features(x, t, text, mask, blocks=[1], stop_after=1)
+
+
+def test_text_context_computed_once_gives_the_same_velocity(tiny_dit_config):
+    model = _trained_like(tiny_dit_config)
+    x, t, text, mask = _inputs(tiny_dit_config)
+    ctx = model.text_context(text, mask)
+    torch.testing.assert_close(model(x, t, ctx), model(x, t, text, mask), rtol=0, atol=0)
+
+
+def test_rope_tables_are_cached_fp32():
+    model = VideoDiT(preset_config("tiny", 16, 384))
+    cos, sin = model.rope((3, 4, 4), torch.device("cpu"))
+    assert cos.dtype == sin.dtype == torch.float32
+    assert model.rope((3, 4, 4), torch.device("cpu"))[0] is cos  # built once per grid
+
+
+def test_an_exported_step_has_no_float64(tiny_dit_config):
+    model = _trained_like(tiny_dit_config)
+    x, t, text, mask = _inputs(tiny_dit_config, b=1)
+    ep = torch.export.export(model, (x, t, text, mask))
+    dtypes = [
+        n.meta["val"].dtype for n in ep.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)
+    ]
+    assert dtypes and torch.float64 not in dtypes
+    torch.testing.assert_close(ep.module()(x, t, text, mask), model(x, t, text, mask))
