@@ -64,6 +64,10 @@ def test_bench_tiny_preset_writes_every_field(tmp_path, capsys):
     )
     assert t["params"]["dit"] > 1e6 and t["params"]["text_encoder"] > 2e7
     assert t["flops_per_step"] > 0 and 0 < t["dit_fraction_of_peak"] < 1.5
+    # the peak is the best of the square matmul and the model's own linear shapes
+    assert r["machine"]["gemm_peak_flops"] >= max(
+        t["linear_peak_flops"], *r["machine"]["gemm_peak_samples"]
+    )
     assert t["end_to_end"]["measured"] and t["end_to_end"]["output_fps"] == pytest.approx(
         9 / t["end_to_end"]["seconds"]
     )
@@ -150,3 +154,10 @@ def test_report_names_what_is_missing(tmp_path, capsys):
     assert code == 2 and "neither eval.json nor bench.json" in out
     code, out = run_cli(["report", tmp_path / "nowhere", "--out", tmp_path / "r.md"], capsys)
     assert code == 2 and "does not exist" in out
+
+
+def test_linear_shapes_cover_every_gemm_of_a_step(tiny_dit_config):
+    shapes = B.linear_shapes(tiny_dit_config, tokens=60, text_len=7)
+    assert (60, 32, 64) in shapes and (60, 64, 32) in shapes  # FFN up and down
+    assert (60, 32, 32) in shapes and (7, 24, 32) in shapes  # attention, caption projection
+    assert len(shapes) == len(set(shapes))

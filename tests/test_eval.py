@@ -298,10 +298,15 @@ def test_eval_command_writes_json_markdown_sheet_and_videos(tiny_pipeline, tmp_p
         p for p in prompts.read_text().splitlines()
     }
     assert r["faithfulness"]["label"] == "own" and r["faithfulness"]["p"]["clips"] == 4
+    # neither prompt names a speed for the still square: 2 of 4 clips go unscored for speed
+    assert (
+        r["faithfulness"]["unscored"]["speed"] == 2 and r["faithfulness"]["unscored"]["colour"] == 0
+    )
     assert {d["label"] for d in r["vbench"].values()} <= {"vbench-faithful", "substitute"}
     assert r["distribution"]["label"] == "substitute" and r["distribution"]["n_real"] == 4
     md = (out / "eval.md").read_text()
     assert "temporal flickering" in md and "vbench-faithful" in md and "FVD analogue" in md
+    assert "Clips not scored for an attribute" in md and "speed 2" in md
     assert (out / "contact_sheet.png").stat().st_size > 0
 
 
@@ -337,10 +342,18 @@ def test_eval_command_rejects_bad_input(tiny_pipeline, tmp_path, capsys):
 
 
 def test_psnr_and_ssim_on_known_errors():
-    from mvdit.eval.metrics import psnr, ssim
+    from mvdit.eval.metrics import PSNR_MAX, psnr, ssim
 
     x = torch.rand(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    assert psnr(x, x) == float("inf") and ssim(x, x) == pytest.approx(1.0)
+    # an exact reconstruction tops the scale without making a mean over clips infinite
+    assert psnr(x, x) == PSNR_MAX and ssim(x, x) == pytest.approx(1.0)
+    assert psnr(x, torch.cat([x[:1], x[1:] + 0.1])) == pytest.approx(
+        (PSNR_MAX + 10 * np.log10(400)) / 2
+    )
+    # the mean of per-clip PSNRs, not the PSNR of the pooled error: the log and eval-vae agree
+    err = torch.cat([x[:1] + 0.01, x[1:] + 0.3])
+    per_clip = [psnr(err[i : i + 1], x[i : i + 1]) for i in range(2)]
+    assert psnr(err, x) == pytest.approx(sum(per_clip) / 2)
     # a uniform error of 0.1 on the [-1, 1] range: 10 log10(2^2 / 0.01) dB
     assert psnr(x, x + 0.1) == pytest.approx(10 * np.log10(400), rel=1e-6)
     noisy = [

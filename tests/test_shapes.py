@@ -275,3 +275,28 @@ def test_every_index_draws_a_clip_from_the_full_vocabulary():
     ds = ShapesDataset(frames=9, height=32, width=32, max_objects=2)
     specs = [ds.spec(i)[0] for i in range(3000)]
     assert all(1 <= len(s.objects) <= 2 for s in specs)
+
+
+@pytest.mark.parametrize(
+    "prompt, motion, background",
+    [
+        ("a red circle moves to the left on black", "left", "black"),
+        ("a blue square slides leftwards on a gray background", "left", "gray"),
+        ("a yellow star glides upwards on gray", "up", "gray"),
+        ("a white triangle moves rightwards, black background", "right", "black"),
+        ("a green star is spinning in place on a black background", "rotating", "black"),
+        ("a red square rests in place on gray", "still", "gray"),
+    ],
+)
+def test_parser_reads_common_wordings(prompt, motion, background):
+    from mvdit.data.shapes import parse_caption
+
+    a = parse_caption(prompt)
+    assert (a.objects[0].motion, a.background) == (motion, background)
+
+
+def test_a_bare_on_colour_before_a_shape_is_not_a_background():
+    from mvdit.data.shapes import parse_caption
+
+    a = parse_caption("a red circle sits on a blue square")
+    assert a.background is None and len(a.objects) == 2

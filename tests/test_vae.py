@@ -455,3 +455,33 @@ def test_reconstruction_faithfulness_is_the_detectors_ceiling():
     moving = sum(data[i]["spec"].objects[0].motion != "still" for i in range(12))
     assert moving >= 6 and frozen["motion"] <= 1 - moving / 12 + 1e-6
     assert frozen["colour"] == 1.0
+
+
+def test_ltx_timestep_decode_noises_the_latent_like_ltx_pipeline(tmp_path):
+    """LTXPipeline decodes (1 - s) z + s n with the decode timestep (s = decode_noise_scale,
+    defaulting to decode_timestep); the adapter must too. Tiling set for one decode is undone."""
+    diffusers = pytest.importorskip("diffusers")
+    from mvdit.models.diffusers_vae import DiffusersVideoVAE
+
+    torch.manual_seed(0)
+    ltx = diffusers.AutoencoderKLLTXVideo(
+        latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
+        patch_size=1, timestep_conditioning=True,
+    ).eval()  # fmt: skip
+    vae = DiffusersVideoVAE(ltx, "diffusers_ltx", decode_timestep=0.05)
+    z = torch.randn(1, 8, 3, 4, 4)
+    ours = vae.decode(z, generator=torch.Generator().manual_seed(7))
+    raw = z / vae.latent_scale + vae.latent_mean  # what LTXPipeline hands the VAE
+    noise = torch.randn(raw.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = ltx.decode(0.95 * raw + 0.05 * noise, torch.tensor([0.05])).sample.clamp(-1, 1)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        unnoised = ltx.decode(raw, torch.tensor([0.05])).sample.clamp(-1, 1)
+    assert (ours - unnoised).abs().max() > 1e-4  # the noising step matters
+    vae.decode(z, max_tile_bytes=1)
+    assert ltx.use_tiling is False  # a tiled decode leaves later encodes untiled

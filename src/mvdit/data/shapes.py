@@ -475,13 +475,22 @@ MOTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "shrinking": ("shrinks {adv}", "{adv} gets smaller", "contracts {adv}"),
     "rotating": ("rotates {adv}", "spins {adv}", "is spinning {adv}"),
 }
-# Words that identify a motion when no direction is named (checked in this order).
+# Words that identify a motion when no direction is named (checked in this order: "spinning in
+# place" rotates, so rotation is read before the "in place" of standing still).
 MOTION_CUES: dict[str, tuple[str, ...]] = {
     "bouncing": ("bounces", "bouncing"),
+    "rotating": ("rotates", "rotating", "spins", "spinning"),
     "still": ("still", "does not move", "in place", "motionless"),
     "growing": ("grows", "growing", "bigger", "expands"),
     "shrinking": ("shrinks", "shrinking", "smaller", "contracts"),
-    "rotating": ("rotates", "rotating", "spins", "spinning"),
+}
+# Wordings the parser reads but captions never use (adding them to the tables above would change
+# the captions the generator draws, and with them every trained model).
+READ_ONLY_DIRECTIONS: dict[str, tuple[str, ...]] = {
+    "left": ("leftwards",),
+    "right": ("rightwards",),
+    "up": ("upwards",),
+    "down": ("downwards",),
 }
 ONE_OBJECT = (
     "{o1} on {bg} background",
@@ -534,11 +543,16 @@ def _lookup(table: dict[str, tuple[str, ...]], word: str) -> str:
 
 _COLOUR = _alternation(COLOUR_WORDS)
 _OBJECT_RE = re.compile(rf"\b({_COLOUR})\s+({_alternation(SHAPE_WORDS)})\b")
+_READ_DIRECTIONS = {k: v + READ_ONLY_DIRECTIONS.get(k, ()) for k, v in DIRECTION_WORDS.items()}
 _BACKGROUND_RES = (
     re.compile(rf"\b({_COLOUR})(\s+gradient)?\s+(?:background|backdrop)\b"),
     re.compile(rf"^on\s+({_COLOUR})(\s+gradient)?\s*,"),
+    # a bare "on black" (no "background"), as long as no shape follows the colour
+    re.compile(
+        rf"\bon\s+(?:an?\s+)?({_COLOUR})(\s+gradient)?\b(?!\s+(?:{_alternation(SHAPE_WORDS)})\b)"
+    ),
 )
-_DIRECTION_RE = re.compile(rf"(?<![\w-])({_alternation(DIRECTION_WORDS)})(?![\w-])")
+_DIRECTION_RE = re.compile(rf"(?<![\w-])({_alternation(_READ_DIRECTIONS)})(?![\w-])")
 _SPEED_RE = re.compile(rf"\b({_alternation(SPEED_WORDS)})\b")
 
 
@@ -569,7 +583,7 @@ def parse_caption(text: str) -> PromptAttributes:
         rest = s[m.end() : found[k + 1].start() if k + 1 < len(found) else len(s)]
         motion = None
         if d := _DIRECTION_RE.search(rest):
-            motion = _lookup(DIRECTION_WORDS, d.group(1))
+            motion = _lookup(_READ_DIRECTIONS, d.group(1))
         else:
             motion = next(
                 (

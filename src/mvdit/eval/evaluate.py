@@ -26,7 +26,7 @@ from mvdit import MvditError
 from mvdit.build import build_dataset
 from mvdit.config import DataConfig, default_train_config, load_train_config
 from mvdit.data.shapes import ShapesDataset, caption, parse_caption, render
-from mvdit.eval.faithfulness import score_clip, summarize
+from mvdit.eval.faithfulness import ATTRIBUTES, score_clip, summarize
 from mvdit.eval.metrics import distribution_distance
 from mvdit.eval.vbench import score_videos
 from mvdit.io import atomic_write_text, write_json
@@ -112,11 +112,13 @@ def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | N
         )
     out["by_motion"] = motion_breakdown(scores, wants)
     out["per_clip"] = [bool(s["overall"]) for s in scores]
+    # clips whose prompt gives the attribute no value the parser could read: not scored for it
+    out["unscored"] = {a: sum(s[a] is None for s in scores) for a in ATTRIBUTES}
     return out
 
 
 # keys of a faithfulness() result that are not per-split summaries
-FAITHFULNESS_META = ("label", "note", "per_clip", "by_motion")
+FAITHFULNESS_META = ("label", "note", "per_clip", "by_motion", "unscored")
 
 
 def faithfulness_splits(f: dict) -> dict[str, dict]:
@@ -302,6 +304,13 @@ def eval_markdown(r: dict) -> str:
             lines.append(
                 f"| {k} | {f[k]['clips']} | " + " | ".join(_fmt(f[k].get(a)) for a in attrs) + " |"
             )
+        if "unscored" in f:
+            lines += [
+                "",
+                f"Clips not scored for an attribute (their prompt states none the parser reads), of {f['all']['clips']}: "
+                + ", ".join(f"{a} {n}" for a, n in f["unscored"].items())
+                + ".",
+            ]
         lines.append("")
         if f.get("by_motion"):
             lines += [

@@ -1,7 +1,11 @@
 """Reconstruction (PSNR, SSIM) and distribution (Fréchet distance) metrics.
 
 PSNR and SSIM take videos as float tensors (B, 3, T, H, W) in [-1, 1], the autoencoder's
-convention, and score every frame as an image (the usual way video VAEs report them).
+convention, and return the mean over the B clips:
+- PSNR scores each clip as one signal: 10 log10(range² / MSE over all its frames and pixels),
+  capped at PSNR_MAX dB so that an exact reconstruction stays a finite number in a mean. The
+  VAE training log and `mvdit eval-vae` both use this one definition.
+- SSIM scores every frame as an image (the usual way video VAEs report it) and averages them.
 
 The distribution distance is an FVD/FID analogue: FVD fits Gaussians to I3D clip embeddings,
 which cannot be downloaded here, so a clip is embedded with the shipped EfficientNet-Lite0
@@ -25,12 +29,16 @@ from mvdit.eval.features import frame_features
 # reconstruction
 
 
+PSNR_MAX = 100.0  # dB; an exact clip scores this instead of infinity
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> float:
-    """Peak signal-to-noise ratio in dB over the whole batch ([-1, 1] videos: data_range 2)."""
+    """Peak signal-to-noise ratio in dB of each clip, averaged over clips ([-1, 1]: range 2)."""
     if x.shape != y.shape:
         raise MvditError(f"PSNR needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
-    mse = (x.double() - y.double()).pow(2).mean().item()
-    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    db = 10 * torch.log10(data_range**2 / mse.clamp_min(data_range**2 / 10 ** (PSNR_MAX / 10)))
+    return float(db.mean())
 
 
 def _frames(v: torch.Tensor) -> torch.Tensor:

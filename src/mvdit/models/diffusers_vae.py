@@ -63,6 +63,7 @@ class DiffusersVideoVAE(VideoAutoencoder):
         kind: str,
         source: str | None = None,
         decode_timestep: float = 0.0,
+        decode_noise_scale: float | None = None,
     ):
         super().__init__()
         if kind not in _CLASS_NAMES:
@@ -73,6 +74,10 @@ class DiffusersVideoVAE(VideoAutoencoder):
         self.kind = kind
         self.source = source
         self.decode_timestep = decode_timestep
+        # LTXPipeline's default: the latent is noised as much as the decoder is told it is
+        self.decode_noise_scale = (
+            decode_timestep if decode_noise_scale is None else decode_noise_scale
+        )
         cfg = vae.config
         self.latent_channels = int(cfg.latent_channels if kind == "diffusers_ltx" else cfg.z_dim)
         if kind == "diffusers_ltx":
@@ -119,21 +124,35 @@ class DiffusersVideoVAE(VideoAutoencoder):
         tiling: object | None = None,
         max_tile_bytes: int | None = None,
         batch_slice: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Video (B, 3, T, H, W) in [-1, 1]. Any tiling argument switches on diffusers' own
-        spatial tiling (its default tile sizes); `batch_slice` its per-clip slicing."""
+        spatial tiling (its default tile sizes) and `batch_slice` its per-clip slicing, for this
+        decode only. A timestep-conditioned LTX decoder gets what LTXPipeline gives it: the
+        latent noised as (1 - s) z + s n (s = decode_noise_scale, n drawn from `generator`,
+        default seed 0) and the decode timestep."""
         if latent.dim() != 5 or latent.shape[1] != self.latent_channels:
             raise MvditError(
                 f"expected a latent (B, {self.latent_channels}, t, h, w), got shape {tuple(latent.shape)}"
             )
+        z = (latent / self.latent_scale + self.latent_mean).to(self.vae.dtype)
+        before = self.vae.use_tiling, self.vae.use_slicing
         self.vae.use_tiling = tiling is not None or max_tile_bytes is not None
         self.vae.use_slicing = batch_slice is not None
-        z = (latent / self.latent_scale + self.latent_mean).to(self.vae.dtype)
-        if self.kind == "diffusers_ltx" and self.vae.config.timestep_conditioning:
-            temb = torch.full((z.shape[0],), self.decode_timestep, device=z.device, dtype=z.dtype)
-            video = self.vae.decode(z, temb).sample
-        else:
-            video = self.vae.decode(z).sample
+        try:
+            if self.kind == "diffusers_ltx" and self.vae.config.timestep_conditioning:
+                gen = generator or torch.Generator(z.device).manual_seed(0)
+                noise = torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype)
+                s = self.decode_noise_scale
+                z = (1 - s) * z + s * noise
+                temb = torch.full(
+                    (z.shape[0],), self.decode_timestep, device=z.device, dtype=z.dtype
+                )
+                video = self.vae.decode(z, temb).sample
+            else:
+                video = self.vae.decode(z).sample
+        finally:
+            self.vae.use_tiling, self.vae.use_slicing = before
         return video.float().clamp(-1, 1)
 
     # -- save / load ---------------------------------------------------------------------------
@@ -149,7 +168,12 @@ class DiffusersVideoVAE(VideoAutoencoder):
         path.mkdir(parents=True, exist_ok=True)
         write_json(
             path / "config.json",
-            {"kind": self.kind, "path": target, "decode_timestep": self.decode_timestep},
+            {
+                "kind": self.kind,
+                "path": target,
+                "decode_timestep": self.decode_timestep,
+                "decode_noise_scale": self.decode_noise_scale,
+            },
         )
 
     @classmethod
@@ -179,4 +203,5 @@ class DiffusersVideoVAE(VideoAutoencoder):
             kind,
             source=str(target),
             decode_timestep=float(options.get("decode_timestep", 0.0)),
+            decode_noise_scale=options.get("decode_noise_scale"),
         )
