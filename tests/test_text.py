@@ -8,7 +8,7 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mvdit import MvditError
-from mvdit.models.text import TextConfig, default_minilm_path, load_text_encoder
+from mvdit.models.text import TextConfig, TextEncoder, default_minilm_path, load_text_encoder
 
 PROMPTS = ["a red ball bounces left", "two blue squares"]
 
@@ -41,6 +41,22 @@ def test_encode_cached_matches_encode(minilm):
     hc, mc = minilm.encode_cached([PROMPTS[1], PROMPTS[0], PROMPTS[1]])
     assert torch.equal(mc, m[[1, 0, 1]])
     torch.testing.assert_close(hc, h[[1, 0, 1]], atol=1e-5, rtol=1e-5)
+
+
+def test_encode_cached_is_a_bounded_lru(minilm):
+    enc = TextEncoder(minilm.tokenizer, minilm.model, TextConfig(max_length=16, cache_size=2))
+    calls = []
+    real = enc.encode
+    enc.encode = lambda prompts: calls.append(list(prompts)) or real(prompts)
+    enc.encode_cached(["a", "b"])
+    enc.encode_cached(["a"])  # "a" is now the most recent
+    enc.encode_cached(["c"])  # evicts "b", the least recently used
+    assert list(enc._cache) == ["a", "c"]
+    enc.encode_cached(["a", "b"])
+    assert calls == [["a", "b"], ["c"], ["b"]]  # only the evicted caption is encoded again
+    h, _ = enc.encode_cached(["b", "a"])
+    torch.testing.assert_close(h, real(["b", "a"])[0], atol=1e-5, rtol=1e-5)
+    assert len(enc._cache) == 2
 
 
 def _word_tokenizer(words: list[str], pad: bool) -> transformers.PreTrainedTokenizerFast:
