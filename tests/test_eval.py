@@ -363,3 +363,17 @@ def test_psnr_and_ssim_on_known_errors():
     assert 1.0 > noisy[0] > noisy[1] > noisy[2]
     with pytest.raises(MvditError, match="equal shapes"):
         psnr(x, x[:1])
+
+
+def test_edge_f1_falls_as_outlines_blur():
+    from scipy import ndimage
+
+    from mvdit.data.shapes import ShapesDataset
+    from mvdit.eval.metrics import edge_f1
+
+    ds = ShapesDataset(size=8, frames=3, height=32, width=32, seed=0, max_objects=1)
+    x = torch.stack([ds[i]["video"] for i in range(8)])
+    blur = lambda s: torch.from_numpy(ndimage.gaussian_filter(x.numpy(), (0, 0, 0, s, s)))  # noqa: E731
+    scores = [edge_f1(blur(s), x) for s in (0.5, 1.0, 2.0)]
+    assert edge_f1(x, x) == 1.0 and 1.0 >= scores[0] > scores[1] > scores[2]
+    assert edge_f1(torch.zeros_like(x), x) == 0.0  # no edges left at all

@@ -338,6 +338,7 @@ def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
     assert set(json.loads((out / "eval.json").read_text())) == {
         "psnr",
         "ssim",
+        "edge_f1",
         "clips",
         "faithfulness",
     }

@@ -270,7 +270,7 @@ def train_vae(
     out, ev = Path(cfg.run.out_dir), summary["eval"]
     typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s")
     typer.echo(
-        f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}"
+        f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}, edge F1 {ev['edge_f1']:.3f}"
     )
     if "faithfulness" in ev:
         typer.echo(
@@ -314,7 +314,7 @@ def eval_vae(
     scores = vae_stage.evaluate_reconstruction(vae, build_video_dataset(data, "val"), clips)
     clip = f"{data.frames}x{data.height}x{data.width}"
     typer.echo(
-        f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}"
+        f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}, edge F1 {scores['edge_f1']:.3f}"
     )
     if "faithfulness" in scores:
         typer.echo(

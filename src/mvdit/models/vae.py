@@ -58,6 +58,9 @@ class VAEModelConfig(BaseModel):
     down: list[Down] = ["ts", "t"]  # fold between stage i and i+1: time, space or both (2x each)
     blocks: int = 1  # residual blocks per encoder stage
     decoder_blocks: int | None = None  # per decoder stage (default: `blocks`)
+    # the decoder's fixed shortcuts (channel averages around conv_in/conv_out, channel repeats
+    # around each unfold); False leaves every decoder layer a learned map
+    decoder_shortcuts: bool = True
     logvar_clamp: tuple[float, float] = (-30.0, 20.0)
     # per-channel statistics of the posterior mean on training data (None: identity)
     latent_mean: list[float] | None = None
@@ -218,8 +221,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Causal conv to cout*f channels, then a 2x unfold; the shortcut repeats input channels."""
 
-    def __init__(self, cin: int, cout: int, d: str):
+    def __init__(self, cin: int, cout: int, d: str, shortcut: bool = True):
         super().__init__()
+        self.shortcut = shortcut
         self.ft, self.fs = (2 if "t" in d else 1), (2 if "s" in d else 1)
         self.conv = CausalConv3d(cin, cout * fold_factor(d))
         self.repeat = cout * fold_factor(d) // cin
@@ -229,8 +233,12 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = not self.started
         self.started = self.stream
-        skip = depth_to_space(x.repeat_interleave(self.repeat, dim=1), self.ft, self.fs, first)
-        return depth_to_space(self.conv(x), self.ft, self.fs, first) + skip
+        out = depth_to_space(self.conv(x), self.ft, self.fs, first)
+        if not self.shortcut:
+            return out
+        return out + depth_to_space(
+            x.repeat_interleave(self.repeat, dim=1), self.ft, self.fs, first
+        )
 
 
 class ChannelShortcut(nn.Module):
@@ -285,22 +293,25 @@ class Decoder(nn.Module):
         super().__init__()
         self.p = cfg.patch_size
         n = cfg.decoder_blocks if cfg.decoder_blocks is not None else cfg.blocks
+        self.shortcuts = cfg.decoder_shortcuts
         self.conv_in = CausalConv3d(cfg.latent_channels, cfg.widths[-1])
         self.short_in = ChannelShortcut(cfg.latent_channels, cfg.widths[-1])
         self.stages = nn.ModuleList()
         for i in reversed(range(len(cfg.widths))):
             layers: list[nn.Module] = [ResBlock(cfg.widths[i]) for _ in range(n)]
             if i > 0:
-                layers.append(Upsample(cfg.widths[i], cfg.widths[i - 1], cfg.down[i - 1]))
+                layers.append(
+                    Upsample(cfg.widths[i], cfg.widths[i - 1], cfg.down[i - 1], self.shortcuts)
+                )
             self.stages.append(nn.Sequential(*layers))
         self.conv_out = CausalConv3d(cfg.widths[0], 3 * self.p**2)
         self.short_out = ChannelShortcut(cfg.widths[0], 3 * self.p**2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(z) + self.short_in(z)
+        x = self.conv_in(z) + (self.short_in(z) if self.shortcuts else 0)
         for stage in self.stages:
             x = stage(x)
-        x = self.conv_out(F.silu(pixel_norm(x))) + self.short_out(x)
+        x = self.conv_out(F.silu(pixel_norm(x))) + (self.short_out(x) if self.shortcuts else 0)
         return depth_to_space(x, 1, self.p)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from mvdit.build import build_video_dataset
 from mvdit.config import DataConfig, OptimConfig, RunConfig, Strict, load_config
 from mvdit.eval.faithfulness import score_clip, summarize
-from mvdit.eval.metrics import psnr, ssim
+from mvdit.eval.metrics import edge_f1, psnr, ssim
 from mvdit.io import atomic_dir, write_json
 from mvdit.models.vae import CausalVideoVAE, VAEModelConfig, latent_stats, vae_preset
 from mvdit.train import make_batch_fn, train_loop
@@ -41,6 +41,7 @@ class VAEArchConfig(Strict):
     down: list[str] | None = None
     blocks: int | None = None
     decoder_blocks: int | None = None
+    decoder_shortcuts: bool | None = None
 
     def build(self) -> VAEModelConfig:
         over = {k: v for k, v in self.model_dump().items() if k != "preset" and v is not None}
@@ -165,6 +166,7 @@ def make_vae_loss(vae: CausalVideoVAE, disc: nn.Module | None, cfg: VAELossConfi
             "wavelet": wav.item(),
             "kl": kl.item(),
             "psnr": psnr(y.detach().clamp(-1, 1), x),
+            "edge_f1": edge_f1(y.detach().clamp(-1, 1), x),
         }
         losses = {"model": loss}
         if disc is not None and step >= cfg.adv_start:
@@ -213,8 +215,8 @@ def export_vae(
 
 @torch.no_grad()
 def evaluate_reconstruction(vae, dataset, n: int, batch_size: int = 16) -> dict:
-    """Encode -> decode (posterior mean) the first n clips of a dataset, in one pass: PSNR / SSIM
-    averaged over clips and, when the clips are captioned `shapes` clips, "faithfulness": the
+    """Encode -> decode (posterior mean) the first n clips of a dataset, in one pass: PSNR, SSIM
+    and edge F1 (mvdit.eval.metrics) averaged over clips and, when the clips are captioned `shapes` clips, "faithfulness": the
     prompt-faithfulness detector (mvdit.eval.faithfulness) on the reconstructions.
 
     A DiT generates in this VAE's latent space, so what the detector no longer sees after a round
@@ -223,24 +225,24 @@ def evaluate_reconstruction(vae, dataset, n: int, batch_size: int = 16) -> dict:
     """
     vae.eval()
     n = min(n, len(dataset))
-    ps, ss, scores = [], [], []
+    sums, scores = {"psnr": 0.0, "ssim": 0.0, "edge_f1": 0.0}, []
     captioned = True
     for s in range(0, n, batch_size):
         items = [dataset[i] for i in range(s, min(s + batch_size, n))]
         x = torch.stack([it["video"] for it in items])
         y = vae.decode(vae.encode(x))
-        for i in range(len(x)):
-            ps.append(psnr(y[i : i + 1], x[i : i + 1]))
-            ss.append(ssim(y[i : i + 1], x[i : i + 1]))
+        for key, metric in (("psnr", psnr), ("ssim", ssim), ("edge_f1", edge_f1)):
+            sums[key] += metric(y, x) * len(x)  # each a mean over the batch's clips
         captioned = captioned and all("caption" in it and "spec" in it for it in items)
         if captioned:
             scores += [
                 score_clip(v, it["caption"]) for v, it in zip(y.clamp(-1, 1), items, strict=True)
             ]
     out: dict = {
-        "psnr": round(sum(ps) / len(ps), 3),
-        "ssim": round(sum(ss) / len(ss), 4),
-        "clips": len(ps),
+        "psnr": round(sums["psnr"] / n, 3),
+        "ssim": round(sums["ssim"] / n, 4),
+        "edge_f1": round(sums["edge_f1"] / n, 4),
+        "clips": n,
     }
     if captioned:
         out["faithfulness"] = {

@@ -141,6 +141,9 @@ def run_vae_study(
             "tokens_9x32x32": tokens(arch, CPU_CLIP),
             "psnr": scores["psnr"],
             "ssim": scores["ssim"],
+            "edge_f1": scores.get("edge_f1"),
+            # the shapes detector on the reconstructions: what a DiT on this latent can draw
+            "shape": (scores.get("faithfulness") or {}).get("shape"),
             "encode_ms": round(enc_ms, 2),
             "decode_ms": round(dec_ms, 2),
             "dit_tflops_per_step": round(dit_flops(student, paper_tokens, TEXT_TOKENS) / 1e12, 3),
@@ -177,14 +180,18 @@ def write_study(out_dir: Path, rows: list[dict], meta: dict) -> None:
     plot_study(rows, out_dir / "study.png")
 
 
+def _cell(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def study_markdown(rows: list[dict], meta: dict) -> str:
     head = (
-        "| ratio | latent ch | DiT tokens 49x384x512 | DiT tokens 9x32x32 | PSNR (dB) | SSIM | encode ms | decode ms "
-        "| DiT TFLOPs/step (0.9B student) | gen. quality |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| ratio | latent ch | DiT tokens 49x384x512 | DiT tokens 9x32x32 | PSNR (dB) | SSIM | edge F1 | shape | encode ms | decode ms "
+        "| DiT TFLOPs/step (0.9B student) | gen. quality |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
         f"| {r['ratio']} | {r['latent_channels']} | {r['tokens_49x384x512']:,} | {r['tokens_9x32x32']} | {r['psnr']:.2f} | {r['ssim']:.4f} "
-        f"| {r['encode_ms']:.1f} | {r['decode_ms']:.1f} | {r['dit_tflops_per_step']:.2f} | {'n/a' if r['gen_quality'] is None else r['gen_quality']} |\n"
+        f"| {_cell(r.get('edge_f1'))} | {_cell(r.get('shape'))} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} | {r['dit_tflops_per_step']:.2f} | {'n/a' if r['gen_quality'] is None else r['gen_quality']} |\n"
         for r in rows
     )
     note = (
