@@ -139,7 +139,7 @@ def test_feature_network_recognises_an_imagenet_photo():
     import matplotlib.cbook
     from PIL import Image
 
-    from mvdit.eval.features import _MEAN, _STD, load_efficientnet_lite0
+    from mvdit.eval.features import MEAN, STD, load_efficientnet_lite0
 
     img = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert(
         "RGB"
@@ -151,7 +151,7 @@ def test_feature_network_recognises_an_imagenet_photo():
         / 255
     )
     with torch.no_grad():
-        logits = load_efficientnet_lite0()((x - _MEAN) / _STD)
+        logits = load_efficientnet_lite0()((x - MEAN) / STD)
     assert int(logits.argmax()) == 652  # ImageNet class 652: military uniform
 
 

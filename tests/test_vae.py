@@ -486,3 +486,21 @@ def test_ltx_timestep_decode_noises_the_latent_like_ltx_pipeline(tmp_path):
     assert (ours - unnoised).abs().max() > 1e-4  # the noising step matters
     vae.decode(z, max_tile_bytes=1)
     assert ltx.use_tiling is False  # a tiled decode leaves later encodes untiled
+
+
+def test_perceptual_loss_sees_a_blurred_outline():
+    from scipy import ndimage
+
+    from mvdit.data.shapes import ShapesDataset
+    from mvdit.stages.vae import PerceptualLoss
+
+    ds = ShapesDataset(size=2, frames=1, height=32, width=32, seed=0, max_objects=1)
+    x = torch.stack([ds[i]["video"] for i in range(2)])
+    blur = torch.from_numpy(ndimage.gaussian_filter(x.numpy(), (0, 0, 0, 1.5, 1.5)))
+    loss = PerceptualLoss(64)
+    y = blur.clone().requires_grad_()
+    d = loss(y, x)
+    d.backward()
+    assert loss(x, x).item() == 0.0 and d.item() > 0.05
+    assert y.grad.abs().sum() > 0  # it trains the decoder through the frozen network
+    assert all(not p.requires_grad for p in loss.net.parameters())

@@ -300,6 +300,10 @@ def eval_vae(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="also write the scores as JSON")
     ] = None,
+    sheet: Annotated[
+        Path | None,
+        typer.Option(help="also write a PNG of 8 held-out clips, each above its reconstruction"),
+    ] = None,
 ) -> None:
     """Reconstruction PSNR / SSIM of an autoencoder on held-out clips (the data's 'val' split)."""
 
@@ -321,6 +325,9 @@ def eval_vae(
             "prompt faithfulness of the reconstructions (the ceiling of a DiT on this VAE): "
             + vae_stage.format_faithfulness(scores["faithfulness"])
         )
+    if sheet is not None:
+        vae_stage.reconstruction_sheet(vae, build_video_dataset(data, "val"), sheet)
+        typer.echo(f"wrote {sheet}")
     if json_out is not None:
         write_json(
             json_out,

@@ -27,7 +27,7 @@ from mvdit.flow import (
     timestep_schedule,
 )
 from mvdit.io import atomic_dir, read_json, validate, write_json
-from mvdit.models.autoencoder import VideoAutoencoder
+from mvdit.models.autoencoder import VideoAutoencoder, to_uint8
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder
 
@@ -115,17 +115,6 @@ class Generation:
     latents: torch.Tensor
     nfe: int
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) in [-1, 1] → uint8 (B, T, H, W, 3)."""
-    return (
-        ((video.clamp(-1, 1) + 1) * 127.5)
-        .round()
-        .to(torch.uint8)
-        .permute(0, 2, 3, 4, 1)
-        .contiguous()
-    )
 
 
 class Pipeline:

@@ -40,7 +40,7 @@ _STAGES = [
 ]
 _LAYOUT_BLOCK = 10  # last block at stride 16 (112 channels)
 # The weights were converted from TensorFlow, whose Lite models read (x - 127) / 128.
-_MEAN, _STD = 127.0 / 255.0, 128.0 / 255.0
+MEAN, STD = 127.0 / 255.0, 128.0 / 255.0
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -199,7 +199,7 @@ def frame_features(
         x = F.interpolate(
             chunk, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False
         )
-        x = ((x.clamp(0, 1) - _MEAN) / _STD).contiguous(memory_format=torch.channels_last)
+        x = ((x.clamp(0, 1) - MEAN) / STD).contiguous(memory_format=torch.channels_last)
         layout, head = model.forward_features(x)
         out["global"].append(head.mean((2, 3)))
         out["layout"].append(F.adaptive_avg_pool2d(layout, 4).flatten(1))

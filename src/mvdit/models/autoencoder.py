@@ -98,3 +98,14 @@ class PatchifyAutoencoder(VideoAutoencoder):
     def save_pretrained(self, path: str | Path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         write_json(Path(path) / "config.json", self.config())
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] → uint8 (B, T, H, W, 3)."""
+    return (
+        ((video.clamp(-1, 1) + 1) * 127.5)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 4, 1)
+        .contiguous()
+    )

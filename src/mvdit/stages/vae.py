@@ -25,10 +25,15 @@ from torch import nn
 from mvdit.build import build_video_dataset
 from mvdit.config import DataConfig, OptimConfig, RunConfig, Strict, load_config
 from mvdit.eval.faithfulness import score_clip, summarize
+from mvdit.eval.features import MEAN as FEATURE_MEAN
+from mvdit.eval.features import STD as FEATURE_STD
+from mvdit.eval.features import load_efficientnet_lite0
 from mvdit.eval.metrics import edge_f1, psnr, ssim
 from mvdit.io import atomic_dir, write_json
+from mvdit.models.autoencoder import to_uint8
 from mvdit.models.vae import CausalVideoVAE, VAEModelConfig, latent_stats, vae_preset
 from mvdit.train import make_batch_fn, train_loop
+from mvdit.video import contact_sheet, save_png
 
 
 class VAEArchConfig(Strict):
@@ -55,6 +60,10 @@ class VAELossConfig(Strict):
     wavelet_levels: int = 2
     kl: float = 1e-4
     sample_posterior: bool = True  # decode a posterior sample (False: the mean, a plain AE)
+    # L1 between early EfficientNet-Lite0 feature maps (the ImageNet network `mvdit eval` ships)
+    # of original and reconstructed frames, upsampled to perceptual_size: an LPIPS stand-in
+    perceptual: float = 0.0
+    perceptual_size: int = 64
     adv: float = 0.0  # weight of the GAN term; 0 builds no discriminator
     adv_start: int = 1000  # steps of reconstruction-only warm-up before the GAN term
     disc_lr: float = 1e-4
@@ -146,7 +155,43 @@ class PatchDiscriminator3D(nn.Module):
         return self.net(video)
 
 
-def make_vae_loss(vae: CausalVideoVAE, disc: nn.Module | None, cfg: VAELossConfig):
+class PerceptualLoss(nn.Module):
+    """Mean L1 distance between unit-normalised early feature maps (strides 2, 4 and 8) of a
+    frozen ImageNet EfficientNet-Lite0, frame by frame: edges and corners, where pixel losses
+    let a blurred outline pass. Frames are upsampled to `size` first (the network was trained
+    on 224 px images; 32 px frames are below its receptive fields)."""
+
+    TAPS = (0, 2, 4)  # block indices: 16 channels at stride 2, 24 at 4, 40 at 8
+
+    def __init__(self, size: int = 64):
+        super().__init__()
+        self.size = size
+        self.net = load_efficientnet_lite0()
+
+    def features(self, v: torch.Tensor) -> list[torch.Tensor]:
+        f = v.transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W) in [-1, 1]
+        f = F.interpolate(f, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = ((f + 1) / 2 - FEATURE_MEAN) / FEATURE_STD
+        x = F.relu6(self.net._conv_stem(x))
+        out = []
+        for i, block in enumerate(self.net._blocks[: max(self.TAPS) + 1]):
+            x = block(x)
+            if i in self.TAPS:
+                out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-6))
+        return out
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.features(x)
+        return sum((a - b).abs().mean() for a, b in zip(self.features(y), target, strict=True))
+
+
+def make_vae_loss(
+    vae: CausalVideoVAE,
+    disc: nn.Module | None,
+    cfg: VAELossConfig,
+    perceptual: PerceptualLoss | None = None,
+):
     """The stage's loss_fn for train_loop: {"model": VAE loss[, "disc": discriminator loss]}."""
 
     def loss_fn(step: int, batch: dict, generator: torch.Generator):
@@ -161,7 +206,12 @@ def make_vae_loss(vae: CausalVideoVAE, disc: nn.Module | None, cfg: VAELossConfi
         wav = wavelet_loss(y, x, cfg.wavelet_levels)
         kl = kl_loss(mean, logvar)
         loss = cfg.l1 * l1 + cfg.mse * mse + cfg.wavelet * wav + cfg.kl * kl
-        metrics = {
+        extra = {}
+        if perceptual is not None:
+            p = perceptual(y, x)
+            loss = loss + cfg.perceptual * p
+            extra["perceptual"] = p.item()
+        metrics = extra | {
             "l1": l1.item(),
             "wavelet": wav.item(),
             "kl": kl.item(),
@@ -251,6 +301,20 @@ def evaluate_reconstruction(vae, dataset, n: int, batch_size: int = 16) -> dict:
     return out
 
 
+@torch.no_grad()
+def reconstruction_sheet(vae, dataset, path: str | Path, n: int = 8) -> Path:
+    """A PNG of the first n clips of a dataset, each original above its reconstruction."""
+    vae.eval()
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    x = torch.stack([it["video"] for it in items])
+    y = vae.decode(vae.encode(x)).clamp(-1, 1)
+    videos, labels = [], []
+    for it, a, b in zip(items, to_uint8(x), to_uint8(y), strict=True):
+        videos += [a.numpy(), b.numpy()]
+        labels += [it.get("caption", "original"), "reconstruction"]
+    return save_png(path, contact_sheet(videos, labels))
+
+
 def format_faithfulness(scores: dict) -> str:
     keys = ("colour", "shape", "motion", "speed", "background", "overall")
     return ", ".join(f"{k} {scores[k]:.2f}" for k in keys if scores.get(k) is not None)
@@ -265,6 +329,7 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
     vae = CausalVideoVAE(arch)
     vae.check_clip(cfg.data.frames, cfg.data.height, cfg.data.width)
     modules: dict[str, nn.Module] = {"model": vae}
+    frozen = {"perceptual": PerceptualLoss(cfg.loss.perceptual_size)} if cfg.loss.perceptual else {}
     if cfg.loss.adv > 0:
         modules["disc"] = PatchDiscriminator3D(cfg.loss.disc_width)
     train_set = build_video_dataset(cfg.data, "train")
@@ -276,7 +341,7 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
 
     summary = train_loop(
         modules,
-        make_vae_loss(vae, modules.get("disc"), cfg.loss),
+        make_vae_loss(vae, modules.get("disc"), cfg.loss, frozen.get("perceptual")),
         batch_fn,
         cfg.optim,
         cfg.run,
@@ -286,10 +351,12 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
         optim_overrides={"disc": {"lr": cfg.loss.disc_lr, "betas": (0.5, 0.9)}},
         on_export=lambda path, state: export_vae(arch, state, stats_clips, path),
         progress=progress,
+        frozen=frozen,
     )
     trained = CausalVideoVAE.from_pretrained(out / "model")
     summary["eval"] = evaluate_reconstruction(
         trained, build_video_dataset(cfg.data, "val"), cfg.eval.clips, cfg.eval.batch_size
     )
     write_json(out / "eval.json", summary["eval"])
+    reconstruction_sheet(trained, build_video_dataset(cfg.data, "val"), out / "reconstructions.png")
     return summary
