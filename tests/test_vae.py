@@ -504,3 +504,24 @@ def test_perceptual_loss_sees_a_blurred_outline():
     assert loss(x, x).item() == 0.0 and d.item() > 0.05
     assert y.grad.abs().sum() > 0  # it trains the decoder through the frozen network
     assert all(not p.requires_grad for p in loss.net.parameters())
+
+
+def test_adaptive_gan_weight_balances_the_gradients():
+    from mvdit.stages.vae import PatchDiscriminator3D, VAELossConfig, make_vae_loss
+
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(vae_preset("4x8x8", latent_channels=4, widths=[8, 16, 16]))
+    torch.nn.init.normal_(vae.decoder.conv_out.conv.weight, std=0.05)
+    disc = PatchDiscriminator3D(4)
+    cfg = VAELossConfig(adv=1.0, adv_start=0, adv_adaptive=True)
+    x = video(5, 16, 16)
+
+    def weight() -> float:
+        fn = make_vae_loss(vae, disc, cfg)
+        return fn(0, {"video": x}, torch.Generator().manual_seed(0))[1]["adv_weight"]
+
+    w = weight()
+    with torch.no_grad():
+        disc.net[-1].weight.mul_(10)  # a 10x louder discriminator gets a 10x smaller weight
+        disc.net[-1].bias.mul_(10)
+    assert 0 < w and weight() == pytest.approx(w / 10, rel=1e-2)  # up to the 1e-4 guard

@@ -66,6 +66,9 @@ class VAELossConfig(Strict):
     perceptual_size: int = 64
     adv: float = 0.0  # weight of the GAN term; 0 builds no discriminator
     adv_start: int = 1000  # steps of reconstruction-only warm-up before the GAN term
+    # scale the GAN term by |grad L_rec| / |grad L_adv| at the decoder's last layer (VQGAN, SD's
+    # VAE): the adversarial push then never swamps reconstruction, whatever the loss scales
+    adv_adaptive: bool = False
     disc_lr: float = 1e-4
     disc_width: int = 32
 
@@ -222,7 +225,14 @@ def make_vae_loss(
         if disc is not None and step >= cfg.adv_start:
             g_adv = -disc(y).mean()  # hinge generator loss
             d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
-            losses = {"model": loss + cfg.adv * g_adv, "disc": d_loss}
+            weight = cfg.adv
+            if cfg.adv_adaptive:
+                last = vae.decoder.conv_out.conv.weight
+                g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0].norm()
+                g_gan = torch.autograd.grad(g_adv, last, retain_graph=True)[0].norm()
+                weight = cfg.adv * float((g_rec / (g_gan + 1e-4)).clamp(0, 1e4))
+                metrics["adv_weight"] = weight
+            losses = {"model": loss + weight * g_adv, "disc": d_loss}
             metrics["g_adv"] = g_adv.item()
         return losses, metrics
 
