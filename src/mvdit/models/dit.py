@@ -192,20 +192,15 @@ class UnitMask:
             m[list(units) if units is not None else slice(None)] = 0
         return out
 
-    def check(self, config: DiTConfig) -> None:
-        b = config.blocks
-        want = {
-            "blocks": [len(b)],
-            "heads": [s.heads for s in b],
-            "cross_heads": [s.cross_heads for s in b],
-            "ffn": [s.ffn_dim for s in b],
-        }
-        got = {
+    def sizes(self) -> dict[str, list[int]]:
+        return {
             "blocks": [self.blocks.numel()],
-            "heads": [m.numel() for m in self.heads],
-            "cross_heads": [m.numel() for m in self.cross_heads],
-            "ffn": [m.numel() for m in self.ffn],
+            **{lv: [m.numel() for m in getattr(self, lv)] for lv in self.LEVELS[1:]},
         }
+
+    def check(self, config: DiTConfig) -> None:
+        """Raise MvditError naming the level whose sizes do not fit the model's blocks."""
+        want, got = UnitMask.full(config, "meta").sizes(), self.sizes()
         for level in self.LEVELS:
             if want[level] != got[level]:
                 raise MvditError(
