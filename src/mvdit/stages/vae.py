@@ -3,11 +3,14 @@
 The stage is its loss, run by the shared loop in train.py:
 - pixel L1 and MSE;
 - a Haar wavelet loss (L1 on the detail bands of a 2-level spatial Haar transform, plus frame
-  differences for time): it puts weight on edges and motion that L1 alone blurs. It stands in for
-  LPIPS, whose pretrained network cannot be downloaded here;
+  differences for time): it puts weight on edges and motion that L1 alone blurs;
 - the KL term of the posterior, small: it only keeps the latent space smooth for the DiT;
+- optionally, a perceptual term on early features of the shipped EfficientNet-Lite0 (LPIPS's
+  networks cannot be downloaded here), a frozen helper of the loop;
 - optionally, after `adv_start` steps, a hinge GAN term from a 3D patch discriminator ("disc"),
-  which the loop trains with its own AdamW on its own loss.
+  which the loop trains with its own AdamW on its own loss, its weight fixed or adaptive.
+
+docs/vae.md measures each of these against the shape the detector reads on reconstructions.
 
 At every checkpoint the EMA weights are exported to OUT/model with the per-channel latent
 mean/std measured on training clips; at the end the export is scored on held-out clips.
