@@ -65,6 +65,34 @@ class SamplerConfig(BaseModel):
     def fixed(self) -> bool:
         return self.schedule is not None
 
+    def resolve(
+        self,
+        tokens: int,
+        steps: int | None = None,
+        cfg: float | None = None,
+        schedule: list[float] | None = None,
+    ) -> Sampling:
+        """The schedule, guidance and network evaluations of one clip of `tokens` latent tokens,
+        with `steps`, `cfg` or an explicit `schedule` overriding this sampler. A fixed schedule
+        (a distilled student) refuses another step count rather than silently sampling with a
+        schedule the model never saw."""
+        if steps is not None and steps < 1:
+            raise MvditError(f"--steps must be at least 1, got {steps}")
+        guidance = self.guidance if cfg is None else float(cfg)
+        if schedule is not None:
+            sched = check_schedule(schedule)
+        elif self.fixed:
+            if steps is not None and steps != self.steps:
+                raise MvditError(
+                    f"this model was trained for a fixed {self.steps}-step schedule {self.schedule}; "
+                    f"it cannot sample with {steps} steps: drop --steps"
+                )
+            sched = list(self.schedule)
+        else:
+            shift = self.shift if self.shift is not None else shift_for_tokens(tokens)
+            sched = timestep_schedule(steps or self.steps, shift)
+        return Sampling(sched, guidance, network_evaluations(len(sched) - 1, guidance))
+
 
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -144,28 +172,10 @@ class Pipeline:
         cfg: float | None = None,
         schedule: list[float] | None = None,
     ) -> Sampling:
-        """The sampler a generation runs: the model's own (pipeline.json), with `steps`, `cfg` or
-        an explicit `schedule` overriding it where the model allows. A model trained for a fixed
-        schedule (a distilled student) refuses another step count rather than silently sampling
-        with a schedule it never saw."""
-        s = self.config.sampler
-        if steps is not None and steps < 1:
-            raise MvditError(f"--steps must be at least 1, got {steps}")
-        guidance = s.guidance if cfg is None else float(cfg)
-        if schedule is not None:
-            sched = check_schedule(schedule)
-        elif s.fixed:
-            if steps is not None and steps != s.steps:
-                raise MvditError(
-                    f"this model was trained for a fixed {s.steps}-step schedule {s.schedule}; "
-                    f"it cannot sample with {steps} steps: drop --steps"
-                )
-            sched = list(s.schedule)
-        else:
-            _, t, h, w = self.latent_shape
-            shift = s.shift if s.shift is not None else shift_for_tokens(t * h * w)
-            sched = timestep_schedule(steps or s.steps, shift)
-        return Sampling(sched, guidance, network_evaluations(len(sched) - 1, guidance))
+        """The sampler a generation runs: the model's own (pipeline.json) at this clip size, with
+        the overrides it allows (SamplerConfig.resolve)."""
+        _, t, h, w = self.latent_shape
+        return self.config.sampler.resolve(t * h * w, steps, cfg, schedule)
 
     @torch.no_grad()
     def generate(

@@ -34,6 +34,7 @@ from mvdit.io import (
     load_tensors,
     read_json,
     save_tensors,
+    validate,
     write_json,
 )
 
@@ -193,15 +194,12 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     tmp.replace(png_path)
 
 
-def module_optim(optim: OptimConfig, overrides: dict[str, Any] | None) -> OptimConfig:
+def module_optim(optim: OptimConfig, overrides: dict[str, Any] | None, name: str) -> OptimConfig:
     """A module's own optimizer settings: the run's, with the module's overrides (e.g. a
     discriminator's lr, betas, warm-up, schedule or grad_clip)."""
     if not overrides:
         return optim
-    unknown = sorted(set(overrides) - set(OptimConfig.model_fields))
-    if unknown:
-        raise MvditError(f"unknown optimizer setting '{unknown[0]}' for a module")
-    return OptimConfig(**{**optim.model_dump(), **overrides})
+    return validate(OptimConfig, {**optim.model_dump(), **overrides}, f"optimizer of '{name}'")
 
 
 def _finite(x: torch.Tensor | float) -> bool:
@@ -250,7 +248,7 @@ def train_loop(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16")
 
     params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in modules.items()}
-    settings = {k: module_optim(optim, (optim_overrides or {}).get(k)) for k in modules}
+    settings = {k: module_optim(optim, (optim_overrides or {}).get(k), k) for k in modules}
     optimizers: dict[str, torch.optim.Optimizer] = {
         k: torch.optim.AdamW(params[k], lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         for k, o in settings.items()

@@ -29,7 +29,7 @@ from mvdit import MvditError
 from mvdit.bench.measure import PeakMemory, seconds, si, time_once, timed
 from mvdit.build import build_autoencoder
 from mvdit.config import PRESETS, default_train_config, preset_config
-from mvdit.flow import euler_sample, shift_for_tokens, timestep_schedule
+from mvdit.flow import euler_sample
 from mvdit.io import atomic_write_text, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextConfig, load_text_encoder
@@ -182,13 +182,6 @@ class Target:
     note: str = ""
 
 
-def preset_sampling(sampler: SamplerConfig, latent: tuple[int, int, int, int]) -> Sampling:
-    """The sampler of a preset without a pipeline directory, resolved as Pipeline.sampling does."""
-    _, t, h, w = latent
-    shift = sampler.shift if sampler.shift is not None else shift_for_tokens(t * h * w)
-    return Sampling(timestep_schedule(sampler.steps, shift), sampler.guidance, sampler.nfe)
-
-
 def preset_target(name: str, paper_decode: bool) -> Target:
     """A preset with random weights at its clip size: the CPU presets with the tiny config's VAE
     and text encoder, the paper presets at 49x384x512 with the paper's 8x32x32 VAE."""
@@ -204,7 +197,7 @@ def preset_target(name: str, paper_decode: bool) -> Target:
             vae = build_random(
                 lambda: CausalVideoVAE(vae_preset("paper")), torch.device("cpu"), torch.float32
             )
-        sampling = preset_sampling(PAPER_SAMPLER[name], latent)
+        sampling = PAPER_SAMPLER[name].resolve(latent[1] * latent[2] * latent[3])
         note = "random weights; 77 text tokens of 768-d (CLIP-L's shape), text encoder timed with MiniLM"
         return Target(
             name,
@@ -237,7 +230,9 @@ def preset_target(name: str, paper_decode: bool) -> Target:
         (frames, height, width),
         tc.data.fps,
         tc.text.max_length,
-        preset_sampling(SamplerConfig(steps=tc.sample.steps, guidance=tc.sample.cfg), latent),
+        SamplerConfig(steps=tc.sample.steps, guidance=tc.sample.cfg).resolve(
+            latent[1] * latent[2] * latent[3]
+        ),
         note,
     )
 
