@@ -160,3 +160,35 @@ def test_an_exported_step_has_no_float64(tiny_dit_config):
     ]
     assert dtypes and torch.float64 not in dtypes
     torch.testing.assert_close(ep.module()(x, t, text, mask), model(x, t, text, mask))
+
+
+def test_patch_2_is_patch_1_on_the_folded_latent(tiny_dit_config):
+    """A patch-2 DiT is the patch-1 DiT with the same weights run on each 2x2 square of latent
+    voxels folded into channels (height-offset, width-offset, channel order), unfolded after."""
+    torch.manual_seed(0)
+    c, p = tiny_dit_config.in_channels, 2
+    m2 = VideoDiT(tiny_dit_config.model_copy(update={"patch_size": p}))
+    m1 = VideoDiT(tiny_dit_config.model_copy(update={"in_channels": c * p * p}))
+    torch.nn.init.normal_(m2.out.weight)
+    m1.load_state_dict(m2.state_dict())
+    x, t, text, mask = _inputs(tiny_dit_config, grid=(3, 4, 6))
+    b, _, T, H, W = x.shape
+    folded = torch.empty(b, p, p, c, T, H // p, W // p)
+    for i in range(p):
+        for j in range(p):
+            folded[:, i, j] = x[..., i::p, j::p]
+    v1 = m1(folded.flatten(1, 3), t, text, mask).view(b, p, p, c, T, H // p, W // p)
+    v2 = m2(x, t, text, mask)
+    assert v2.shape == x.shape
+    for i in range(p):
+        for j in range(p):
+            torch.testing.assert_close(v2[..., i::p, j::p], v1[:, i, j], atol=1e-5, rtol=1e-5)
+    assert m2.config.tokens((3, 4, 6)) == 3 * 2 * 3
+    assert m2.flops_per_step(18, 7) == m1.flops_per_step(18, 7)
+
+
+def test_patch_size_must_divide_the_latent(tiny_dit_config):
+    model = VideoDiT(tiny_dit_config.model_copy(update={"patch_size": 2}))
+    x, t, text, mask = _inputs(tiny_dit_config, grid=(3, 4, 5))
+    with pytest.raises(MvditError, match="patch_size 2"):
+        model(x, t, text, mask)

@@ -525,3 +525,23 @@ def test_adaptive_gan_weight_balances_the_gradients():
         disc.net[-1].weight.mul_(10)  # a 10x louder discriminator gets a 10x smaller weight
         disc.net[-1].bias.mul_(10)
     assert 0 < w and weight() == pytest.approx(w / 10, rel=1e-2)  # up to the 1e-4 guard
+
+
+def test_edge_weight_counts_the_outline_not_the_background():
+    from mvdit.stages.vae import VAELossConfig, edge_map, make_vae_loss
+
+    x = torch.full((1, 3, 5, 16, 16), -1.0)
+    x[..., 4:12, 4:12] = 1.0  # a white square on black
+    e = edge_map(x[:, :, :1], 0.2)
+    assert e.shape == (1, 1, 1, 16, 16)
+    assert e[0, 0, 0, 4, 8] == 1 and e[0, 0, 0, 3, 8] == 1  # both sides of the outline
+    assert e[0, 0, 0, 8, 8] == 0 and e[0, 0, 0, 0, 0] == 0  # inside and far outside
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(vae_preset("4x8x8", latent_channels=4, widths=[8, 16, 16]))
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = make_vae_loss(vae, None, VAELossConfig(sample_posterior=False))(0, {"video": x}, gen())
+    edged = make_vae_loss(vae, None, VAELossConfig(sample_posterior=False, edge_weight=10))(
+        0, {"video": x}, gen()
+    )
+    assert edged[1]["l1"] != pytest.approx(plain[1]["l1"])  # the weighted mean differs
+    assert edged[1]["psnr"] == plain[1]["psnr"]  # and the reconstruction is the same

@@ -146,8 +146,12 @@ def cache_from_config(
 
 
 def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTConfig:
-    base = preset_config(cfg.preset, in_channels, text_dim)
-    over = {k: v for k, v in cfg.model_dump().items() if k != "preset" and v is not None}
+    base = preset_config(cfg.preset, in_channels, text_dim, cfg.patch_size)
+    over = {
+        k: v
+        for k, v in cfg.model_dump().items()
+        if k not in ("preset", "patch_size") and v is not None
+    }
     if not over:
         return base
     b0 = base.blocks[0]
@@ -157,6 +161,7 @@ def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTCo
         ffn_dim=over.get("ffn_dim", b0.ffn_dim),
         hidden_size=over.get("hidden_size", base.hidden_size),
         head_dim=over.get("head_dim", base.head_dim),
+        patch_size=base.patch_size,
         in_channels=in_channels,
         text_dim=text_dim,
     )

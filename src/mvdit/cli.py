@@ -142,6 +142,9 @@ def info(
     text_dim: Annotated[
         int | None, typer.Option(help="text encoder width (default: the preset's)")
     ] = None,
+    patch: Annotated[
+        int, typer.Option(help="DiT patch size over the latent's height and width")
+    ] = 1,
 ) -> None:
     """Parameters, latent grid, token count and FLOPs of a DiT preset (built on the meta device)."""
 
@@ -151,11 +154,13 @@ def info(
         fail(f"--frames must be 1 + {temporal}k for a causal {temporal}x VAE, got {frames}")
     if height % spatial or width % spatial or height <= 0 or width <= 0:
         fail(f"--height and --width must be positive multiples of {spatial}, got {height}x{width}")
-    cfg = preset_config(preset, latent_channels, text_dim)
+    if patch < 1 or (height // spatial) % patch or (width // spatial) % patch:
+        fail(f"--patch must divide the {height // spatial}x{width // spatial} latent, got {patch}")
+    cfg = preset_config(preset, latent_channels, text_dim, patch)
     with torch.device("meta"):
         model = VideoDiT(cfg)
     grid = (1 + (frames - 1) // temporal, height // spatial, width // spatial)
-    tokens = grid[0] * grid[1] * grid[2]
+    tokens = cfg.tokens(grid)
     counts = model.param_counts()
     b = cfg.blocks
     typer.echo(
@@ -171,7 +176,7 @@ def info(
         if k != "total":
             typer.echo(f"  {k:<13} {v:>15,}  ({100 * v / counts['total']:.1f}%)")
     typer.echo(
-        f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} ({temporal}x{spatial}x{spatial} VAE, patch 1)"
+        f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} ({temporal}x{spatial}x{spatial} VAE, patch {patch})"
     )
     typer.echo(f"tokens: {tokens:,}")
     flops = model.flops_per_step(tokens, text_len)

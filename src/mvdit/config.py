@@ -47,15 +47,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_config(
-    name: str, in_channels: int | None = None, text_dim: int | None = None
+    name: str,
+    in_channels: int | None = None,
+    text_dim: int | None = None,
+    patch_size: int | None = None,
 ) -> DiTConfig:
     if name not in PRESETS:
         raise MvditError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     kw = dict(PRESETS[name])
-    if in_channels is not None:
-        kw["in_channels"] = in_channels
-    if text_dim is not None:
-        kw["text_dim"] = text_dim
+    for key, value in (
+        ("in_channels", in_channels),
+        ("text_dim", text_dim),
+        ("patch_size", patch_size),
+    ):
+        if value is not None:
+            kw[key] = value
     kw.setdefault("in_channels", 128)
     kw.setdefault("text_dim", 384)
     return DiTConfig.uniform(**kw)
@@ -104,6 +110,9 @@ class ModelConfig(Strict):
     heads: int | None = None
     ffn_dim: int | None = None
     head_dim: int | None = None
+    # latent voxels per token along height and width: 2 over a VAE that compresses space 4x
+    # gives the tokens of an 8x VAE at patch 1 (None: the preset's, 1)
+    patch_size: int | None = None
 
 
 class FlowConfig(Strict):

@@ -174,8 +174,8 @@ class Pipeline:
     ) -> Sampling:
         """The sampler a generation runs: the model's own (pipeline.json) at this clip size, with
         the overrides it allows (SamplerConfig.resolve)."""
-        _, t, h, w = self.latent_shape
-        return self.config.sampler.resolve(t * h * w, steps, cfg, schedule)
+        tokens = self.dit.config.tokens(self.latent_shape)
+        return self.config.sampler.resolve(tokens, steps, cfg, schedule)
 
     @torch.no_grad()
     def generate(

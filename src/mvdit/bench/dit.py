@@ -218,7 +218,7 @@ def preset_target(name: str, paper_decode: bool) -> Target:
     )
     vae = build_autoencoder(tc.vae)
     latent = vae.latent_shape(frames, height, width)
-    dit_cfg = preset_config(name, latent[0], 384)
+    dit_cfg = preset_config(name, latent[0], 384, tc.model.patch_size)
     note = f"random weights; {tc.vae.kind} VAE {tc.vae.temporal_factor}x{tc.vae.spatial_factor}x{tc.vae.spatial_factor} and text encoder of configs/tiny.toml"
     return Target(
         name,
@@ -231,7 +231,7 @@ def preset_target(name: str, paper_decode: bool) -> Target:
         tc.data.fps,
         tc.text.max_length,
         SamplerConfig(steps=tc.sample.steps, guidance=tc.sample.cfg).resolve(
-            latent[1] * latent[2] * latent[3]
+            dit_cfg.tokens(latent)
         ),
         note,
     )
@@ -283,7 +283,7 @@ def bench_target(
 ) -> dict:
     """Time one target's stages; generate a whole clip when that is expected to take <= e2e_budget s."""
     _, lt, lh, lw = target.latent
-    tokens = lt * lh * lw
+    tokens = target.dit_config.tokens(target.latent)
     r: dict = {
         "name": target.name, "kind": target.kind, "note": target.note,
         "clip": dict(zip(("frames", "height", "width"), target.clip, strict=True), fps=target.fps),

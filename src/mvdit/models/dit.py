@@ -1,7 +1,8 @@
 """The video diffusion transformer (PixArt-α style), in one file.
 
-Latents arrive at patch size 1 (the VAE already did the patchify): a linear in-projection turns
-each latent voxel into a token, a 3D rotary embedding tells tokens where they are in (t, h, w),
+A linear in-projection turns each `patch_size` x `patch_size` square of latent voxels into a token
+(1: one voxel, the VAE already did the patchify; 2: PixArt-α's and SD's patchify over a VAE that
+compresses space less), a 3D rotary embedding tells tokens where they are in (t, h, w),
 and every block runs self-attention over all spatio-temporal tokens, cross-attention to the text
 tokens and a GELU FFN. Time enters through adaLN-single: one shared MLP maps t to six modulation
 vectors and each block adds its own learned table (PixArt-α; saves ~27% of a DiT's parameters
@@ -45,6 +46,7 @@ class DiTConfig(BaseModel):
     head_dim: int
     text_dim: int  # width of the text encoder's hidden states
     caption_dim: int | None = None  # width text tokens are projected to (default: hidden_size)
+    patch_size: int = 1  # latent voxels per token along height and width (time: always 1)
     blocks: list[BlockSpec]
     qk_norm: bool = True
     rope_theta: float = 10000.0
@@ -52,6 +54,8 @@ class DiTConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DiTConfig:
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for the rotary embedding, got {self.head_dim}")
         for i, b in enumerate(self.blocks):
@@ -78,6 +82,21 @@ class DiTConfig(BaseModel):
     @property
     def cap_dim(self) -> int:
         return self.caption_dim or self.hidden_size
+
+    def token_grid(self, latent: Sequence[int]) -> tuple[int, int, int]:
+        """(T, H, W) of the tokens of a latent grid (T, H, W): the patchify folds space only."""
+        t, h, w = latent[-3:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise MvditError(
+                f"a {h}x{w} latent does not split into {p}x{p} patches: the DiT's patch_size "
+                f"{p} needs latent height and width divisible by {p}"
+            )
+        return t, h // p, w // p
+
+    def tokens(self, latent: Sequence[int]) -> int:
+        """Sequence length of a latent grid (T, H, W)."""
+        return math.prod(self.token_grid(latent))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +349,7 @@ class DiTFeatures:
     t_emb: torch.Tensor  # (B, hidden): the time embedding (adaLN-single's input)
     text: torch.Tensor  # (B, L, caption width): the projected text tokens
     text_mask: torch.Tensor | None
-    grid: tuple[int, int, int]  # (T, H, W) of the latent; tokens are laid out t, then h, then w
+    grid: tuple[int, int, int]  # (T, H, W) of the tokens; laid out t, then h, then w
     velocity: torch.Tensor | None  # the prediction, or None when the forward stopped early
 
 
@@ -343,7 +362,8 @@ class VideoDiT(nn.Module):
         super().__init__()
         self.config = config
         d = config.hidden_size
-        self.x_embed = nn.Linear(config.in_channels, d)
+        p2 = config.patch_size**2
+        self.x_embed = nn.Linear(config.in_channels * p2, d)
         self.t_embed = nn.Sequential(nn.Linear(config.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.caption_proj = nn.Sequential(
@@ -354,7 +374,7 @@ class VideoDiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(config, s) for s in config.blocks])
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5)
-        self.out = nn.Linear(d, config.out_ch)
+        self.out = nn.Linear(d, config.out_ch * p2)
         # rotary tables per (grid, device), built once (rope_3d), not at every forward
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._init_weights()
@@ -439,12 +459,16 @@ class VideoDiT(nn.Module):
         if unit_mask is not None:
             unit_mask.check(self.config)
         ctx = text if isinstance(text, TextContext) else self.text_context(text, text_mask)
+        p = self.config.patch_size
+        _, h, w = self.config.token_grid((T, H, W))
+        if p > 1:  # (B, C, T, H, W) -> (B, C*p*p, T, H/p, W/p), channels fastest within a patch
+            x = x.reshape(b, c, T, h, p, w, p).permute(0, 4, 6, 1, 2, 3, 5).reshape(b, -1, T, h, w)
         tokens = self.x_embed(x.flatten(2).transpose(1, 2))
         t_emb = self.t_embed(
             timestep_embedding(t.expand(b) if t.dim() == 0 else t, self.config.freq_dim)
         )
         t_mod = self.t_block(t_emb).view(b, 6, -1)
-        rope = self.rope((T, H, W), x.device)
+        rope = self.rope((T, h, w), x.device)
         out: dict[int, torch.Tensor] = {}
         last = len(self.blocks) if stop_after is None else stop_after
         for i, block in enumerate(self.blocks[:last]):
@@ -459,8 +483,11 @@ class VideoDiT(nn.Module):
         if stop_after is None:
             shift, scale = (self.final_table[None] + t_emb[:, None]).unbind(1)
             tokens = self.final_norm(tokens) * (1 + scale[:, None]) + shift[:, None]
-            velocity = self.out(tokens).transpose(1, 2).reshape(b, self.config.out_ch, T, H, W)
-        return DiTFeatures(out, t_emb, ctx.text, ctx.mask, (T, H, W), velocity)
+            v = self.out(tokens).transpose(1, 2)  # (B, out*p*p, T*h*w)
+            if p > 1:
+                v = v.reshape(b, p, p, self.config.out_ch, T, h, w).permute(0, 3, 4, 5, 1, 6, 2)
+            velocity = v.reshape(b, self.config.out_ch, T, H, W)
+        return DiTFeatures(out, t_emb, ctx.text, ctx.mask, (T, h, w), velocity)
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -508,11 +535,12 @@ class VideoDiT(nn.Module):
 
 def dit_flops(cfg: DiTConfig, tokens: int, text_len: int, batch: int = 1) -> int:
     d, hd, n, L = cfg.hidden_size, cfg.head_dim, tokens, text_len
-    f = 2 * n * cfg.in_channels * d + 2 * L * (cfg.text_dim * cfg.cap_dim + cfg.cap_dim**2)
+    p2 = cfg.patch_size**2
+    f = 2 * n * cfg.in_channels * p2 * d + 2 * L * (cfg.text_dim * cfg.cap_dim + cfg.cap_dim**2)
     for b in cfg.blocks:
         a, ca = b.heads * hd, b.cross_heads * hd
         f += 2 * n * d * a * 4 + 4 * n * n * a  # qkv+out projections; QK^T and AV
         f += 2 * n * d * ca * 2 + 2 * L * cfg.cap_dim * ca * 2 + 4 * n * L * ca
         f += 2 * n * d * b.ffn_dim * 2
-    f += 2 * n * d * cfg.out_ch
+    f += 2 * n * d * cfg.out_ch * p2
     return int(f * batch)

@@ -23,8 +23,8 @@ from mvdit.train import make_batch_fn, train_loop
 def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg: TrainConfig):
     """The teacher's loss: rectified-flow velocity regression with caption dropout for CFG."""
     d = cfg.data
-    _, lt, lh, lw = vae.latent_shape(d.frames, d.height, d.width)
-    shift = shift_for_tokens(lt * lh * lw) if cfg.flow.shift == "auto" else float(cfg.flow.shift)
+    tokens = dit.config.tokens(vae.latent_shape(d.frames, d.height, d.width))
+    shift = shift_for_tokens(tokens) if cfg.flow.shift == "auto" else float(cfg.flow.shift)
 
     def loss_fn(step: int, batch: dict, gen: torch.Generator):
         with torch.no_grad():
