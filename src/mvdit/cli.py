@@ -18,6 +18,8 @@ from mvdit.bench.dit import run_bench
 from mvdit.bench.measure import si
 from mvdit.bench.vae import bench_markdown, run_vae_bench
 from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
+from mvdit.compress.importance import CRITERIA, LEVELS
+from mvdit.compress.prune import parse_budget
 from mvdit.config import PRESETS, default_config_path, load_train_config, preset_config
 from mvdit.data.shapes import write_examples
 from mvdit.eval.curve import checkpoint_curve
@@ -27,6 +29,7 @@ from mvdit.io import write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import default_vae_path
 from mvdit.pipeline import Pipeline
+from mvdit.stages import prune as prune_stage
 from mvdit.stages import vae as vae_stage
 from mvdit.stages.teacher import train_teacher
 from mvdit.studies.vae_ratios import run_vae_study
@@ -394,6 +397,152 @@ def eval_(
     typer.echo(
         f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}"
     )
+
+
+def _timesteps(text: str) -> list[float]:
+    try:
+        ts = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ts = []
+    if not ts or any(not 0 < t < 1 for t in ts):
+        fail(f"--timesteps takes comma-separated values in (0, 1), e.g. 0.1,0.5,0.9; got {text!r}")
+    return ts
+
+
+def _levels(text: str) -> list[str]:
+    names = {"block": "block", "head": "head", "cross_head": "cross_head", "ffn": "ffn"}
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part not in names:
+            fail(f"--levels: unknown level {part!r}; choose from {', '.join(LEVELS)}")
+        out.append(names[part])
+    # 'head' stands for both kinds of attention head unless cross_head is named on its own
+    if "head" in out and "cross_head" not in out:
+        out.append("cross_head")
+    if not out:
+        fail("--levels is empty: name at least one of block, head, ffn")
+    return out
+
+
+_CALIB_HELP = "prompt file of the calibration set (text, one a line, or JSONL)"
+
+
+@app.command()
+def sensitivity(
+    model: Annotated[Path, typer.Option("--model", "-m", help="pipeline directory to analyse")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (resumable)")],
+    prompts: Annotated[Path, typer.Option(help=_CALIB_HELP)] = Path("prompts/shapes-eval.txt"),
+    n_prompts: Annotated[int, typer.Option(help="calibration prompts (the file's first N)")] = 8,
+    seeds: Annotated[int, typer.Option(help="noise seeds per calibration prompt")] = 2,
+    timesteps: Annotated[
+        str, typer.Option(help="flow times of the calibration set")
+    ] = "0.1,0.3,0.5,0.7,0.9",
+    group: Annotated[
+        int | None, typer.Option(help="FFN channels per unit (default: >= 8 groups a block)")
+    ] = None,
+    faith_prompts: Annotated[
+        int, typer.Option(help="prompts generated per point of the depth curves (0: none)")
+    ] = 16,
+) -> None:
+    """What removing each block, head and FFN group costs (KD sensitivity and cheap criteria), with the Figure-3 plot."""
+
+    if min(n_prompts, seeds) < 1 or faith_prompts < 0 or (group is not None and group < 1):
+        fail("--n-prompts, --seeds and --group must be positive and --faith-prompts >= 0")
+    r = prune_stage.run_sensitivity(
+        model,
+        out,
+        prompts,
+        n_prompts,
+        seeds,
+        _timesteps(timesteps),
+        group,
+        faith_prompts=faith_prompts,
+    )
+    typer.echo(
+        f"{len(r['units'])} units scored on {r['calibration']['items']} calibration items in {r['seconds']['total']:.0f}s"
+    )
+    for level, corr in r["rank_correlation_with_kd"].items():
+        cells = ", ".join(f"{c} {'n/a' if v is None else f'{v:+.2f}'}" for c, v in corr.items())
+        typer.echo(f"  rank correlation with KD, {level}: {cells}")
+    typer.echo(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")
+
+
+@app.command()
+def prune(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="output directory (a pipeline, or a DiT for --preset)"),
+    ],
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="pipeline directory to prune")
+    ] = None,
+    budget: Annotated[
+        str, typer.Option(help="params=F, flops=F, latency=F (fractions kept) or memory=BYTES")
+    ] = "params=0.55",
+    levels: Annotated[
+        str,
+        typer.Option(
+            help="levels the search may cut: block,head,ffn (head covers cross-attention heads; cross_head alone names only those)"
+        ),
+    ] = "block,head,ffn",
+    criterion: Annotated[str, typer.Option(help=f"unit score: {', '.join(CRITERIA)}")] = "kd",
+    rescore_every: Annotated[
+        int, typer.Option(help="re-score the units left every k removals")
+    ] = 8,
+    prompts: Annotated[Path, typer.Option(help=_CALIB_HELP)] = Path("prompts/shapes-eval.txt"),
+    n_prompts: Annotated[int, typer.Option(help="calibration prompts (the file's first N)")] = 8,
+    seeds: Annotated[int, typer.Option(help="noise seeds per calibration prompt")] = 2,
+    timesteps: Annotated[
+        str, typer.Option(help="flow times of the calibration set")
+    ] = "0.1,0.3,0.5,0.7,0.9",
+    group: Annotated[
+        int | None, typer.Option(help="FFN channels per unit (default: >= 8 groups a block)")
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="'paper': prune a random paper-teacher to 20 blocks, 20 heads, FFN 6144"),
+    ] = None,
+) -> None:
+    """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is physically smaller."""
+
+    if criterion not in CRITERIA:
+        fail(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if rescore_every < 1:
+        fail(f"--rescore-every must be at least 1, got {rescore_every}")
+    if preset is not None:
+        if preset != "paper":
+            fail(f"--preset takes 'paper', got {preset!r}")
+        if model is not None:
+            fail("give either --model or --preset paper, not both")
+        r = prune_stage.prune_paper_preset(out, "magnitude" if criterion == "kd" else criterion)
+        typer.echo(r["note"])
+        typer.echo(
+            f"paper-teacher {r['teacher_params'] / 1e9:.3f}B -> {r['pruned_params'] / 1e9:.3f}B: "
+            f"{r['blocks']} blocks, heads {r['heads']}, cross heads {r['cross_heads']}, mean FFN {r['mean_ffn']:.0f}"
+        )
+        typer.echo(
+            f"saved and reloaded ({r['reloaded_params'] / 1e9:.3f}B); sliced vs masked max |diff| {r['sliced_vs_masked_max_abs_diff']:.2e}; {r['seconds']:.0f}s"
+        )
+        typer.echo(f"wrote {out}")
+        return
+    if model is None:
+        fail("give --model PIPELINE_DIR (or --preset paper)")
+    r = prune_stage.run_prune(
+        model, out, parse_budget(budget), _levels(levels), criterion, prompts, n_prompts, seeds,
+        _timesteps(timesteps), group, rescore_every,
+    )  # fmt: skip
+    b, f = r["base"], r["final"]
+    typer.echo(
+        f"{len(r['history'])} units removed ({r['criterion']}, {r['rescored']} scorings): "
+        f"params {b['params'] / 1e6:.3f}M -> {f['params'] / 1e6:.3f}M ({f['params'] / b['params']:.1%}), "
+        f"FLOPs/step {si(b['flops'])} -> {si(f['flops'])}"
+    )
+    widths = ", ".join(f"{x['heads']}/{x['cross_heads']}/{x['ffn_dim']}" for x in r["blocks"])
+    typer.echo(f"blocks kept (heads/cross heads/FFN): {widths}")
+    typer.echo(
+        f"calibration KD loss {r['calibration_kd']['velocity_mse']:.4g}; sliced vs masked max |diff| {r['sliced_vs_masked_max_abs_diff']:.2e}"
+    )
+    typer.echo(f"wrote {out} (a pipeline directory; prune.json holds the search)")
 
 
 @app.command("eval-curve")

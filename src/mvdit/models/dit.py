@@ -476,7 +476,9 @@ class VideoDiT(nn.Module):
                 tokens = block(tokens, ctx.text, ctx.mask, t_mod, rope, kv=ctx.kv[i])
             elif (m := unit_mask.blocks[i]) != 0:
                 y = block(tokens, ctx.text, ctx.mask, t_mod, rope, ctx.kv[i], unit_mask.block(i))
-                tokens = tokens + m.to(tokens.dtype) * (y - tokens) if m != 1 else y
+                # (a mask that needs a gradient always takes the scaled path: Taylor scores)
+                keep_path = m != 1 or m.requires_grad
+                tokens = tokens + m.to(tokens.dtype) * (y - tokens) if keep_path else y
             if i in keep:
                 out[i] = tokens
         velocity = None

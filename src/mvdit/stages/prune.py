@@ -1,0 +1,481 @@
+"""Stage: the sensitivity analysis and the pruning of a DiT (`mvdit sensitivity`, `mvdit prune`).
+
+`run_sensitivity` scores every unit of a pipeline's DiT (mvdit.compress.importance) on a fixed
+calibration set, one unit at a time with a progress bar, appending each score to
+OUT/scores.jsonl so a killed run continues where it stopped; then the cheap criteria and their
+rank correlation with the KD score, and the Figure-3 analogue: per-level sensitivity bars, and for
+each level pruned alone to growing depths, the parameters, FLOPs, measured latency, peak memory,
+KD loss and (for a shapes model) the detector's faithfulness of the pruned model's clips.
+
+`run_prune` searches (mvdit.compress.prune), slices the DiT and writes a pipeline directory the
+other commands take as it is, with prune.json: the budget, criterion, calibration, the kept teacher
+units and one row per removal. `prune_paper_preset` does the surgery on a randomly initialised
+paper-size teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from tqdm.auto import tqdm
+
+from mvdit import MvditError
+from mvdit.bench.measure import PeakMemory, timed
+from mvdit.compress.importance import (
+    CRITERIA,
+    LEVELS,
+    Calibration,
+    Unit,
+    build_calibration,
+    criterion_scores,
+    default_group,
+    enumerate_units,
+    kd_discrepancy,
+    mask_cost,
+    random_calibration,
+    rank_correlation,
+    reference_outputs,
+    remove,
+)
+from mvdit.compress.prune import Budget, greedy_prune, prune_to_shape
+from mvdit.compress.slicing import keep_sets, slice_dit
+from mvdit.config import preset_config
+from mvdit.eval.evaluate import faithfulness, read_prompts
+from mvdit.io import atomic_dir, atomic_write_text, read_json, write_json
+from mvdit.models.dit import UnitMask, VideoDiT
+from mvdit.pipeline import Pipeline
+
+DEPTHS = (0.125, 0.25, 0.375, 0.5)  # fractions of a level's units removed in the Figure-3 curves
+LEVEL_NAMES = {
+    "block": "blocks",
+    "head": "self-attention heads",
+    "cross_head": "cross-attention heads",
+    "ffn": "FFN groups",
+}
+
+
+def calibration_for(
+    pipe: Pipeline, prompts_file: str | Path, n_prompts: int, seeds: int, timesteps: Sequence[float]
+) -> tuple[Calibration, list[dict]]:
+    rows = read_prompts(prompts_file)[:n_prompts]
+    calib = build_calibration(pipe, [r["prompt"] for r in rows], range(seeds), timesteps)
+    calib.record["prompts_file"] = str(prompts_file)
+    return calib, rows
+
+
+def _check_calibration(out: Path, record: dict) -> None:
+    path = out / "calibration.json"
+    if path.exists():
+        if read_json(path) != json.loads(json.dumps(record)):
+            raise MvditError(
+                f"{out} holds scores of another calibration set or model; use a new --out or delete it"
+            )
+    else:
+        write_json(path, record)
+
+
+def _read_scores(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: scored again
+            done[row["unit"]] = row
+    return done
+
+
+def _latency_and_memory(dit: VideoDiT, calib: Calibration) -> tuple[float, float]:
+    args = (calib.x_t[:1], calib.t[:1], calib.text[:1], calib.text_mask[:1])
+    with torch.no_grad():
+        # the fastest of the repeats: on a shared machine the slower ones measure the neighbours
+        lat = min(timed(lambda: dit(*args), reps=10, min_seconds=0.2))
+        with PeakMemory() as pm:
+            dit(*args)
+    weights = sum(p.numel() * p.element_size() for p in dit.parameters())
+    return lat, weights + max(0, pm.peak - pm.start)
+
+
+def run_sensitivity(
+    model_dir: str | Path,
+    out: str | Path,
+    prompts_file: str | Path = "prompts/shapes-eval.txt",
+    n_prompts: int = 8,
+    seeds: int = 2,
+    timesteps: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    group: int | None = None,
+    batch: int = 40,
+    depths: Sequence[float] = DEPTHS,
+    faith_prompts: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Score every unit of MODEL_DIR's DiT; write OUT/sensitivity.json and OUT/sensitivity.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    pipe = Pipeline.from_pretrained(model_dir)
+    dit = pipe.dit.eval()
+    group = group or default_group(dit.config)
+    calib, rows = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
+    record = calib.record | {"group": group, "model": str(Path(model_dir).resolve())}
+    _check_calibration(out, record)
+    units = enumerate_units(dit.config, group)
+    scores_path = out / "scores.jsonl"
+    done = _read_scores(scores_path)
+    todo = [u for u in units if u.key not in done]
+    reference = reference_outputs(dit, calib, None, batch)
+    full = UnitMask.full(dit.config)
+    bar = tqdm(
+        total=len(units), initial=len(units) - len(todo), desc="sensitivity", disable=not progress
+    )
+    with scores_path.open("a") as f:
+        for u in todo:
+            v, feat = kd_discrepancy(dit, calib, remove(full, u, group), reference, batch)
+            row = {"unit": u.key, "kd": v, "kd_features": feat}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            done[u.key] = row
+            bar.update(1)
+    bar.close()
+    kd_s = time.perf_counter() - t_start
+
+    cheap = {c: criterion_scores(c, dit, calib, units, group, None, batch) for c in CRITERIA[1:]}
+    per_unit = []
+    for u in units:
+        row = {"unit": u.key, "level": u.level, "block": u.block, "index": u.index}
+        row |= {"kd": done[u.key]["kd"], "kd_features": done[u.key]["kd_features"]}
+        row |= {c: cheap[c][u.key] for c in cheap}
+        per_unit.append(row)
+    correlation = {}
+    for level in LEVELS:
+        rs = [r for r in per_unit if r["level"] == level]
+        correlation[level] = {
+            c: rank_correlation([r["kd"] for r in rs], [r[c] for r in rs]) for c in cheap
+        }
+    rs = per_unit
+    correlation["all"] = {
+        c: rank_correlation([r["kd"] for r in rs], [r[c] for r in rs]) for c in cheap
+    }
+
+    curves = depth_curves(
+        pipe, calib, rows[:faith_prompts], units, done, group, batch, depths, progress
+    )
+    result = {
+        "model": str(model_dir),
+        "calibration": record,
+        "group": group,
+        "units": per_unit,
+        "rank_correlation_with_kd": correlation,
+        "curves": curves,
+        "seconds": {"kd_scores": round(kd_s, 1), "total": round(time.perf_counter() - t_start, 1)},
+        "threads": torch.get_num_threads(),
+    }
+    write_json(out / "sensitivity.json", result)
+    atomic_write_text(out / "sensitivity.md", sensitivity_markdown(result))
+    plot_sensitivity(result, out / "sensitivity.png")
+    return result
+
+
+def sensitivity_markdown(result: dict) -> str:
+    """The depth curves as a table, and the rank correlations of the cheap criteria."""
+    cal = result["calibration"]
+    lines = [
+        f"# Sensitivity of {_model_name(result['model'])}",
+        "",
+        f"{len(result['units'])} units (FFN groups of {result['group']} channels) scored on "
+        f"{cal['items']} calibration items: {len(cal['prompts'])} prompts x "
+        f"{len(cal['seeds'])} noise seeds x timesteps {cal['timesteps']}. "
+        f"{result['seconds']['total']:.0f} s at {result['threads']} thread(s).",
+        "",
+        "## Each level pruned alone (least KD-sensitive units first)",
+        "",
+        "| level | removed | params | FLOPs/step | latency (ms) | memory (MiB) | KD loss | overall | shape | motion |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for level, pts in result["curves"].items():
+        for p in pts:
+            f = p.get("faithfulness", {})
+            cell = {
+                k: "–" if f.get(k) is None else f"{f[k]:.2f}"
+                for k in ("overall", "shape", "motion")
+            }
+            lines.append(
+                f"| {LEVEL_NAMES[level]} | {p['removed']} ({p['depth']:.0%}) | {p['params']:,} | "
+                f"{p['flops']:,} | {p['latency_ms']:.2f} | {p['memory_bytes'] / 2**20:.1f} | "
+                f"{p['kd']:.3g} | {cell['overall']} | {cell['shape']} | {cell['motion']} |"
+            )
+    lines += ["", "## Rank correlation (Spearman) of the cheap criteria with the KD score", ""]
+    crits = list(next(iter(result["rank_correlation_with_kd"].values())))
+    lines += ["| level | " + " | ".join(crits) + " |", "|---" * (len(crits) + 1) + "|"]
+    for level, corr in result["rank_correlation_with_kd"].items():
+        cells = " | ".join("–" if corr[c] is None else f"{corr[c]:+.2f}" for c in crits)
+        lines.append(f"| {LEVEL_NAMES.get(level, level)} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def depth_curves(
+    pipe: Pipeline,
+    calib: Calibration,
+    rows: list[dict],
+    units: list[Unit],
+    scores: dict[str, dict],
+    group: int,
+    batch: int,
+    depths: Sequence[float],
+    progress: bool,
+) -> dict[str, list[dict]]:
+    """For each level alone: remove the least sensitive `depth` fraction of its units and measure
+    the pruned model (parameters, FLOPs, latency, peak memory, KD loss, faithfulness)."""
+    dit = pipe.dit
+    cfg = dit.config
+    tokens, text_len = cfg.tokens(calib.x_t.shape[-3:]), calib.text.shape[1]
+    reference = reference_outputs(dit, calib, None, batch)
+    full = UnitMask.full(cfg)
+    gen_seed = 0
+
+    def measure(mask: UnitMask, depth: float, removed: int) -> dict:
+        small = slice_dit(dit, mask).eval()
+        lat, mem = _latency_and_memory(small, calib)
+        kd, kd_f = kd_discrepancy(dit, calib, mask, reference, batch)
+        point = {"depth": depth, "removed": removed, **mask_cost(cfg, mask, tokens, text_len)}
+        point |= {
+            "latency_ms": round(1000 * lat, 3),
+            "memory_bytes": int(mem),
+            "kd": kd,
+            "kd_features": kd_f,
+        }
+        if rows:
+            p = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
+            videos = p.generate([r["prompt"] for r in rows], seed=gen_seed).videos.numpy()
+            f = faithfulness(list(videos), rows)
+            if f is not None:
+                point["faithfulness"] = {
+                    k: f["all"][k] for k in ("overall", "colour", "shape", "motion")
+                }
+        return point
+
+    base = measure(full, 0.0, 0)
+    curves: dict[str, list[dict]] = {}
+    levels = [lv for lv in LEVELS if any(u.level == lv for u in units)]
+    bar = tqdm(total=len(levels) * len(depths), desc="depth curves", disable=not progress)
+    for level in levels:
+        ranked = sorted((u for u in units if u.level == level), key=lambda u: scores[u.key]["kd"])
+        pts = [base]
+        most = len(ranked) - 1 if level == "block" else len(ranked)  # a DiT keeps one block
+        for depth in depths:
+            n = min(most, max(pts[-1]["removed"] + 1, round(depth * len(ranked))))
+            if n == pts[-1]["removed"]:
+                bar.update(1)
+                continue
+            mask = full
+            for u in ranked[:n]:
+                mask = remove(mask, u, group)
+            pts.append(measure(mask, depth, n))
+            bar.update(1)
+        curves[level] = pts
+    bar.close()
+    return curves
+
+
+def _panel_value(point: dict, key: str, base: dict) -> float:
+    if key == "faithfulness":
+        return point[key]["overall"]
+    if key == "memory_bytes":
+        return point[key] / 2**20
+    if key == "flops":
+        return point[key] / base[key]
+    return point[key]
+
+
+def _model_name(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "model" else p.name
+
+
+def plot_sensitivity(result: dict, png: Path) -> None:
+    """Top row: KD sensitivity of every unit per level (log scale, by block). Bottom row: each
+    level pruned alone to growing depth: KD loss, latency, and faithfulness when measured."""
+    matplotlib.use("Agg")
+    units = result["units"]
+    levels = [lv for lv in LEVELS if any(u["level"] == lv for u in units)]
+    fig, axes = plt.subplots(2, 4, figsize=(16.8, 7.4))
+    for ax, level in zip(axes[0], levels, strict=False):
+        rs = [u for u in units if u["level"] == level]
+        xs = range(len(rs))
+        ax.bar(xs, [max(u["kd"], 1e-12) for u in rs], color=[f"C{u['block'] % 10}" for u in rs])
+        ax.set_yscale("log")
+        ax.set_title(f"{LEVEL_NAMES[level]} ({len(rs)})", fontsize=10)
+        ax.set_xlabel("unit (colour: block)")
+        ax.set_ylabel("KD loss when removed")
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes[0][len(levels) :]:
+        ax.axis("off")
+    curves = result["curves"]
+    base_params = curves[levels[0]][0]["params"]
+    panels = [
+        ("kd", "KD loss (velocity MSE)", True),
+        ("latency_ms", "DiT step latency, batch 1 (ms)", False),
+        ("memory_bytes", "weights + activation peak (MiB)", False),
+    ]
+    if any("faithfulness" in p for pts in curves.values() for p in pts):
+        panels.append(("faithfulness", "detector: overall faithfulness", False))
+    else:
+        panels.append(("flops", "FLOPs per step (fraction kept)", False))
+    for ax, (key, label, log) in zip(axes[1], panels, strict=False):
+        for i, level in enumerate(levels):
+            pts = curves[level][1:] if log else curves[level]  # the unpruned KD loss is 0
+            xs = [1 - p["params"] / base_params for p in pts]
+            ys = [_panel_value(p, key, curves[level][0]) for p in pts]
+            ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=LEVEL_NAMES[level])
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("fraction of DiT parameters removed")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[1][len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"sensitivity of {_model_name(result['model'])}: each unit removed alone (top), each level pruned alone (bottom)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+# ---------------------------------------------------------------------------------------------
+# pruning
+
+
+def run_prune(
+    model_dir: str | Path,
+    out: str | Path,
+    budget: Budget,
+    levels: Sequence[str] = LEVELS,
+    criterion: str = "kd",
+    prompts_file: str | Path = "prompts/shapes-eval.txt",
+    n_prompts: int = 8,
+    seeds: int = 2,
+    timesteps: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    group: int | None = None,
+    rescore_every: int = 8,
+    batch: int = 40,
+    progress: bool = True,
+) -> dict:
+    """Prune MODEL_DIR's DiT to `budget`; write the pruned pipeline to OUT (atomically)."""
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(model_dir)
+    dit = pipe.dit.eval()
+    group = group or default_group(dit.config)
+    calib, _ = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
+    bar = tqdm(desc=f"prune to {budget}", unit="unit", disable=not progress)
+
+    def step(row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(params=f"{row['params'] / 1e6:.2f}M", unit=row["unit"])
+
+    result = greedy_prune(
+        dit, calib, budget, levels, criterion, group, rescore_every, batch, progress=step
+    )
+    bar.close()
+    small = slice_dit(dit, result.mask).eval()
+    # the sliced model computes what the masked teacher computed
+    ref = reference_outputs(dit, calib, result.mask, batch)
+    got = reference_outputs(small, calib, None, batch)
+    max_diff = max(float((a[0] - b[0]).abs().max()) for a, b in zip(ref, got, strict=True))
+    kd, kd_f = kd_discrepancy(
+        dit, calib, result.mask, reference_outputs(dit, calib, None, batch), batch
+    )
+    report = {
+        "teacher": str(model_dir),
+        "budget": str(budget),
+        "levels": list(levels),
+        "criterion": criterion,
+        "group": group,
+        "rescore_every": rescore_every,
+        "rescored": result.rescored,
+        "calibration": calib.record,
+        "base": result.base,
+        "final": result.final,
+        "kept_fraction": {
+            k: result.final[k] / result.base[k] for k in result.base if k in result.final
+        },
+        "calibration_kd": {"velocity_mse": kd, "last_block_mse": kd_f},
+        "sliced_vs_masked_max_abs_diff": max_diff,
+        "blocks": [b.model_dump() for b in small.config.blocks],
+        "kept": keep_sets(result.mask),
+        "history": result.history,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    pruned = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
+    with atomic_dir(out) as tmp:
+        pruned.save_pretrained(tmp / "pipeline")
+        for p in (tmp / "pipeline").iterdir():
+            p.rename(tmp / p.name)
+        (tmp / "pipeline").rmdir()
+        write_json(tmp / "prune.json", report)
+    return report
+
+
+def prune_paper_preset(
+    out: str | Path,
+    criterion: str = "magnitude",
+    blocks: int = 20,
+    heads: int = 20,
+    ffn: int = 6144,
+) -> dict:
+    """The paper's surgery on a randomly initialised paper-teacher: 28 -> `blocks` blocks, 32 ->
+    `heads` self- and cross-attention heads, 8192 -> `ffn` FFN channels, saved and reloaded."""
+    if criterion == "kd":
+        raise MvditError(
+            "random weights have no meaningful KD score: use --criterion magnitude (the default here)"
+        )
+    t0 = time.perf_counter()
+    cfg = preset_config("paper-teacher")
+    torch.manual_seed(0)
+    teacher = VideoDiT(cfg).eval()
+    group = 1024 if ffn % 1024 == 0 else default_group(cfg)
+    units = enumerate_units(cfg, group)
+    calib = (
+        random_calibration(cfg, (2, 4, 4), n=2, text_len=8) if criterion != "magnitude" else None
+    )
+    scores = criterion_scores(criterion, teacher, calib, units, group, None, 1)
+    mask = prune_to_shape(teacher, scores, blocks, heads, ffn, group)
+    small = slice_dit(teacher, mask).eval()
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (teacher, small))
+    # equal to the masked teacher, on a small random input
+    check = calib or random_calibration(cfg, (2, 4, 4), n=1, text_len=8)
+    args = (check.x_t[:1], check.t[:1], check.text[:1], check.text_mask[:1])
+    with torch.no_grad():
+        diff = float((teacher(*args, unit_mask=mask) - small(*args)).abs().max())
+    del teacher
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        small.save_pretrained(tmp)
+    reloaded = VideoDiT.from_pretrained(out)
+    ffns = [b.ffn_dim for b in reloaded.config.blocks]
+    report = {
+        "note": f"random weights: {criterion} scores (a KD score of an untrained model means nothing)",
+        "teacher_params": before,
+        "pruned_params": after,
+        "reloaded_params": sum(p.numel() for p in reloaded.parameters()),
+        "blocks": len(reloaded.config.blocks),
+        "heads": sorted({b.heads for b in reloaded.config.blocks}),
+        "cross_heads": sorted({b.cross_heads for b in reloaded.config.blocks}),
+        "mean_ffn": sum(ffns) / len(ffns),
+        "sources": [b.source for b in reloaded.config.blocks],
+        "sliced_vs_masked_max_abs_diff": diff,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_text(out / "prune.json", json.dumps(report, indent=2) + "\n")
+    return report
