@@ -29,6 +29,7 @@ from mvdit.io import write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import default_vae_path
 from mvdit.pipeline import Pipeline
+from mvdit.stages import kd as kd_stage
 from mvdit.stages import prune as prune_stage
 from mvdit.stages import vae as vae_stage
 from mvdit.stages.teacher import train_teacher
@@ -73,6 +74,29 @@ def train(
     )
     typer.echo(
         f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
+    )
+
+
+@app.command()
+def kd(
+    config: Annotated[Path, typer.Argument(help="TOML/YAML KD config, e.g. configs/kd-tiny.toml")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
+    ] = False,
+) -> None:
+    """Recover a pruned DiT by distillation from the model it was pruned from."""
+
+    cfg = kd_stage.load_kd_config(config, set_)
+    summary = kd_stage.train_kd(cfg, resume=resume)
+    out = Path(cfg.run.out_dir)
+    typer.echo(
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}"
+    )
+    typer.echo(
+        f"model: {out / 'model'}   loss curves: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
     )
 
 

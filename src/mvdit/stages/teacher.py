@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from mvdit.build import build_autoencoder, build_dataset, build_dit_config
-from mvdit.config import TrainConfig
+from mvdit.config import FlowConfig, TrainConfig
 from mvdit.flow import flow_loss, sample_timesteps, shift_for_tokens
 from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.dit import VideoDiT
@@ -20,17 +20,16 @@ from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
 from mvdit.train import make_batch_fn, train_loop
 
 
-def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg: TrainConfig):
-    """The teacher's loss: rectified-flow velocity regression with caption dropout for CFG."""
-    d = cfg.data
-    tokens = dit.config.tokens(vae.latent_shape(d.frames, d.height, d.width))
-    shift = shift_for_tokens(tokens) if cfg.flow.shift == "auto" else float(cfg.flow.shift)
+def flow_inputs(vae: VideoAutoencoder, text: TextEncoder, flow: FlowConfig, shift: float):
+    """batch -> (x0, text states, text mask, t, noise): a training clip's latent, its caption's
+    encoding with caption dropout for CFG, a timestep and the noise. Every stage that trains on
+    the flow path (the teacher, KD recovery, distillation) draws its inputs here."""
 
-    def loss_fn(step: int, batch: dict, gen: torch.Generator):
+    def inputs(batch: dict, gen: torch.Generator):
         with torch.no_grad():
             x0 = batch["latent"] if "latent" in batch else vae.encode(batch["video"])
             captions = list(batch["caption"])
-            drop = torch.rand(len(captions), generator=gen) < cfg.flow.caption_dropout
+            drop = torch.rand(len(captions), generator=gen) < flow.caption_dropout
             captions = ["" if dr else c for c, dr in zip(captions, drop.tolist(), strict=True)]
             if "text" in batch:
                 null_h, null_m = text.encode_cached([""])
@@ -39,12 +38,26 @@ def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg:
                 mask = torch.where(keep[:, :, 0], batch["text_mask"], null_m.to(batch["text_mask"]))
             else:
                 ctx, mask = text.encode_cached(captions)
-        t = sample_timesteps(x0.shape[0], gen, cfg.flow.logit_mean, cfg.flow.logit_std, shift).to(
-            x0
-        )
+        t = sample_timesteps(x0.shape[0], gen, flow.logit_mean, flow.logit_std, shift).to(x0)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
-        loss = flow_loss(dit, x0, t, noise, text=ctx.to(x0.device), text_mask=mask.to(x0.device))
-        return {"model": loss}, {}
+        return x0, ctx.to(x0.device), mask.to(x0.device), t, noise
+
+    return inputs
+
+
+def train_shift(dit: VideoDiT, vae: VideoAutoencoder, data, flow: FlowConfig) -> float:
+    """The time shift of training: flow.shift, or the one the token count asks for."""
+    tokens = dit.config.tokens(vae.latent_shape(data.frames, data.height, data.width))
+    return shift_for_tokens(tokens) if flow.shift == "auto" else float(flow.shift)
+
+
+def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg: TrainConfig):
+    """The teacher's loss: rectified-flow velocity regression with caption dropout for CFG."""
+    inputs = flow_inputs(vae, text, cfg.flow, train_shift(dit, vae, cfg.data, cfg.flow))
+
+    def loss_fn(step: int, batch: dict, gen: torch.Generator):
+        x0, ctx, mask, t, noise = inputs(batch, gen)
+        return {"model": flow_loss(dit, x0, t, noise, text=ctx, text_mask=mask)}, {}
 
     return loss_fn
 
