@@ -149,11 +149,16 @@ def test_train_then_generate_on_shapes(tmp_path, capsys):
             "run.checkpoint_every=2",
             "--set",
             "optim.warmup_steps=1",
+            "--set",
+            "data.cache_clips=6",
         ],
         capsys,
     )
     assert code == 0, err
     assert (run / "model" / "pipeline.json").is_file() and (run / "loss.png").is_file()
+    # the default encodes its training clips once into a latent cache in the run directory
+    index = json.loads((run / "latents" / "index.json").read_text())
+    assert index["complete"] and index["dataset"]["items"] == 6
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     code, _, err = run_cli(

@@ -293,3 +293,30 @@ def test_kd_recovers_a_pruned_student_and_its_losses_fall(tmp_path, capsys):
     (pruned / "prune.json").unlink()
     code, _, err = run_cli(["kd", cfg, "--set", f"run.out_dir='{tmp_path / 'kd2'}'"], capsys)
     assert code == 2 and "set kd.teacher" in err
+
+
+def test_prune_study_writes_its_table_and_resumes(tmp_path, capsys):
+    pipe, prompts = _pipeline(tmp_path), _prompts(tmp_path)
+    cfg = tmp_path / "kd.toml"
+    cfg.write_text(
+        '[kd]\nstudent = "unused"\n[data]\nkind = "shapes"\nframes = 4\nheight = 16\nwidth = 16\n'
+        "[optim]\nbatch_size = 2\nwarmup_steps = 0\n[run]\ncheckpoint_every = 2\n"
+    )
+    out = tmp_path / "study"
+    args = ["study", "prune", "-m", pipe, "-o", out, "--kd-config", cfg, "--budget", "params=0.97",
+            "--recovery-steps", 2, "--variants", "tri-level-kd,ffn-kd", "-p", prompts,
+            "--calib-prompts", prompts, "--heldout-prompts", prompts]  # fmt: skip
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    table = (out / "study.md").read_text()
+    assert "tri-level-kd" in table and "ffn-kd" in table and "after 2 KD steps" in table
+    teacher = json.loads((out / "teacher.json").read_text())
+    for r in json.loads((out / "study.json").read_text())["rows"]:
+        assert r["before"]["params"] <= 0.97 * teacher["params"]
+        assert r["after"]["params"] == r["before"]["params"]
+        assert r["before"]["heldout_kd"] > 0
+    assert (out / "study.png").stat().st_size > 5_000 and (out / "study.csv").is_file()
+    stamp = (out / "ffn-kd" / "rows.json").stat().st_mtime
+    code, _, err = run_cli(args, capsys)  # a rerun reads the finished variants back
+    assert code == 0, err
+    assert (out / "ffn-kd" / "rows.json").stat().st_mtime == stamp

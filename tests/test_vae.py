@@ -545,3 +545,19 @@ def test_edge_weight_counts_the_outline_not_the_background():
     )
     assert edged[1]["l1"] != pytest.approx(plain[1]["l1"])  # the weighted mean differs
     assert edged[1]["psnr"] == plain[1]["psnr"]  # and the reconstruction is the same
+
+
+def test_shipped_vaes_load_by_name():
+    """ "default" is the 4x4x4 VAE the default DiT reads at patch 2; the earlier 4x8x8 one keeps
+    loading under its name; another name is a one-line error that lists the names."""
+    from mvdit.build import build_autoencoder
+    from mvdit.config import VAEConfig, default_train_config
+
+    new = build_autoencoder(VAEConfig(kind="pretrained", path="default"))
+    old = build_autoencoder(VAEConfig(kind="pretrained", path="cpu-4x8x8"))
+    assert new.latent_shape(9, 32, 32) == (8, 3, 8, 8)
+    assert old.latent_shape(9, 32, 32) == (16, 3, 4, 4)
+    cfg = default_train_config()
+    assert cfg.vae.path == "default" and cfg.model.patch_size == 2  # 3x4x4 = 48 tokens
+    with pytest.raises(MvditError, match="cpu-4x8x8"):
+        build_autoencoder(VAEConfig(kind="pretrained", path="vae-cpu-9"))

@@ -21,7 +21,7 @@ from mvdit.models import diffusers_vae
 from mvdit.models.autoencoder import PatchifyAutoencoder, VideoAutoencoder
 from mvdit.models.dit import DiTConfig
 from mvdit.models.text import TextEncoder, load_text_encoder
-from mvdit.models.vae import CausalVideoVAE, default_vae_path
+from mvdit.models.vae import SHIPPED_VAES, CausalVideoVAE, shipped_vae_path
 
 # ---------------------------------------------------------------------------------------------
 # autoencoders
@@ -52,10 +52,12 @@ def build_autoencoder(cfg: VAEConfig) -> VideoAutoencoder:
         raise MvditError(
             "vae.kind = 'pretrained' needs vae.path (a directory written by save_pretrained, or 'default')"
         )
-    if cfg.path == "default":
-        return load_autoencoder(default_vae_path())
+    if cfg.path in SHIPPED_VAES:
+        return load_autoencoder(shipped_vae_path(cfg.path))
     if not Path(cfg.path).is_dir():
-        raise MvditError(f"vae.path {cfg.path} does not exist")
+        raise MvditError(
+            f"vae.path {cfg.path} is neither a directory nor a shipped VAE ({', '.join(SHIPPED_VAES)})"
+        )
     return load_autoencoder(cfg.path)
 
 
@@ -124,16 +126,19 @@ def cache_from_config(
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    vae: VideoAutoencoder | None = None,
+    text: TextEncoder | None = None,
 ) -> LatentCacheDataset:
-    """Cache the clips a training config's [data] names, with its [vae] and [text] encoders."""
+    """Cache the clips a training config's [data] names, with its [vae] and [text] encoders
+    (or the ones given, already built from them)."""
     d = cfg.data
     if d.kind == "cache":
         raise MvditError("data.kind is already 'cache': point [data] at the clips to encode")
     if limit is not None and limit < 1:
         raise MvditError(f"limit must be positive, got {limit}")
-    vae = build_autoencoder(cfg.vae).to(cfg.run.device).eval()
+    vae = (vae or build_autoencoder(cfg.vae)).to(cfg.run.device).eval()
     vae.check_clip(d.frames, d.height, d.width)
-    text = load_text_encoder(cfg.text).to(cfg.run.device)
+    text = (text or load_text_encoder(cfg.text)).to(cfg.run.device)
     dataset = build_dataset(d)
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))

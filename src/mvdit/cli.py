@@ -27,12 +27,13 @@ from mvdit.eval.evaluate import evaluate
 from mvdit.eval.report import write_report
 from mvdit.io import write_json
 from mvdit.models.dit import VideoDiT
-from mvdit.models.vae import default_vae_path
+from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
 from mvdit.pipeline import Pipeline
 from mvdit.stages import kd as kd_stage
 from mvdit.stages import prune as prune_stage
 from mvdit.stages import vae as vae_stage
 from mvdit.stages.teacher import train_teacher
+from mvdit.studies.prune_ablation import VARIANTS, run_prune_study
 from mvdit.studies.vae_ratios import run_vae_study
 from mvdit.video import contact_sheet, save_png, write_mp4
 
@@ -341,7 +342,7 @@ def eval_vae(
 
     if clips < 1:
         fail(f"--clips must be positive, got {clips}")
-    path = default_vae_path() if model == "default" else Path(model)
+    path = shipped_vae_path(model) if model in SHIPPED_VAES else Path(model)
     if not path.is_dir():
         fail(f"autoencoder directory {path} does not exist")
     data = vae_stage.load_vae_config(config, set_).data
@@ -669,6 +670,63 @@ def study_vae(
     for r in rows:
         typer.echo(
             f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms"
+        )
+    typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
+
+
+@study_app.command("prune")
+def study_prune(
+    teacher: Annotated[
+        Path, typer.Option("--teacher", "-m", help="pipeline directory to prune")
+    ] = Path("runs/tiny/model"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="study directory; rerun to resume")
+    ] = Path("runs/study-prune"),
+    kd_config: Annotated[
+        Path,
+        typer.Option(
+            help="KD config of the recovery ([data], [optim]; kd.student is set per variant)"
+        ),
+    ] = Path("configs/kd-tiny.toml"),
+    budget: Annotated[
+        str, typer.Option(help="the budget every variant is pruned to")
+    ] = "params=0.55",
+    recovery_steps: Annotated[
+        int, typer.Option(help="KD steps per variant (the same for all)")
+    ] = 500,
+    variants: Annotated[
+        str | None, typer.Option(help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    ] = None,
+    eval_prompts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--prompts",
+            "-p",
+            help="prompt files of the faithfulness columns (default: prompts/shapes-eval.txt)",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="clips per prompt for the faithfulness columns")] = 1,
+    calib_prompts: Annotated[
+        Path, typer.Option(help="prompts of the search's calibration set")
+    ] = Path("prompts/shapes-eval.txt"),
+    heldout_prompts: Annotated[
+        Path, typer.Option(help="prompts of the held-out KD loss (other seeds too)")
+    ] = Path("prompts/shapes-paraphrase.txt"),
+) -> None:
+    """Tri-level against block-, head- and FFN-only pruning, KD against magnitude and Taylor scores, before and after KD recovery."""
+
+    if recovery_steps < 0 or seeds < 1:
+        fail("--recovery-steps must be >= 0 and --seeds >= 1")
+    chosen = [v.strip() for v in variants.split(",")] if variants else None
+    rows = run_prune_study(
+        teacher, out, kd_config, chosen, budget, recovery_steps,
+        calib_prompts, heldout_prompts, eval_prompts or [Path("prompts/shapes-eval.txt")], seeds,
+    )  # fmt: skip
+    for r in rows:
+        b, a = r["before"], r["after"]
+        typer.echo(
+            f"{r['variant']:>20}  params {b['params']:>9,}  held-out KD {b['heldout_kd']:.4g} -> {a['heldout_kd']:.4g}"
+            + (f"  overall {b['overall']:.2f} -> {a['overall']:.2f}" if "overall" in a else "")
         )
     typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
 

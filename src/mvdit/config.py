@@ -92,12 +92,16 @@ class DataConfig(Strict):
     speeds: list[str] | None = None
     backgrounds: list[str] | None = None
     background_styles: list[str] | None = None
+    # shapes/folder: encode the first N training clips (and captions) once into a latent cache in
+    # run.out_dir/latents, then train on it: the encoder runs once per clip, not once per step
+    # (None: encode every batch). A rerun or --resume reuses a complete cache.
+    cache_clips: int | None = Field(default=None, ge=1)
 
 
 class VAEConfig(Strict):
     kind: Literal["patchify", "pretrained"] = "patchify"
     path: str | None = (
-        None  # pretrained: a directory written by save_pretrained, or "default" (the shipped CPU VAE)
+        None  # pretrained: a directory written by save_pretrained, or a shipped VAE's name ("default", "cpu-4x8x8")
     )
     temporal_factor: int = 1
     spatial_factor: int = 8

@@ -16,7 +16,7 @@ import torch
 
 from mvdit.bench.measure import PeakMemory, time_once
 from mvdit.build import load_autoencoder
-from mvdit.config import preset_config
+from mvdit.config import default_train_config, preset_config
 from mvdit.io import atomic_write_text, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import CausalVideoVAE, default_vae_path, vae_preset
@@ -63,7 +63,8 @@ def bench_cpu_default(
     vae = load_autoencoder(vae_path or default_vae_path()).eval()
     frames, height, width = 9, 32, 32
     shape = vae.latent_shape(frames, height, width)
-    dit = VideoDiT(preset_config("tiny", in_channels=vae.latent_channels, text_dim=text_dim)).eval()
+    patch = default_train_config().model.patch_size  # the DiT the default VAE is paired with
+    dit = VideoDiT(preset_config("tiny", vae.latent_channels, text_dim, patch)).eval()
     z = torch.randn(1, *shape)
     text, mask = torch.randn(1, text_len, text_dim), torch.ones(1, text_len, dtype=torch.bool)
 
@@ -81,7 +82,7 @@ def bench_cpu_default(
         "vae": str(vae_path or default_vae_path()),
         "clip": f"{frames}x{height}x{width}",
         "latent": "x".join(map(str, shape)),
-        "dit": f"tiny preset, {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, {shape[1] * shape[2] * shape[3]} tokens, {text_len} text tokens",
+        "dit": f"tiny preset, {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, {dit.config.tokens(shape)} tokens, {text_len} text tokens",
         "repeats": repeats,
         "decode_ms_median": round(1000 * statistics.median(dec), 2),
         "decode_ms_min": round(1000 * min(dec), 2),

@@ -110,6 +110,9 @@ VAE_PRESETS: dict[str, dict] = {
     # CPU default (9x32x32 clips -> 3x4x4 latents, 48 DiT tokens). Patch 2 and a first stage at
     # 16x16 keep the shape of objects a few pixels wide (+1.6 dB over patch 4, docs/vae.md).
     "cpu": dict(latent_channels=16, patch_size=2, widths=[16, 32, 64, 64], down=["s", "ts", "t"]),
+    # CPU default since it replaced "cpu": 9x32x32 -> 3x8x8 latents of 8 channels, read by a DiT at
+    # patch 2 (48 tokens again). Objects span 2-3 latent cells instead of 1 (docs/vae.md).
+    "cpu-4x4x4": dict(latent_channels=8, patch_size=2, widths=[32, 64, 64], down=["ts", "t"]),
     "4x8x8": dict(patch_size=4, widths=[64, 128, 128], down=["ts", "t"]),
     "4x16x16": dict(patch_size=4, widths=[64, 128, 128], down=["ts", "ts"]),
     "8x16x16": dict(patch_size=4, widths=[64, 128, 128, 128], down=["ts", "ts", "t"]),
@@ -582,11 +585,30 @@ def latent_stats(
     return [float(x) for x in mean], [float(x) for x in std]
 
 
-def default_vae_path() -> Path:
-    """The VAE shipped with the package for the CPU preset (9x32x32 clips, 4x8x8, 16 channels)."""
-    path = Path(str(files("mvdit") / "assets" / "vae-cpu"))
+# The VAEs shipped in the package, by the name a config's vae.path may give instead of a directory.
+# "default" is the CPU preset's (9x32x32 clips, 4x4x4, 8 channels: the DiT's patch 2 makes 48
+# tokens); "cpu-4x8x8" the earlier 4x8x8, 16-channel one, kept so configs naming it still load.
+SHIPPED_VAES = {
+    "default": ("vae-cpu-4x4x4", "configs/vae-cpu.toml"),
+    "cpu-4x8x8": ("vae-cpu", "configs/vae-cpu-4x8x8.toml"),
+}
+
+
+def shipped_vae_path(name: str = "default") -> Path:
+    """The directory of a shipped VAE (SHIPPED_VAES)."""
+    if name not in SHIPPED_VAES:
+        raise MvditError(
+            f"no shipped VAE is called {name!r}; choose one of: {', '.join(SHIPPED_VAES)}"
+        )
+    folder, recipe = SHIPPED_VAES[name]
+    path = Path(str(files("mvdit") / "assets" / folder))
     if not (path / "model.safetensors").is_file():
         raise MvditError(
-            f"the shipped VAE is missing from {path}; reinstall mvdit or train one with: mvdit train-vae configs/vae-cpu.toml"
+            f"the shipped VAE is missing from {path}; reinstall mvdit or train one with: mvdit train-vae {recipe}"
         )
     return path
+
+
+def default_vae_path() -> Path:
+    """The VAE shipped for the CPU preset."""
+    return shipped_vae_path("default")

@@ -46,7 +46,7 @@ from mvdit.compress.importance import (
 from mvdit.compress.prune import Budget, greedy_prune, prune_to_shape
 from mvdit.compress.slicing import keep_sets, slice_dit
 from mvdit.config import preset_config
-from mvdit.eval.evaluate import faithfulness, read_prompts
+from mvdit.eval.evaluate import faithfulness, read_prompts, sample_prompts
 from mvdit.io import atomic_dir, atomic_write_text, read_json, write_json
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline
@@ -61,10 +61,18 @@ LEVEL_NAMES = {
 
 
 def calibration_for(
-    pipe: Pipeline, prompts_file: str | Path, n_prompts: int, seeds: int, timesteps: Sequence[float]
+    pipe: Pipeline,
+    prompts_file: str | Path,
+    n_prompts: int,
+    seeds: int,
+    timesteps: Sequence[float],
+    seed_offset: int = 0,
 ) -> tuple[Calibration, list[dict]]:
+    """The calibration set of the first `n_prompts` prompts of a file, noise seeds from
+    `seed_offset` on (a held-out set: other prompts and another offset)."""
     rows = read_prompts(prompts_file)[:n_prompts]
-    calib = build_calibration(pipe, [r["prompt"] for r in rows], range(seeds), timesteps)
+    seed_list = range(seed_offset, seed_offset + seeds)
+    calib = build_calibration(pipe, [r["prompt"] for r in rows], seed_list, timesteps)
     calib.record["prompts_file"] = str(prompts_file)
     return calib, rows
 
@@ -92,7 +100,9 @@ def _read_scores(path: Path) -> dict[str, dict]:
     return done
 
 
-def _latency_and_memory(dit: VideoDiT, calib: Calibration) -> tuple[float, float]:
+def latency_and_memory(dit: VideoDiT, calib: Calibration) -> tuple[float, float]:
+    """Seconds of one DiT step at batch 1 (the fastest of the repeats), and parameter bytes plus
+    the activation peak of that step."""
     args = (calib.x_t[:1], calib.t[:1], calib.text[:1], calib.text_mask[:1])
     with torch.no_grad():
         # the fastest of the repeats: on a shared machine the slower ones measure the neighbours
@@ -101,6 +111,17 @@ def _latency_and_memory(dit: VideoDiT, calib: Calibration) -> tuple[float, float
             dit(*args)
     weights = sum(p.numel() * p.element_size() for p in dit.parameters())
     return lat, weights + max(0, pm.peak - pm.start)
+
+
+def sampled_faithfulness(pipe: Pipeline, rows: list[dict], seeds: int) -> dict | None:
+    """The shapes detector's faithfulness of `seeds` clips per prompt row (the evaluation's
+    sampling: clip k of a prompt is sample k of a batch from seed 0), or None when the prompts
+    are not shapes captions."""
+    videos, clip_rows = [], []
+    for _, row, g, _ in sample_prompts(pipe, rows, seeds):
+        videos += list(g.videos.numpy())
+        clip_rows += [row] * seeds
+    return faithfulness(videos, clip_rows) if rows else None
 
 
 def run_sensitivity(
@@ -238,11 +259,10 @@ def depth_curves(
     tokens, text_len = cfg.tokens(calib.x_t.shape[-3:]), calib.text.shape[1]
     reference = reference_outputs(dit, calib, None, batch)
     full = UnitMask.full(cfg)
-    gen_seed = 0
 
     def measure(mask: UnitMask, depth: float, removed: int) -> dict:
         small = slice_dit(dit, mask).eval()
-        lat, mem = _latency_and_memory(small, calib)
+        lat, mem = latency_and_memory(small, calib)
         kd, kd_f = kd_discrepancy(dit, calib, mask, reference, batch)
         point = {"depth": depth, "removed": removed, **mask_cost(cfg, mask, tokens, text_len)}
         point |= {
@@ -253,8 +273,7 @@ def depth_curves(
         }
         if rows:
             p = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
-            videos = p.generate([r["prompt"] for r in rows], seed=gen_seed).videos.numpy()
-            f = faithfulness(list(videos), rows)
+            f = sampled_faithfulness(p, rows, 1)
             if f is not None:
                 point["faithfulness"] = {
                     k: f["all"][k] for k in ("overall", "colour", "shape", "motion")

@@ -7,11 +7,13 @@ path, regress the velocity. Everything else is the shared loop in train.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from mvdit.build import build_autoencoder, build_dataset, build_dit_config
+from mvdit.build import build_autoencoder, build_dataset, build_dit_config, cache_from_config
 from mvdit.config import FlowConfig, TrainConfig
+from mvdit.data.cache import LatentCacheDataset
 from mvdit.flow import flow_loss, sample_timesteps, shift_for_tokens
 from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.dit import VideoDiT
@@ -81,7 +83,12 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
     text = load_text_encoder(cfg.text)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     dit = VideoDiT(build_dit_config(cfg.model, vae.latent_channels, text.dim))
-    dataset = build_dataset(cfg.data, "train", vae, text)
+    if d.cache_clips and d.kind != "cache":
+        cache_dir = Path(cfg.run.out_dir) / "latents"
+        cache_from_config(cfg, cache_dir, limit=d.cache_clips, batch_size=32, vae=vae, text=text)
+        dataset = LatentCacheDataset(cache_dir, autoencoder=vae, text_encoder=text)
+    else:
+        dataset = build_dataset(cfg.data, "train", vae, text)
     pipe_cfg = PipelineConfig(
         frames=d.frames,
         height=d.height,

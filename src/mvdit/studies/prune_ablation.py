@@ -1,0 +1,237 @@
+"""The pruning ablation (`mvdit study prune`): the paper's Table 4, extended to every level.
+
+One teacher, one parameter budget (default: keep 55% of the DiT's parameters). Variants:
+tri-level, block-only, head-only and FFN-only search with the KD criterion, and tri-level with
+magnitude and first-order Taylor scores. Each pruned model is measured right after pruning and
+after the same KD recovery budget (`mvdit kd`): parameters, FLOPs per step, measured DiT latency,
+the KD loss on a held-out calibration set (other prompts and noise seeds than the search used),
+and the shapes detector's faithfulness (overall, colour, shape, motion) of its generated clips.
+
+Resumable: each variant lives in OUT/<variant>/ (pruned/, kd/, and rows.json once measured), and
+a rerun skips what is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+
+from mvdit import MvditError
+from mvdit.compress.importance import LEVELS, Calibration, reference_outputs
+from mvdit.compress.prune import parse_budget
+from mvdit.eval.evaluate import read_prompts
+from mvdit.io import atomic_write_text, read_json, write_json
+from mvdit.pipeline import Pipeline
+from mvdit.stages import kd as kd_stage
+from mvdit.stages.prune import calibration_for, latency_and_memory, run_prune, sampled_faithfulness
+
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "tri-level-kd": (list(LEVELS), "kd"),
+    "block-kd": (["block"], "kd"),
+    "head-kd": (["head", "cross_head"], "kd"),
+    "ffn-kd": (["ffn"], "kd"),
+    "tri-level-magnitude": (list(LEVELS), "magnitude"),
+    "tri-level-taylor": (list(LEVELS), "taylor"),
+}
+
+
+def heldout_kd(teacher: Pipeline, student: Pipeline, calib: Calibration, batch: int = 40) -> float:
+    """Velocity MSE between teacher and student on a calibration set."""
+    ref = reference_outputs(teacher.dit, calib, None, batch)
+    got = reference_outputs(student.dit, calib, None, batch)
+    err = sum(
+        float((a[0] - b[0]).pow(2).mean()) * a[0].shape[0] for a, b in zip(ref, got, strict=True)
+    )
+    return err / len(calib)
+
+
+def _measure(
+    teacher: Pipeline, model_dir: Path, calib: Calibration, rows: list[dict], seeds: int
+) -> dict:
+    pipe = Pipeline.from_pretrained(model_dir)
+    lat, mem = latency_and_memory(pipe.dit, calib)
+    out = {
+        "params": sum(p.numel() for p in pipe.dit.parameters()),
+        "flops": pipe.dit.flops_per_step(
+            pipe.dit.config.tokens(calib.x_t.shape[-3:]), calib.text.shape[1]
+        ),
+        "latency_ms": round(1000 * lat, 3),
+        "heldout_kd": heldout_kd(teacher, pipe, calib),
+    }
+    f = sampled_faithfulness(pipe, rows, seeds)
+    if f is not None:
+        out |= {k: f["all"][k] for k in ("overall", "colour", "shape", "motion", "count")}
+    return out
+
+
+def run_prune_study(
+    teacher_dir: str | Path,
+    out_dir: str | Path,
+    kd_config: str | Path,
+    variants: Sequence[str] | None = None,
+    budget: str = "params=0.55",
+    recovery_steps: int = 500,
+    calib_prompts: str | Path = "prompts/shapes-eval.txt",
+    heldout_prompts: str | Path = "prompts/shapes-paraphrase.txt",
+    eval_prompts: Sequence[str | Path] = ("prompts/shapes-eval.txt",),
+    eval_seeds: int = 1,
+    progress: bool = True,
+) -> list[dict]:
+    """Prune, measure, recover and measure again, per variant; write study.{md,csv,json,png}."""
+    out_dir = Path(out_dir)
+    variants = list(variants or VARIANTS)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise MvditError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    b = parse_budget(budget)
+    teacher = Pipeline.from_pretrained(teacher_dir)
+    # held out from the search: other prompts and other noise seeds
+    calib, _ = calibration_for(
+        teacher, heldout_prompts, 8, 2, (0.1, 0.3, 0.5, 0.7, 0.9), seed_offset=100
+    )
+    rows = [r for f in eval_prompts for r in read_prompts(f)]
+    base_path = out_dir / "teacher.json"
+    if not base_path.is_file():
+        write_json(base_path, _measure(teacher, Path(teacher_dir), calib, rows, eval_seeds))
+    base = read_json(base_path)
+    results = []
+    for name in variants:
+        vdir = out_dir / name
+        done = vdir / "rows.json"
+        if done.is_file():
+            results.append(read_json(done))
+            continue
+        levels, criterion = VARIANTS[name]
+        t0 = time.perf_counter()
+        if not (vdir / "pruned" / "prune.json").is_file():
+            run_prune(
+                teacher_dir, vdir / "pruned", b, levels, criterion, calib_prompts, progress=progress
+            )
+        prune_s = time.perf_counter() - t0
+        before = _measure(teacher, vdir / "pruned", calib, rows, eval_seeds)
+        t0 = time.perf_counter()
+        cfg = kd_stage.load_kd_config(
+            kd_config,
+            [f"kd.student='{vdir / 'pruned'}'", f"kd.teacher='{teacher_dir}'",
+             f"optim.steps={recovery_steps}", f"run.out_dir='{vdir / 'kd'}'"],
+        )  # fmt: skip
+        summary_path = vdir / "kd" / "summary.json"
+        if not (summary_path.is_file() and read_json(summary_path).get("steps") == recovery_steps):
+            kd_stage.train_kd(cfg, resume=(vdir / "kd" / "checkpoints").is_dir(), progress=progress)
+        kd_s = time.perf_counter() - t0
+        after = _measure(teacher, vdir / "kd" / "model", calib, rows, eval_seeds)
+        row = {
+            "variant": name,
+            "levels": levels,
+            "criterion": criterion,
+            "budget": str(b),
+            "recovery_steps": recovery_steps,
+            "before": before,
+            "after": after,
+            "seconds": {"prune": round(prune_s, 1), "kd": round(kd_s, 1)},
+        }
+        write_json(done, row)
+        results.append(row)
+    report = {"teacher": str(teacher_dir), "teacher_scores": base, "rows": results,
+              "eval_clips": len(rows) * eval_seeds, "threads": torch.get_num_threads()}  # fmt: skip
+    write_json(out_dir / "study.json", report)
+    atomic_write_text(out_dir / "study.md", study_markdown(report))
+    _write_csv(out_dir / "study.csv", report)
+    plot_study(report, out_dir / "study.png")
+    return results
+
+
+COLUMNS = ("params", "flops", "latency_ms", "heldout_kd", "overall", "colour", "shape", "motion")
+
+
+def _cell(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.3g}" if abs(x) < 0.01 or abs(x) >= 100 else f"{x:.3f}"
+
+
+def study_markdown(report: dict) -> str:
+    t = report["teacher_scores"]
+    lines = [
+        f"# Pruning ablation on {report['teacher']}",
+        "",
+        f"Faithfulness over {report['eval_clips']} generated clips per model; held-out KD loss: velocity "
+        "MSE against the teacher on prompts and noise seeds the search did not see.",
+        "",
+        "| model | when | " + " | ".join(COLUMNS) + " | prune s | KD s |",
+        "|---|---|" + "---:|" * (len(COLUMNS) + 2),
+        "| teacher | – | " + " | ".join(_cell(t.get(c)) for c in COLUMNS) + " | – | – |",
+    ]
+    for r in report["rows"]:
+        for when in ("before", "after"):
+            m = r[when]
+            label = "pruned" if when == "before" else f"after {r['recovery_steps']} KD steps"
+            secs = (
+                f"{r['seconds']['prune']:.0f} | {r['seconds']['kd']:.0f}"
+                if when == "after"
+                else "– | –"
+            )
+            lines.append(
+                f"| {r['variant']} | {label} | "
+                + " | ".join(_cell(m.get(c)) for c in COLUMNS)
+                + f" | {secs} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, report: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "when", *COLUMNS])
+        w.writerow(["teacher", "", *(report["teacher_scores"].get(c) for c in COLUMNS)])
+        for r in report["rows"]:
+            for when in ("before", "after"):
+                w.writerow([r["variant"], when, *(r[when].get(c) for c in COLUMNS)])
+    tmp.replace(path)
+
+
+def plot_study(report: dict, png: Path) -> None:
+    """Held-out KD loss and faithfulness per variant, right after pruning and after recovery."""
+    matplotlib.use("Agg")
+    rows = report["rows"]
+    names = [r["variant"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    x = range(len(rows))
+    for ax, key, label in (
+        (axes[0], "heldout_kd", "held-out KD loss (log)"),
+        (axes[1], "overall", "faithfulness: overall"),
+    ):
+        for k, (when, colour) in enumerate((("before", "tab:gray"), ("after", "tab:blue"))):
+            vals = [r[when].get(key) or 0 for r in rows]
+            ax.bar(
+                [i + 0.4 * k - 0.2 for i in x],
+                vals,
+                width=0.4,
+                color=colour,
+                label="pruned" if when == "before" else "after KD",
+            )
+        if key == "overall" and report["teacher_scores"].get(key) is not None:
+            ax.axhline(report["teacher_scores"][key], color="k", lw=1, ls="--", label="teacher")
+        if key == "heldout_kd":
+            ax.set_yscale("log")
+        ax.set_xticks(list(x), names, rotation=25, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"pruning to {rows[0]['budget'] if rows else ''}: variants at equal parameters", fontsize=10
+    )
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
