@@ -24,6 +24,7 @@ def short_run(tmp_path_factory):
         "optim.warmup_steps=1",
         "run.checkpoint_every=1",
         "run.keep_checkpoints=5",
+        "data.cache_clips=4",
     ]
     res = CliRunner().invoke(
         app, ["train", "--set", f"run.out_dir='{run}'"] + [a for s in sets for a in ("--set", s)]

@@ -206,6 +206,15 @@ def _finite(x: torch.Tensor | float) -> bool:
     return math.isfinite(float(x.detach() if isinstance(x, torch.Tensor) else x))
 
 
+def check_fresh_run(out_dir: str | Path, resume: bool) -> None:
+    """Refuse to start over a run that has checkpoints unless resuming (a stage calls this before
+    its expensive set-up, the loop again before training)."""
+    if not resume and latest_checkpoint(Path(out_dir)) is not None:
+        raise MvditError(
+            f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir"
+        )
+
+
 def train_loop(
     modules: dict[str, nn.Module],
     loss_fn: LossFn,
@@ -256,11 +265,8 @@ def train_loop(
     ema = EMA(modules[ema_module], optim.ema_decay) if ema_module and optim.ema_decay > 0 else None
 
     start = 0
+    check_fresh_run(out_dir, resume)
     ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None and not resume:
-        raise MvditError(
-            f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir"
-        )
     if resume and ckpt is not None:
         state = read_json(ckpt / "state.json")
         for k, m in modules.items():

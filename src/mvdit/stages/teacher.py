@@ -19,7 +19,7 @@ from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextEncoder, load_text_encoder
 from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
-from mvdit.train import make_batch_fn, train_loop
+from mvdit.train import check_fresh_run, make_batch_fn, train_loop
 
 
 def flow_inputs(vae: VideoAutoencoder, text: TextEncoder, flow: FlowConfig, shift: float):
@@ -106,6 +106,7 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
 
 
 def train_teacher(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    check_fresh_run(cfg.run.out_dir, resume)  # before the latent cache is built
     parts = build_teacher(cfg)
     batch_fn = make_batch_fn(
         parts.dataset, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed
