@@ -320,3 +320,14 @@ def test_prune_study_writes_its_table_and_resumes(tmp_path, capsys):
     code, _, err = run_cli(args, capsys)  # a rerun reads the finished variants back
     assert code == 0, err
     assert (out / "ffn-kd" / "rows.json").stat().st_mtime == stamp
+
+
+@pytest.mark.slow
+def test_paper_preset_prunes_to_the_paper_shape_and_reloads(tmp_path, capsys):
+    code, stdout, err = run_cli(["prune", "--preset", "paper", "-o", tmp_path / "p"], capsys)
+    assert code == 0, err
+    r = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert abs(r["pruned_params"] - 0.9e9) / 0.9e9 <= 0.07
+    assert r["blocks"] == 20 and r["heads"] == [20] and r["mean_ffn"] == 6144
+    assert r["reloaded_params"] == r["pruned_params"]
+    assert r["sliced_vs_masked_max_abs_diff"] <= 1e-4 * r["masked_velocity_max_abs"]

@@ -478,7 +478,9 @@ def prune_paper_preset(
     check = calib or random_calibration(cfg, (2, 4, 4), n=1, text_len=8)
     args = (check.x_t[:1], check.t[:1], check.text[:1], check.text_mask[:1])
     with torch.no_grad():
-        diff = float((teacher(*args, unit_mask=mask) - small(*args)).abs().max())
+        masked = teacher(*args, unit_mask=mask)
+        diff = float((masked - small(*args)).abs().max())
+        scale = float(masked.abs().max())
     del teacher
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -496,6 +498,7 @@ def prune_paper_preset(
         "mean_ffn": sum(ffns) / len(ffns),
         "sources": [b.source for b in reloaded.config.blocks],
         "sliced_vs_masked_max_abs_diff": diff,
+        "masked_velocity_max_abs": scale,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(out / "prune.json", json.dumps(report, indent=2) + "\n")
