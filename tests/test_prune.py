@@ -152,9 +152,14 @@ def test_levels_and_flops_budget_restrict_the_search():
 def test_measured_budgets_are_measured():
     model = _model()
     calib = _calib(model)
-    r = greedy_prune(model, calib, parse_budget("memory=1G"), criterion="magnitude", group=16)
-    assert r.history == [] and r.final["memory"] > sum(p.numel() * 4 for p in model.parameters())
-    assert r.base["latency"] > 0 if "latency" in r.base else True
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    # a budget the model already meets removes nothing; the measure counts at least the weights
+    r = greedy_prune(model, calib, parse_budget("memory=100G"), criterion="magnitude", group=16)
+    assert r.history == [] and r.final["memory"] >= weights
+    # a measured budget is measured on the sliced model: seconds of one step
+    from mvdit.compress.prune import measured_cost
+
+    assert 0 < measured_cost(model, UnitMask.full(model.config), calib, "latency") < 10
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,8 @@ def bench_cpu_default(
     vae = load_autoencoder(vae_path or default_vae_path()).eval()
     frames, height, width = 9, 32, 32
     shape = vae.latent_shape(frames, height, width)
-    patch = default_train_config().model.patch_size  # the DiT the default VAE is paired with
+    # the default VAE is read at the default config's patch size; another VAE at patch 1
+    patch = (default_train_config().model.patch_size or 1) if vae_path is None else 1
     dit = VideoDiT(preset_config("tiny", vae.latent_channels, text_dim, patch)).eval()
     z = torch.randn(1, *shape)
     text, mask = torch.randn(1, text_len, text_dim), torch.ones(1, text_len, dtype=torch.bool)
@@ -82,7 +83,7 @@ def bench_cpu_default(
         "vae": str(vae_path or default_vae_path()),
         "clip": f"{frames}x{height}x{width}",
         "latent": "x".join(map(str, shape)),
-        "dit": f"tiny preset, {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, {dit.config.tokens(shape)} tokens, {text_len} text tokens",
+        "dit": f"tiny preset, {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, {dit.config.tokens(shape)} tokens (patch {patch}), {text_len} text tokens",
         "repeats": repeats,
         "decode_ms_median": round(1000 * statistics.median(dec), 2),
         "decode_ms_min": round(1000 * min(dec), 2),
