@@ -548,16 +548,17 @@ def test_edge_weight_counts_the_outline_not_the_background():
 
 
 def test_shipped_vaes_load_by_name():
-    """ "default" is the 4x4x4 VAE the default DiT reads at patch 2; the earlier 4x8x8 one keeps
-    loading under its name; another name is a one-line error that lists the names."""
+    """"default" is the 4x8x8 VAE the default DiT reads at patch 1; "cpu-4x4x4" the one that keeps
+    shape, read at patch 2 (configs/tiny-4x4x4.toml); another name is a one-line error."""
     from mvdit.build import build_autoencoder
-    from mvdit.config import VAEConfig, default_train_config
+    from mvdit.config import VAEConfig, default_train_config, load_train_config
 
-    new = build_autoencoder(VAEConfig(kind="pretrained", path="default"))
-    old = build_autoencoder(VAEConfig(kind="pretrained", path="cpu-4x8x8"))
-    assert new.latent_shape(9, 32, 32) == (8, 3, 8, 8)
+    old = build_autoencoder(VAEConfig(kind="pretrained", path="default"))
+    new = build_autoencoder(VAEConfig(kind="pretrained", path="cpu-4x4x4"))
     assert old.latent_shape(9, 32, 32) == (16, 3, 4, 4)
-    cfg = default_train_config()
-    assert cfg.vae.path == "default" and cfg.model.patch_size == 2  # 3x4x4 = 48 tokens
-    with pytest.raises(MvditError, match="cpu-4x8x8"):
+    assert new.latent_shape(9, 32, 32) == (8, 3, 8, 8)
+    assert default_train_config().model.patch_size is None  # patch 1: 48 tokens
+    cfg = load_train_config("configs/tiny-4x4x4.toml")
+    assert cfg.vae.path == "cpu-4x4x4" and cfg.model.patch_size == 2  # 3x4x4 = 48 tokens
+    with pytest.raises(MvditError, match="cpu-4x4x4"):
         build_autoencoder(VAEConfig(kind="pretrained", path="vae-cpu-9"))

@@ -110,8 +110,8 @@ VAE_PRESETS: dict[str, dict] = {
     # CPU default (9x32x32 clips -> 3x4x4 latents, 48 DiT tokens). Patch 2 and a first stage at
     # 16x16 keep the shape of objects a few pixels wide (+1.6 dB over patch 4, docs/vae.md).
     "cpu": dict(latent_channels=16, patch_size=2, widths=[16, 32, 64, 64], down=["s", "ts", "t"]),
-    # CPU default since it replaced "cpu": 9x32x32 -> 3x8x8 latents of 8 channels, read by a DiT at
-    # patch 2 (48 tokens again). Objects span 2-3 latent cells instead of 1 (docs/vae.md).
+    # 9x32x32 -> 3x8x8 latents of 8 channels, read by a DiT at patch 2 (48 tokens, as "cpu").
+    # Objects span 2-3 latent cells instead of 1: shape survives reconstruction (docs/vae.md).
     "cpu-4x4x4": dict(latent_channels=8, patch_size=2, widths=[32, 64, 64], down=["ts", "t"]),
     "4x8x8": dict(patch_size=4, widths=[64, 128, 128], down=["ts", "t"]),
     "4x16x16": dict(patch_size=4, widths=[64, 128, 128], down=["ts", "ts"]),
@@ -586,11 +586,12 @@ def latent_stats(
 
 
 # The VAEs shipped in the package, by the name a config's vae.path may give instead of a directory.
-# "default" is the CPU preset's (9x32x32 clips, 4x4x4, 8 channels: the DiT's patch 2 makes 48
-# tokens); "cpu-4x8x8" the earlier 4x8x8, 16-channel one, kept so configs naming it still load.
+# "default" is the CPU preset's (9x32x32 clips, 4x8x8, 16 channels: 48 tokens at patch 1);
+# "cpu-4x4x4" keeps shapes far better in reconstruction (8 channels, read at patch 2), but the
+# tiny DiT trained on its latents generates worse clips (docs/vae.md).
 SHIPPED_VAES = {
-    "default": ("vae-cpu-4x4x4", "configs/vae-cpu.toml"),
-    "cpu-4x8x8": ("vae-cpu", "configs/vae-cpu-4x8x8.toml"),
+    "default": ("vae-cpu", "configs/vae-cpu.toml"),
+    "cpu-4x4x4": ("vae-cpu-4x4x4", "configs/vae-cpu-4x4x4.toml"),
 }
 
 
