@@ -336,3 +336,32 @@ def test_paper_preset_prunes_to_the_paper_shape_and_reloads(tmp_path, capsys):
     assert r["blocks"] == 20 and r["heads"] == [20] and r["mean_ffn"] == 6144
     assert r["reloaded_params"] == r["pruned_params"]
     assert r["sliced_vs_masked_max_abs_diff"] <= 1e-4 * r["masked_velocity_max_abs"]
+
+
+def test_kd_compares_guided_velocities_at_the_models_guidance():
+    """With guidance g the score is the MSE of v_u + g (v_c - v_u): text damage counts g times."""
+    from dataclasses import replace
+
+    model = _model()
+    calib = _calib(model)
+    null = torch.randn(1, calib.text.shape[1], model.config.text_dim)
+    guided = replace(
+        calib,
+        guidance=4.0,
+        null_text=null,
+        null_mask=torch.ones(1, calib.text.shape[1], dtype=torch.bool),
+    )
+    unit = Unit("cross_head", 0, 0)
+    score = kd_scores(model, guided, [unit], 16)[unit.key]["kd"]
+    small = slice_dit(model, remove(UnitMask.full(model.config), unit, 16))
+    n = len(calib)
+    nt, nm = null.expand(n, -1, -1), guided.null_mask.expand(n, -1)
+
+    def v(m):
+        with torch.no_grad():
+            vc = m(calib.x_t, calib.t, calib.text, calib.text_mask)
+            vu = m(calib.x_t, calib.t, nt, nm)
+        return vu + 4.0 * (vc - vu)
+
+    assert score == pytest.approx(float((v(model) - v(small)).pow(2).mean()), rel=1e-4)
+    assert score != pytest.approx(kd_scores(model, calib, [unit], 16)[unit.key]["kd"], rel=1e-2)

@@ -548,7 +548,7 @@ def test_edge_weight_counts_the_outline_not_the_background():
 
 
 def test_shipped_vaes_load_by_name():
-    """"default" is the 4x8x8 VAE the default DiT reads at patch 1; "cpu-4x4x4" the one that keeps
+    """ "default" is the 4x8x8 VAE the default DiT reads at patch 1; "cpu-4x4x4" the one that keeps
     shape, read at patch 2 (configs/tiny-4x4x4.toml); another name is a one-line error."""
     from mvdit.build import build_autoencoder
     from mvdit.config import VAEConfig, default_train_config, load_train_config

@@ -3,7 +3,8 @@
 A unit is one self-attention head, one cross-attention head, one group of FFN channels or one
 whole block (`Unit`). Its KD sensitivity is what the model loses when that unit alone is masked
 away (mvdit.models.dit.UnitMask): the MSE between the reference model's predicted velocity and
-the masked model's, and the same for the last block's output tokens, averaged over a fixed
+the masked model's (the classifier-free-guided velocity at the model's own guidance scale, the
+quantity its sampler integrates), and the same for the last block's output tokens, averaged over a fixed
 calibration set (`Calibration`: prompts x noise seeds x timesteps on the flow path). Masking
 equals slicing (mvdit.compress.slicing), so the score is exactly the damage of the removal.
 
@@ -168,6 +169,12 @@ class Calibration:
     text: torch.Tensor  # (N, L, text_dim)
     text_mask: torch.Tensor  # (N, L)
     record: dict  # prompts, seeds, timesteps, sampler: what the set was built from
+    # the model's guidance scale and the empty prompt's encoding (1, L, D): with guidance != 1 the
+    # KD discrepancy compares guided velocities, v_u + g (v_c - v_u), the quantity sampling uses,
+    # so the damage to the text conditioning counts g times, not once
+    guidance: float = 1.0
+    null_text: torch.Tensor | None = None
+    null_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x_t.shape[0]
@@ -205,15 +212,21 @@ def build_calibration(
             ts.append(tt)
             texts.append(text)
             masks.append(mask)
+    sampling = pipe.sampling(steps)
     record = {
         "prompts": list(prompts),
         "seeds": list(seeds),
         "timesteps": [float(t) for t in timesteps],
-        "sampler": pipe.sampling(steps).summary(),
+        "sampler": sampling.summary(),
         "items": len(prompts) * len(seeds) * len(timesteps),
+        "kd_on": "guided velocity" if sampling.guidance != 1 else "velocity",
     }
+    null_text, null_mask = pipe.text_encoder.encode([""])
     cat = torch.cat
-    return Calibration(cat(xs), cat(ts), cat(targets), cat(texts), cat(masks), record)
+    return Calibration(
+        cat(xs), cat(ts), cat(targets), cat(texts), cat(masks), record,
+        sampling.guidance, null_text, null_mask,
+    )  # fmt: skip
 
 
 def random_calibration(
@@ -243,24 +256,33 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _outputs(
+    model: VideoDiT, calib: Calibration, s: slice, mask: UnitMask | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(velocity, guided when calib.guidance != 1; last block's tokens of the conditional pass)
+    of one calibration batch, the conditional and unconditional passes in one forward."""
+    dev = _device(model)
+    x, t = calib.x_t[s].to(dev), calib.t[s].to(dev)
+    text, tmask = calib.text[s].to(dev), calib.text_mask[s].to(dev)
+    n = x.shape[0]
+    guided = calib.guidance != 1 and calib.null_text is not None
+    if guided:
+        x, t = torch.cat([x, x]), torch.cat([t, t])
+        text = torch.cat([text, calib.null_text.to(dev).expand(n, -1, -1)])
+        tmask = torch.cat([tmask, calib.null_mask.to(dev).expand(n, -1)])
+    f = model.features(x, t, text, tmask, blocks=[-1], unit_mask=mask)
+    v, h = f.velocity, f.tokens[len(model.blocks) - 1][:n]
+    if guided:
+        v = v[n:] + calib.guidance * (v[:n] - v[n:])
+    return v, h
+
+
 @torch.no_grad()
 def reference_outputs(
     model: VideoDiT, calib: Calibration, mask: UnitMask | None, batch: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(velocity, last block's tokens) of the reference model per calibration batch."""
-    dev = _device(model)
-    out = []
-    for s in calib.batches(batch):
-        f = model.features(
-            calib.x_t[s].to(dev),
-            calib.t[s].to(dev),
-            calib.text[s].to(dev),
-            calib.text_mask[s].to(dev),
-            blocks=[-1],
-            unit_mask=mask,
-        )
-        out.append((f.velocity, f.tokens[len(model.blocks) - 1]))
-    return out
+    return [_outputs(model, calib, s, mask) for s in calib.batches(batch)]
 
 
 @torch.no_grad()
@@ -272,20 +294,12 @@ def kd_discrepancy(
     batch: int,
 ) -> tuple[float, float]:
     """(velocity MSE, last-block token MSE) of the model under `mask` against `reference`."""
-    dev = _device(model)
     v_err = f_err = 0.0
     for s, (v_ref, f_ref) in zip(calib.batches(batch), reference, strict=True):
-        f = model.features(
-            calib.x_t[s].to(dev),
-            calib.t[s].to(dev),
-            calib.text[s].to(dev),
-            calib.text_mask[s].to(dev),
-            blocks=[-1],
-            unit_mask=mask,
-        )
+        v, h = _outputs(model, calib, s, mask)
         n = s.stop - s.start
-        v_err += float((f.velocity - v_ref).pow(2).mean()) * n
-        f_err += float((f.tokens[len(model.blocks) - 1] - f_ref).pow(2).mean()) * n
+        v_err += float((v - v_ref).pow(2).mean()) * n
+        f_err += float((h - f_ref).pow(2).mean()) * n
     return v_err / len(calib), f_err / len(calib)
 
 
