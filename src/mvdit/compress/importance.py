@@ -182,6 +182,10 @@ class Calibration:
     def batches(self, size: int) -> list[slice]:
         return [slice(s, min(s + size, len(self))) for s in range(0, len(self), size)]
 
+    def inputs(self, s: slice, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(x_t, t, text, text_mask) of the items in `s`, on `device`: a DiT forward's arguments."""
+        return tuple(v[s].to(device) for v in (self.x_t, self.t, self.text, self.text_mask))
+
 
 @torch.no_grad()
 def build_calibration(
@@ -262,8 +266,7 @@ def _outputs(
     """(velocity, guided when calib.guidance != 1; last block's tokens of the conditional pass)
     of one calibration batch, the conditional and unconditional passes in one forward."""
     dev = _device(model)
-    x, t = calib.x_t[s].to(dev), calib.t[s].to(dev)
-    text, tmask = calib.text[s].to(dev), calib.text_mask[s].to(dev)
+    x, t, text, tmask = calib.inputs(s, dev)
     n = x.shape[0]
     guided = calib.guidance != 1 and calib.null_text is not None
     if guided:
@@ -380,13 +383,7 @@ def taylor_scores(
             leaves = [m.blocks] + [t for lv in UnitMask.LEVELS[1:] for t in getattr(m, lv)]
             for t in leaves:
                 t.requires_grad_(True)
-            v = model(
-                calib.x_t[s].to(dev),
-                calib.t[s].to(dev),
-                calib.text[s].to(dev),
-                calib.text_mask[s].to(dev),
-                unit_mask=m,
-            )
+            v = model(*calib.inputs(s, dev), unit_mask=m)
             loss = (v - calib.target[s].to(dev)).pow(2).mean()
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             it = iter(grads)
@@ -453,13 +450,7 @@ def activation_scores(
         hooks.append(blk.register_forward_hook(per_block(b)))
     try:
         for s in calib.batches(batch):
-            model(
-                calib.x_t[s].to(dev),
-                calib.t[s].to(dev),
-                calib.text[s].to(dev),
-                calib.text_mask[s].to(dev),
-                unit_mask=mask,
-            )
+            model(*calib.inputs(s, dev), unit_mask=mask)
     finally:
         for h in hooks:
             h.remove()

@@ -94,12 +94,7 @@ def measured_cost(
     activation peak of that forward, measured on the model's device."""
     small = slice_dit(model, mask).eval()
     dev = next(small.parameters()).device
-    args = (
-        calib.x_t[:1].to(dev),
-        calib.t[:1].to(dev),
-        calib.text[:1].to(dev),
-        calib.text_mask[:1].to(dev),
-    )
+    args = calib.inputs(slice(0, 1), dev)
     with torch.no_grad():
         if kind == "latency":
             return statistics.median(timed(lambda: small(*args), dev, reps=reps))

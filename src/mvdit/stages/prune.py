@@ -103,7 +103,7 @@ def _read_scores(path: Path) -> dict[str, dict]:
 def latency_and_memory(dit: VideoDiT, calib: Calibration) -> tuple[float, float]:
     """Seconds of one DiT step at batch 1 (the fastest of the repeats), and parameter bytes plus
     the activation peak of that step."""
-    args = (calib.x_t[:1], calib.t[:1], calib.text[:1], calib.text_mask[:1])
+    args = calib.inputs(slice(0, 1))
     with torch.no_grad():
         # the fastest of the repeats: on a shared machine the slower ones measure the neighbours
         lat = min(timed(lambda: dit(*args), reps=10, min_seconds=0.2))
@@ -476,7 +476,7 @@ def prune_paper_preset(
     before, after = (sum(p.numel() for p in m.parameters()) for m in (teacher, small))
     # equal to the masked teacher, on a small random input
     check = calib or random_calibration(cfg, (2, 4, 4), n=1, text_len=8)
-    args = (check.x_t[:1], check.t[:1], check.text[:1], check.text_mask[:1])
+    args = check.inputs(slice(0, 1))
     with torch.no_grad():
         masked = teacher(*args, unit_mask=mask)
         diff = float((masked - small(*args)).abs().max())
