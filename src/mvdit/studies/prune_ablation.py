@@ -200,35 +200,44 @@ def _write_csv(path: Path, report: dict) -> None:
 
 
 def plot_study(report: dict, png: Path) -> None:
-    """Held-out KD loss and faithfulness per variant, right after pruning and after recovery."""
+    """Held-out KD loss per variant (pruned, after recovery), and the detector's colour, shape and
+    motion after recovery against the teacher's (dashed)."""
     matplotlib.use("Agg")
     rows = report["rows"]
     names = [r["variant"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     x = range(len(rows))
-    for ax, key, label in (
-        (axes[0], "heldout_kd", "held-out KD loss (log)"),
-        (axes[1], "overall", "faithfulness: overall"),
-    ):
-        for k, (when, colour) in enumerate((("before", "tab:gray"), ("after", "tab:blue"))):
-            vals = [r[when].get(key) or 0 for r in rows]
-            ax.bar(
-                [i + 0.4 * k - 0.2 for i in x],
-                vals,
-                width=0.4,
-                color=colour,
-                label="pruned" if when == "before" else "after KD",
-            )
-        if key == "overall" and report["teacher_scores"].get(key) is not None:
-            ax.axhline(report["teacher_scores"][key], color="k", lw=1, ls="--", label="teacher")
-        if key == "heldout_kd":
-            ax.set_yscale("log")
+    ax = axes[0]
+    for k, (when, colour) in enumerate((("before", "tab:gray"), ("after", "tab:blue"))):
+        vals = [r[when]["heldout_kd"] for r in rows]
+        label = (
+            "pruned"
+            if when == "before"
+            else f"after {rows[0]['recovery_steps'] if rows else 0} KD steps"
+        )
+        ax.bar([i + 0.4 * k - 0.2 for i in x], vals, width=0.4, color=colour, label=label)
+    ax.set_yscale("log")
+    ax.set_ylabel("held-out KD loss (log)")
+    ax = axes[1]
+    attrs = ("colour", "shape", "motion")
+    teacher = report["teacher_scores"]
+    for k, a in enumerate(attrs):
+        vals = [r["after"].get(a) or 0 for r in rows]
+        xs = [i + 0.27 * (k - 1) for i in x]
+        ax.bar(xs, vals, width=0.27, color=f"C{k}", label=f"{a} after KD")
+        if teacher.get(a) is not None:
+            for xx in xs:
+                ax.plot([xx - 0.13, xx + 0.13], [teacher[a]] * 2, color="k", ls="--", lw=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("detector accuracy (dashed: teacher)")
+    for ax in axes:
         ax.set_xticks(list(x), names, rotation=25, ha="right", fontsize=8)
-        ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
+    budget = rows[0]["budget"] if rows else ""
     fig.suptitle(
-        f"pruning to {rows[0]['budget'] if rows else ''}: variants at equal parameters", fontsize=10
+        f"pruning to {budget}: each variant at the same budget, before and after recovery",
+        fontsize=10,
     )
     fig.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp.png")
