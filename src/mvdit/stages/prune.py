@@ -139,13 +139,13 @@ def run_sensitivity(
 ) -> dict:
     """Score every unit of MODEL_DIR's DiT; write OUT/sensitivity.json and OUT/sensitivity.png."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    pipe = Pipeline.from_pretrained(model_dir)
+    pipe = Pipeline.from_pretrained(model_dir)  # a bad model directory leaves no OUT behind
     dit = pipe.dit.eval()
     group = group or default_group(dit.config)
     calib, rows = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
     record = calib.record | {"group": group, "model": str(Path(model_dir).resolve())}
+    out.mkdir(parents=True, exist_ok=True)
     _check_calibration(out, record)
     units = enumerate_units(dit.config, group)
     scores_path = out / "scores.jsonl"
