@@ -54,6 +54,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def save_figure(fig, path: str | Path, dpi: float | None = None) -> Path:
+    """Lay out a matplotlib figure, write it as PNG atomically (a temporary file, then a rename)
+    and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

@@ -33,6 +33,7 @@ from mvdit.io import (
     atomic_write_text,
     load_tensors,
     read_json,
+    save_figure,
     save_tensors,
     validate,
     write_json,
@@ -187,11 +188,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png_path)
+    save_figure(fig, png_path, dpi=110)
 
 
 def module_optim(optim: OptimConfig, overrides: dict[str, Any] | None, name: str) -> OptimConfig:

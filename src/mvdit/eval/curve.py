@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 from mvdit import MvditError
 from mvdit.data.shapes import parse_caption
 from mvdit.eval.evaluate import faithfulness, faithfulness_splits, read_prompts, sample_prompts
-from mvdit.io import atomic_write_text, load_state_strict, load_tensors, read_json, write_json
+from mvdit.io import (
+    atomic_write_text,
+    load_state_strict,
+    load_tensors,
+    read_json,
+    save_figure,
+    write_json,
+)
 from mvdit.pipeline import Pipeline
 
 ATTRS = ("overall", "count", "colour", "shape", "motion", "speed", "background")
@@ -195,8 +202,4 @@ def plot_curve(result: dict, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="lower right")
     ax.set_title(f"prompt faithfulness along {Path(result['run']).name}", fontsize=10)
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save_figure(fig, png, dpi=110)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mvdit import MvditError
 from mvdit.eval.evaluate import faithfulness_splits
-from mvdit.io import atomic_write_text
+from mvdit.io import atomic_write_text, save_figure
 
 
 def _find(run: Path, name: str) -> dict | None:
@@ -160,11 +160,7 @@ def speed_quality_plot(rows: Sequence[dict], path: Path) -> bool:
         "prompt faithfulness (higher is better)" if use_faith else "FVD analogue (lower is better)"
     )
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
     return True
 
 

@@ -47,7 +47,7 @@ from mvdit.compress.prune import Budget, greedy_prune, prune_to_shape
 from mvdit.compress.slicing import keep_sets, slice_dit
 from mvdit.config import preset_config
 from mvdit.eval.evaluate import faithfulness, read_prompts, sample_prompts
-from mvdit.io import atomic_dir, atomic_write_text, read_json, write_json
+from mvdit.io import atomic_dir, atomic_write_text, read_json, save_figure, write_json
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline
 
@@ -365,11 +365,7 @@ def plot_sensitivity(result: dict, png: Path) -> None:
         f"sensitivity of {_model_name(result['model'])}: each unit removed alone (top), each level pruned alone (bottom)",
         fontsize=10,
     )
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    save_figure(fig, png, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from mvdit import MvditError
 from mvdit.compress.importance import LEVELS, Calibration, reference_outputs
 from mvdit.compress.prune import parse_budget
 from mvdit.eval.evaluate import read_prompts
-from mvdit.io import atomic_write_text, read_json, write_json
+from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
 from mvdit.stages import kd as kd_stage
 from mvdit.stages.prune import calibration_for, latency_and_memory, run_prune, sampled_faithfulness
@@ -239,8 +239,4 @@ def plot_study(report: dict, png: Path) -> None:
         f"pruning to {budget}: each variant at the same budget, before and after recovery",
         fontsize=10,
     )
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    save_figure(fig, png, dpi=100)

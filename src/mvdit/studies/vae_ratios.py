@@ -24,7 +24,7 @@ import torch
 
 from mvdit.bench.measure import timed
 from mvdit.config import preset_config
-from mvdit.io import atomic_write_text, read_json, write_json
+from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.models.dit import dit_flops
 from mvdit.models.vae import CausalVideoVAE, vae_preset
 from mvdit.stages.vae import (
@@ -238,8 +238,4 @@ def plot_study(rows: list[dict], path: Path) -> None:
     b2.set_ylabel("VAE decode ms per clip", color="tab:green")
     b2.set_ylim(bottom=0)
     b.set_title("what each ratio costs")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
