@@ -50,6 +50,17 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _report_run(summary: dict, out_dir: str | Path) -> None:
+    """What a training command prints at the end: steps, time, final loss, where things are."""
+    out = Path(out_dir)
+    typer.echo(
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}"
+    )
+    typer.echo(
+        f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
+    )
+
+
 @app.command()
 def train(
     config: Annotated[
@@ -68,14 +79,7 @@ def train(
     """Train a text-to-video DiT teacher with rectified flow."""
 
     cfg = load_train_config(config or default_config_path(), set_)
-    summary = train_teacher(cfg, resume=resume)
-    out = Path(cfg.run.out_dir)
-    typer.echo(
-        f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}"
-    )
-    typer.echo(
-        f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
-    )
+    _report_run(train_teacher(cfg, resume=resume), cfg.run.out_dir)
 
 
 @app.command()
@@ -91,14 +95,7 @@ def kd(
     """Recover a pruned DiT by distillation from the model it was pruned from."""
 
     cfg = kd_stage.load_kd_config(config, set_)
-    summary = kd_stage.train_kd(cfg, resume=resume)
-    out = Path(cfg.run.out_dir)
-    typer.echo(
-        f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}"
-    )
-    typer.echo(
-        f"model: {out / 'model'}   loss curves: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
-    )
+    _report_run(kd_stage.train_kd(cfg, resume=resume), cfg.run.out_dir)
 
 
 @app.command()
