@@ -18,6 +18,7 @@ from mvdit.bench.dit import run_bench
 from mvdit.bench.measure import si
 from mvdit.bench.vae import bench_markdown, run_vae_bench
 from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
+from mvdit.compress.diffusers_dit import is_diffusers_transformer
 from mvdit.compress.importance import CRITERIA, LEVELS
 from mvdit.compress.prune import parse_budget
 from mvdit.config import PRESETS, default_config_path, load_train_config, preset_config
@@ -524,8 +525,15 @@ def prune(
         str | None,
         typer.Option(help="'paper': prune a random paper-teacher to 20 blocks, 20 heads, FFN 6144"),
     ] = None,
+    latent: Annotated[
+        str,
+        typer.Option(help="T,H,W of the Gaussian calibration latents, for a diffusers transformer"),
+    ] = "3,8,8",
 ) -> None:
-    """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is physically smaller."""
+    """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is physically smaller.
+
+    --model takes an mvdit pipeline directory, or a diffusers WanTransformer3DModel /
+    LTXVideoTransformer3DModel directory (calibrated on Gaussian inputs: it has no text encoder)."""
 
     if criterion not in CRITERIA:
         fail(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
@@ -549,6 +557,33 @@ def prune(
         return
     if model is None:
         fail("give --model PIPELINE_DIR (or --preset paper)")
+    if is_diffusers_transformer(model):
+        try:
+            shape = [int(v) for v in latent.split(",")]
+        except ValueError:
+            shape = []
+        if len(shape) != 3 or min(shape) < 1:
+            fail(f"--latent takes T,H,W (three positive integers), got {latent!r}")
+        r = prune_stage.run_prune_diffusers(
+            model, out, parse_budget(budget), _levels(levels), criterion, shape, group=group,
+            rescore_every=rescore_every,
+        )  # fmt: skip
+        b, f = r["base"], r["final"]
+        typer.echo(
+            f"{r['family']}: {len(r['history'])} units removed ({r['criterion']}, Gaussian calibration "
+            f"{r['calibration']['latent']}): params {b['params'] / 1e6:.3f}M -> {f['params'] / 1e6:.3f}M "
+            f"({f['params'] / b['params']:.1%}); reloaded vs masked max |diff| {r['reloaded_vs_masked_max_abs_diff']:.2e}"
+        )
+        widths = ", ".join(f"{x['heads']}/{x['cross_heads']}/{x['ffn_dim']}" for x in r["blocks"])
+        typer.echo(f"blocks kept (heads/cross heads/FFN): {widths}")
+        how = (
+            f"diffusers' own {r['class']}.from_pretrained loads it (uniform widths)"
+            if r["loader"] == "stock"
+            else "per-block widths: load it with mvdit.compress.diffusers_dit.load_transformer "
+            "(diffusers' from_pretrained cannot express them)"
+        )
+        typer.echo(f"wrote {out}: {how}")
+        return
     r = prune_stage.run_prune(
         model, out, parse_budget(budget), _levels(levels), criterion, prompts, n_prompts, seeds,
         _timesteps(timesteps), group, rescore_every,

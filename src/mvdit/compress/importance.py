@@ -153,6 +153,22 @@ def mask_cost(config: DiTConfig, mask: UnitMask, tokens: int, text_len: int) -> 
     return {"params": dit_params(cfg), "flops": dit_flops(cfg, tokens, text_len)}
 
 
+def model_cost(model, mask: UnitMask, tokens: int, text_len: int) -> dict[str, int]:
+    """mask_cost for mvdit's DiT; an adapted third-party DiT (mvdit.compress.diffusers_dit)
+    counts its own."""
+    if isinstance(model, VideoDiT):
+        return mask_cost(model.config, mask, tokens, text_len)
+    return model.cost(mask, tokens, text_len)
+
+
+def keeps_a_block(mask: UnitMask) -> bool:
+    """Whether some block keeps at least one unit (a DiT cannot lose them all)."""
+    return any(
+        bool(mask.blocks[b] != 0) and any(bool((m != 0).any()) for m in mask.block(b))
+        for b in range(mask.blocks.numel())
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the calibration set
 
@@ -331,6 +347,8 @@ def kd_scores(
 @torch.no_grad()
 def magnitude_scores(model: VideoDiT, units: Sequence[Unit], group: int) -> dict[str, float]:
     """L2 norm of each unit's weights (the rows that make its output and the columns that read it)."""
+    if not isinstance(model, VideoDiT):
+        return model.magnitude_scores(units, group)
     hd = model.config.head_dim
     out = {}
     for u in units:
@@ -462,6 +480,18 @@ def activation_scores(
     return {u.key: _unit_value(u, scaled, group) for u in units}
 
 
+ADAPTER_CRITERIA = ("kd", "magnitude")  # what an adapted third-party DiT can be scored with
+
+
+def check_adapter_criterion(criterion: str) -> None:
+    """Raise MvditError unless an adapted third-party DiT can be scored with `criterion`."""
+    if criterion not in ADAPTER_CRITERIA:
+        raise MvditError(
+            f"criterion '{criterion}' needs mvdit's DiT (gradients through its unit mask, hooks "
+            f"on its layers); a diffusers transformer is scored with {' or '.join(ADAPTER_CRITERIA)}"
+        )
+
+
 def criterion_scores(
     criterion: str,
     model: VideoDiT,
@@ -472,6 +502,8 @@ def criterion_scores(
     batch: int = 32,
 ) -> dict[str, float]:
     """One number per unit under `criterion` (CRITERIA); larger means more important."""
+    if not isinstance(model, VideoDiT):
+        check_adapter_criterion(criterion)
     if criterion == "kd":
         return {k: v["kd"] for k, v in kd_scores(model, calib, units, group, mask, batch).items()}
     if criterion == "magnitude":

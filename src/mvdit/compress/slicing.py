@@ -99,3 +99,9 @@ def slice_dit(model: VideoDiT, mask: UnitMask) -> VideoDiT:
         if dst.ffn is not None:
             _slice_ffn(src.ffn, dst.ffn, k["ffn"])
     return new.train(model.training)
+
+
+def slice_model(model, mask: UnitMask):
+    """slice_dit for mvdit's DiT; an adapted third-party DiT (mvdit.compress.diffusers_dit)
+    slices itself."""
+    return slice_dit(model, mask) if isinstance(model, VideoDiT) else model.slice(mask)

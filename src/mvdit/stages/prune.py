@@ -10,7 +10,8 @@ KD loss and (for a shapes model) the detector's faithfulness of the pruned model
 `run_prune` searches (mvdit.compress.prune), slices the DiT and writes a pipeline directory the
 other commands take as it is, with prune.json: the budget, criterion, calibration, the kept teacher
 units and one row per removal. `prune_paper_preset` does the surgery on a randomly initialised
-paper-size teacher.
+paper-size teacher. `run_prune_diffusers` does the same search and slicing on a diffusers Wan or
+LTX-Video transformer directory (mvdit.compress.diffusers_dit).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mvdit.compress.importance import (
     Calibration,
     Unit,
     build_calibration,
+    check_adapter_criterion,
     criterion_scores,
     default_group,
     enumerate_units,
@@ -439,6 +441,82 @@ def run_prune(
             p.rename(tmp / p.name)
         (tmp / "pipeline").rmdir()
         write_json(tmp / "prune.json", report)
+    return report
+
+
+def run_prune_diffusers(
+    model_dir: str | Path,
+    out: str | Path,
+    budget: Budget,
+    levels: Sequence[str] = LEVELS,
+    criterion: str = "kd",
+    latent: Sequence[int] = (3, 8, 8),
+    items: int = 8,
+    text_len: int = 16,
+    group: int | None = None,
+    rescore_every: int = 8,
+    batch: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Prune a diffusers Wan / LTX-Video transformer directory to `budget`; write it to OUT.
+
+    A transformer directory has no text encoder or VAE here, so the calibration set is Gaussian
+    latents of shape `latent` (C from the model) and Gaussian text features (recorded in the
+    report). Returns the report, including which loader reads the output ("stock": diffusers'
+    from_pretrained; "mvdit": mvdit.compress.diffusers_dit.load_transformer)."""
+    from mvdit.compress.diffusers_dit import load_transformer, save_pruned
+
+    check_adapter_criterion(criterion)
+    t0 = time.perf_counter()
+    model = load_transformer(model_dir).eval()
+    cfg = model.config
+    group = group or default_group(cfg)
+    calib = random_calibration(cfg, tuple(latent), n=items, text_len=text_len)
+    bar = tqdm(desc=f"prune to {budget}", unit="unit", disable=not progress)
+
+    def step(row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(params=f"{row['params'] / 1e6:.3f}M", unit=row["unit"])
+
+    result = greedy_prune(
+        model, calib, budget, levels, criterion, group, rescore_every, batch, progress=step
+    )
+    bar.close()
+    small = model.slice(result.mask).eval()
+    ref = reference_outputs(model, calib, result.mask, batch)
+    kd, kd_f = kd_discrepancy(
+        model, calib, result.mask, reference_outputs(model, calib, None, batch), batch
+    )
+    report = {
+        "teacher": str(model_dir),
+        "family": model.family,
+        "class": type(model.transformer).__name__,
+        "budget": str(budget),
+        "levels": list(levels),
+        "criterion": criterion,
+        "group": group,
+        "rescore_every": rescore_every,
+        "rescored": result.rescored,
+        "calibration": calib.record,
+        "base": result.base,
+        "final": result.final,
+        "kept_fraction": {
+            k: result.final[k] / result.base[k] for k in result.base if k in result.final
+        },
+        "calibration_kd": {"velocity_mse": kd, "last_block_mse": kd_f},
+        "blocks": [b.model_dump() for b in small.config.blocks],
+        "kept": small.config.sources,
+        "history": result.history,
+    }
+    loader = save_pruned(small, out, report)
+    # what was written is what was scored: reload it and compare with the masked teacher
+    got = reference_outputs(load_transformer(out).eval(), calib, None, batch)
+    report["loader"] = loader
+    report["reloaded_vs_masked_max_abs_diff"] = max(
+        float((a[0] - b[0]).abs().max()) for a, b in zip(ref, got, strict=True)
+    )
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(Path(out) / "prune.json", report)
     return report
 
 

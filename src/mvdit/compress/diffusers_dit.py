@@ -1,0 +1,548 @@
+"""Pruning diffusers' video transformers: `WanTransformer3DModel` and `LTXVideoTransformer3DModel`.
+
+`DiffusersDiT` wraps one so that mvdit's KD sensitivity (mvdit.compress.importance) and greedy
+search (mvdit.compress.prune) run on it unchanged. It is the adapter interface for a third-party
+DiT:
+- `config.blocks`: the units (self-attention heads, cross-attention heads, FFN channels per block);
+- `features(x, t, text, text_mask, unit_mask=...)`: the forward of the model without the units the
+  mask removes; `slice(mask)`: that model as physically smaller weights;
+- `cost(mask, tokens, text_len)`: its parameters and FLOPs per step; `magnitude_scores(units, group)`;
+- `save_pruned(model, dir)` / `load_transformer(dir)`.
+
+**What removing a head means here.** Both models normalise queries and keys with an RMSNorm over
+all heads together (`qk_norm = "rms_norm_across_heads"`), so a removed head is not just a zeroed
+output: the norm of the model without it runs over the kept heads' channels only. Masking is
+therefore done by running the sliced sub-modules (sharing the kept weights, copying nothing the
+mask keeps whole), which makes "masked" and "sliced" the same model by construction; the tests
+check the saved-and-reloaded model against it. LTX rotates queries and keys with one rotary table
+over all heads' channels before splitting them, so a sliced LTX attention keeps the table's
+channels of its kept heads (`_LTXKeptHeadsProcessor`).
+
+**Saving.** The stock `from_pretrained` rebuilds a model only from its config: blocks removed and,
+for Wan, one FFN width shared by every block (`ffn_dim`). Heads cannot be expressed there (both
+models tie the hidden width to the head count), nor can LTX's FFN width. When the pruned model
+fits the config, `save_pruned` writes a stock diffusers directory; otherwise it writes the same
+files plus `mvdit_prune.json` (per-block widths and the teacher's indices of every kept unit), and
+`load_transformer` rebuilds it. `save_pruned` returns which of the two it wrote.
+
+Flow time t in [0, 1] maps to the diffusers timestep 1000 t, and both models predict the flow
+velocity noise - x0, as mvdit's DiT does. Image-conditioned Wan (added key/value projections) is
+not supported. diffusers is an optional dependency (extra "interop").
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvdit import MvditError
+from mvdit.io import atomic_dir, read_json, write_json
+from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask
+
+FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
+RECORD = "mvdit_prune.json"
+
+
+def _diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise MvditError(
+            "pruning a diffusers transformer needs diffusers: pip install 'mvdit[interop]'"
+        ) from None
+    return diffusers
+
+
+def is_diffusers_transformer(path: str | Path) -> bool:
+    """Whether `path` holds a Wan or LTX-Video transformer directory (stock or pruned by mvdit)."""
+    cfg = Path(path) / "config.json"
+    return cfg.is_file() and read_json(cfg).get("_class_name") in FAMILIES
+
+
+class _Absent(nn.Module):
+    """A sub-layer with nothing left: it adds nothing to the residual stream (no bias either)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def _rows(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    new = nn.Linear(lin.in_features, len(idx), bias=lin.bias is not None)
+    new = new.to(device=lin.weight.device, dtype=lin.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight[idx])
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias[idx])
+    return new.requires_grad_(lin.weight.requires_grad)
+
+
+def _cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    new = nn.Linear(len(idx), lin.out_features, bias=lin.bias is not None)
+    new = new.to(device=lin.weight.device, dtype=lin.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight[:, idx])
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias)
+    return new.requires_grad_(lin.weight.requires_grad)
+
+
+def _norm(norm: nn.RMSNorm, idx: torch.Tensor) -> nn.RMSNorm:
+    new = nn.RMSNorm(len(idx), eps=norm.eps, elementwise_affine=norm.weight is not None)
+    if norm.weight is not None:
+        new = new.to(device=norm.weight.device, dtype=norm.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(norm.weight[idx])
+    return new
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A copy whose sub-modules and parameters can be swapped without touching the original."""
+    new = copy.copy(module)
+    new._modules = dict(module._modules)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._forward_hooks = type(module._forward_hooks)()
+    new._forward_pre_hooks = type(module._forward_pre_hooks)()
+    return new
+
+
+class _LTXKeptHeadsProcessor:
+    """LTX attention over a subset of the original heads: the rotary table (one over all heads'
+    channels, applied before the heads are split) is cut to the kept heads' channels."""
+
+    def __init__(self, channels: Sequence[int]):
+        self.channels = torch.tensor(list(channels), dtype=torch.long)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        image_rotary_emb=None,
+    ):
+        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+        b = hidden_states.shape[0]
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.norm_q(attn.to_q(hidden_states))
+        k = attn.norm_k(attn.to_k(ctx))
+        v = attn.to_v(ctx)
+        if image_rotary_emb is not None:
+            ch = self.channels.to(q.device)
+            freqs = tuple(f.index_select(-1, ch) for f in image_rotary_emb)
+            q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
+        q, k, v = (x.unflatten(2, (attn.heads, -1)).transpose(1, 2) for x in (q, k, v))
+        if attention_mask is not None:  # (B, 1, L) additive bias from the model's forward
+            attention_mask = attention_mask.view(b, 1, -1, attention_mask.shape[-1]).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        out = out.transpose(1, 2).flatten(2).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _head_channels(heads: Sequence[int], head_dim: int) -> list[int]:
+    return [h * head_dim + i for h in heads for i in range(head_dim)]
+
+
+def _slice_attention(attn: nn.Module, heads: list[int], family: str, rope: list[int] | None):
+    """`attn` keeping only `heads` (indices into its own heads); `rope`: for LTX, the rotary-table
+    channels those heads had in the unpruned model."""
+    if not heads:
+        return _Absent()
+    hd = attn.inner_dim // attn.heads
+    idx = torch.tensor(_head_channels(heads, hd), dtype=torch.long, device=attn.to_q.weight.device)
+    new = _shallow(attn)
+    new.to_q, new.to_k, new.to_v = (_rows(getattr(attn, n), idx) for n in ("to_q", "to_k", "to_v"))
+    new.to_out = nn.ModuleList([_cols(attn.to_out[0], idx), *list(attn.to_out)[1:]])
+    new.norm_q, new.norm_k = _norm(attn.norm_q, idx), _norm(attn.norm_k, idx)
+    new.heads = len(heads)
+    new.inner_dim = len(heads) * hd
+    if hasattr(attn, "kv_inner_dim"):
+        new.kv_inner_dim = new.inner_dim
+    if hasattr(attn, "inner_kv_dim"):
+        new.inner_kv_dim = new.inner_dim
+    if family == "ltx":
+        new.processor = _LTXKeptHeadsProcessor(rope if rope is not None else idx.tolist())
+    return new
+
+
+def _slice_ffn(ffn: nn.Module, channels: list[int]):
+    if not channels:
+        return _Absent()
+    idx = torch.tensor(channels, dtype=torch.long, device=ffn.net[2].weight.device)
+    act = _shallow(ffn.net[0])
+    act.proj = _rows(ffn.net[0].proj, idx)
+    new = _shallow(ffn)
+    new.net = nn.ModuleList([act, ffn.net[1], _cols(ffn.net[2], idx), *list(ffn.net)[3:]])
+    return new
+
+
+@dataclass
+class DiffusersConfig:
+    """What the pruning code reads of a model's structure (the adapter's `config`)."""
+
+    family: str
+    blocks: list[BlockSpec]
+    hidden_size: int
+    head_dim: int
+    in_channels: int
+    text_dim: int
+    patch: tuple[int, int, int]
+    sources: list[dict] = field(
+        default_factory=list
+    )  # per block: teacher block, heads, cross heads, ffn
+
+    def tokens(self, latent: Sequence[int]) -> int:
+        t, h, w = latent
+        pt, ph, pw = self.patch
+        return (t // pt) * (h // ph) * (w // pw)
+
+
+def _block_attrs(family: str) -> tuple[str, str, str]:
+    return ("attn1", "attn2", "ffn") if family == "wan" else ("attn1", "attn2", "ff")
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    return model.blocks if hasattr(model, "blocks") else model.transformer_blocks
+
+
+class DiffusersDiT(nn.Module):
+    """A Wan or LTX-Video transformer seen as a prunable DiT (the module docstring)."""
+
+    def __init__(self, transformer: nn.Module, sources: list[dict] | None = None):
+        super().__init__()
+        name = type(transformer).__name__
+        if name not in FAMILIES:
+            raise MvditError(
+                f"{name} is not a supported diffusers transformer; supported: {', '.join(FAMILIES)}"
+            )
+        self.family = FAMILIES[name]
+        self.transformer = transformer
+        cfg = transformer.config
+        if self.family == "wan" and cfg.get("added_kv_proj_dim") is not None:
+            raise MvditError(
+                "image-conditioned Wan (added_kv_proj_dim) is not supported by the pruner"
+            )
+        if self.family == "ltx" and (cfg.patch_size != 1 or cfg.patch_size_t != 1):
+            raise MvditError("the LTX pruner needs patch_size = patch_size_t = 1 (LTX-Video's own)")
+        a1, a2, f = _block_attrs(self.family)
+        specs = []
+        for blk in _blocks(transformer):
+            att, cross, ffn = getattr(blk, a1), getattr(blk, a2), getattr(blk, f)
+            specs.append(
+                BlockSpec(
+                    heads=0 if isinstance(att, _Absent) else att.heads,
+                    cross_heads=0 if isinstance(cross, _Absent) else cross.heads,
+                    ffn_dim=0 if isinstance(ffn, _Absent) else ffn.net[2].in_features,
+                )
+            )
+        n_heads, hd = cfg.num_attention_heads, cfg.attention_head_dim
+        if sources is None:  # the unpruned model: every unit is its own source
+            sources = [
+                {"block": b, "heads": list(range(s.heads)), "cross_heads": list(range(s.cross_heads)),
+                 "ffn": list(range(s.ffn_dim))}
+                for b, s in enumerate(specs)
+            ]  # fmt: skip
+        for s, src in zip(specs, sources, strict=True):
+            s.source = src["block"]
+        self.config = DiffusersConfig(
+            self.family,
+            specs,
+            hidden_size=n_heads * hd,
+            head_dim=hd,
+            in_channels=cfg.in_channels,
+            text_dim=cfg.text_dim if self.family == "wan" else cfg.caption_channels,
+            patch=tuple(cfg.patch_size) if self.family == "wan" else (1, 1, 1),
+            sources=sources,
+        )
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return _blocks(self.transformer)
+
+    # -- the model without the units a mask removes --------------------------------------------
+
+    def _kept(self, mask: UnitMask | None) -> list[dict]:
+        """Per kept block: its index here, kept heads, cross heads, FFN channels (own indices)."""
+        out = []
+        for b, spec in enumerate(self.config.blocks):
+            if mask is None:
+                out.append({"block": b, "heads": list(range(spec.heads)),
+                            "cross_heads": list(range(spec.cross_heads)),
+                            "ffn": list(range(spec.ffn_dim))})  # fmt: skip
+                continue
+            if mask.blocks[b] == 0:
+                continue
+            idx = [[int(i) for i in torch.nonzero(m != 0).flatten()] for m in mask.block(b)]
+            if any(idx):
+                out.append({"block": b, "heads": idx[0], "cross_heads": idx[1], "ffn": idx[2]})
+        return out
+
+    def _masked(self, mask: UnitMask | None) -> tuple[nn.Module, list[dict]]:
+        """A transformer computing the model without the removed units (sharing kept weights),
+        and the teacher-index record of what it keeps."""
+        if mask is None:
+            return self.transformer, self.config.sources
+        mask.check(self.config)
+        kept = self._kept(mask)
+        if not kept:
+            raise MvditError("the mask removes every block; keep at least one")
+        a1, a2, f = _block_attrs(self.family)
+        blocks, record = [], []
+        hd = self.config.head_dim
+        for k in kept:
+            b, spec, src = (
+                k["block"],
+                self.config.blocks[k["block"]],
+                self.config.sources[k["block"]],
+            )
+            blk = self.blocks[b]
+            whole = (
+                len(k["heads"]) == spec.heads
+                and len(k["cross_heads"]) == spec.cross_heads
+                and len(k["ffn"]) == spec.ffn_dim
+            )
+            heads = [src["heads"][i] for i in k["heads"]]
+            cross = [src["cross_heads"][i] for i in k["cross_heads"]]
+            record.append({"block": src["block"], "heads": heads, "cross_heads": cross,
+                           "ffn": [src["ffn"][i] for i in k["ffn"]]})  # fmt: skip
+            if whole:
+                blocks.append(blk)
+                continue
+            new = _shallow(blk)
+            for attr, own, orig in ((a1, k["heads"], heads), (a2, k["cross_heads"], cross)):
+                mod = getattr(blk, attr)
+                n = 0 if isinstance(mod, _Absent) else mod.heads
+                if len(own) != n:
+                    setattr(
+                        new, attr, _slice_attention(mod, own, self.family, _head_channels(orig, hd))
+                    )
+            if len(k["ffn"]) != spec.ffn_dim:
+                setattr(new, f, _slice_ffn(getattr(blk, f), k["ffn"]))
+            if self.family == "wan" and not k["cross_heads"]:
+                new.norm2 = nn.Identity()  # it only feeds the cross-attention
+            blocks.append(new)
+        model = _shallow(self.transformer)
+        model._modules["blocks" if self.family == "wan" else "transformer_blocks"] = nn.ModuleList(
+            blocks
+        )
+        return model, record
+
+    def slice(self, mask: UnitMask) -> DiffusersDiT:
+        """The physically smaller model `mask` describes (independent of this one's weights)."""
+        model, record = self._masked(mask)
+        model = copy.deepcopy(model)
+        model.register_to_config(num_layers=len(_blocks(model)))
+        return DiffusersDiT(model, record).train(self.training)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _run(self, model: nn.Module, x, t, text, text_mask):
+        b, _, nt, nh, nw = x.shape
+        timestep = t * 1000.0
+        if self.family == "wan":
+            return model(x, timestep, text, return_dict=False)[0]
+        tokens = x.flatten(2).transpose(1, 2)  # (B, T*H*W, C): LTX takes packed latents
+        mask = text_mask.to(x.dtype) if text_mask is not None else None
+        out = model(tokens, text, timestep, mask, nt, nh, nw, return_dict=False)[0]
+        return out.transpose(1, 2).reshape(b, -1, nt, nh, nw)
+
+    def features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        blocks: Sequence[int] = (),
+        unit_mask: UnitMask | None = None,
+    ) -> DiTFeatures:
+        """Velocity, and (for any `blocks` asked) the last block's output tokens; the time
+        embedding is not handed out (t_emb is None), the text is the encoder's, unprojected."""
+        model, _ = self._masked(unit_mask)
+        grabbed: dict[str, torch.Tensor] = {}
+
+        def grab(_mod, args):
+            grabbed["h"] = args[0]
+
+        hook = model.norm_out.register_forward_pre_hook(grab)
+        try:
+            v = self._run(model, x, t, text, text_mask)
+        finally:
+            hook.remove()
+        tokens = {len(self.blocks) - 1: grabbed["h"]} if blocks else {}
+        grid = tuple(n // p for n, p in zip(x.shape[-3:], self.config.patch, strict=True))
+        return DiTFeatures(tokens, None, text, text_mask, grid, v)
+
+    def forward(self, x, t, text, text_mask=None, unit_mask: UnitMask | None = None):
+        return self._run(self._masked(unit_mask)[0], x, t, text, text_mask)
+
+    # -- costs and the cheap criterion ---------------------------------------------------------
+
+    def _block_cost(self, b: int, heads: int, cross: int, ffn: int, tokens: int, text_len: int):
+        """(parameters, FLOPs) of block b with that many heads, cross heads and FFN channels."""
+        a1, a2, f = _block_attrs(self.family)
+        blk = self.blocks[b]
+        sub = (a1 + ".", a2 + ".", f + ".") + (("norm2.",) if self.family == "wan" else ())
+        fixed = sum(p.numel() for n, p in blk.named_parameters() if not n.startswith(sub))
+        params, flops = fixed, 0
+        hd = self.config.head_dim
+        for attr, n, kv_tokens in ((a1, heads, tokens), (a2, cross, text_len)):
+            mod = getattr(blk, attr)
+            if n == 0 or isinstance(mod, _Absent):
+                continue
+            ch = n * hd
+            q, k, v, o = mod.to_q, mod.to_k, mod.to_v, mod.to_out[0]
+            per_row = lambda lin: lin.in_features + (lin.bias is not None)  # noqa: E731
+            params += ch * (per_row(q) + per_row(k) + per_row(v) + o.out_features)
+            params += o.out_features if o.bias is not None else 0
+            params += sum(ch for nm in (mod.norm_q, mod.norm_k) if nm.weight is not None)
+            flops += 2 * ch * (tokens * q.in_features + kv_tokens * (k.in_features + v.in_features))
+            flops += 2 * tokens * ch * o.out_features + 4 * tokens * kv_tokens * ch
+            if attr == a2 and self.family == "wan" and not isinstance(blk.norm2, nn.Identity):
+                params += sum(p.numel() for p in blk.norm2.parameters())
+        ff = getattr(blk, f)
+        if ffn and not isinstance(ff, _Absent):
+            up, down = ff.net[0].proj, ff.net[2]
+            params += ffn * (up.in_features + 1 + down.out_features) + down.out_features
+            flops += 2 * tokens * ffn * (up.in_features + down.out_features)
+        return params, flops
+
+    def cost(self, mask: UnitMask | None, tokens: int, text_len: int) -> dict[str, int]:
+        """Parameters and FLOPs per step (linear layers and attention products) under `mask`."""
+        outside = sum(p.numel() for n, p in self.transformer.named_parameters()
+                      if not n.startswith(("blocks.", "transformer_blocks.")))  # fmt: skip
+        t = self.transformer
+        embed = t.patch_embedding if self.family == "wan" else t.proj_in
+        params, flops = outside, 2 * tokens * (embed.weight.numel() + t.proj_out.weight.numel())
+        for k in self._kept(mask):
+            p, fl = self._block_cost(k["block"], len(k["heads"]), len(k["cross_heads"]),
+                                     len(k["ffn"]), tokens, text_len)  # fmt: skip
+            params, flops = params + p, flops + fl
+        return {"params": params, "flops": flops}
+
+    @torch.no_grad()
+    def magnitude_scores(self, units, group: int) -> dict[str, float]:
+        """L2 norm of each unit's weights (the rows that make its output, the columns that read it)."""
+        from mvdit.compress.importance import ffn_groups
+
+        a1, a2, f = _block_attrs(self.family)
+        hd = self.config.head_dim
+        out = {}
+        for u in units:
+            blk = self.blocks[u.block]
+            if u.level == "block":
+                sq = sum(float(p.pow(2).sum()) for p in blk.parameters())
+            elif u.level in ("head", "cross_head"):
+                a = getattr(blk, a1 if u.level == "head" else a2)
+                r = slice(u.index * hd, (u.index + 1) * hd)
+                sq = sum(
+                    float(getattr(a, n).weight[r].pow(2).sum()) for n in ("to_q", "to_k", "to_v")
+                )
+                sq += float(a.to_out[0].weight[:, r].pow(2).sum())
+            else:
+                ff = getattr(blk, f)
+                ch = ffn_groups(ff.net[2].in_features, group)[u.index]
+                sq = float(
+                    ff.net[0].proj.weight[ch].pow(2).sum() + ff.net[2].weight[:, ch].pow(2).sum()
+                )
+            out[u.key] = sq**0.5
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# save and load
+
+
+def stock_loadable(model: DiffusersDiT) -> bool:
+    """Whether diffusers' own from_pretrained can rebuild `model` from its config alone."""
+    cfg = model.transformer.config
+    full_heads = all(s.heads == cfg.num_attention_heads and s.cross_heads == cfg.num_attention_heads
+                     for s in model.config.blocks)  # fmt: skip
+    ffns = {s.ffn_dim for s in model.config.blocks}
+    if model.family == "wan":
+        return full_heads and len(ffns) == 1
+    return full_heads and ffns == {4 * model.config.hidden_size}
+
+
+def save_pruned(model: DiffusersDiT, out: str | Path, report: dict | None = None) -> str:
+    """Write `model` to OUT atomically; returns "stock" (diffusers' from_pretrained loads it) or
+    "mvdit" (per-block widths: load it with load_transformer)."""
+    stock = stock_loadable(model)
+    t = model.transformer
+    if stock and model.family == "wan":
+        t.register_to_config(ffn_dim=model.config.blocks[0].ffn_dim)
+    t.register_to_config(num_layers=len(model.config.blocks))
+    with atomic_dir(out) as tmp:
+        t.save_pretrained(tmp, safe_serialization=True)
+        record = {
+            "loader": "stock" if stock else "mvdit",
+            "blocks": [s.model_dump() for s in model.config.blocks],
+            "sources": model.config.sources,
+        }
+        write_json(tmp / RECORD, record)
+        if report is not None:
+            write_json(tmp / "prune.json", report)
+    return "stock" if stock else "mvdit"
+
+
+def load_transformer(path: str | Path) -> DiffusersDiT:
+    """A (pruned or stock) Wan / LTX transformer directory as a DiffusersDiT."""
+    path = Path(path)
+    if not is_diffusers_transformer(path):
+        raise MvditError(
+            f"{path} is not a diffusers Wan or LTX transformer directory (config.json with _class_name "
+            f"one of {', '.join(FAMILIES)})"
+        )
+    cls = getattr(_diffusers(), read_json(path / "config.json")["_class_name"])
+    rec_path = path / RECORD
+    record = read_json(rec_path) if rec_path.is_file() else None
+    if record is None or record["loader"] == "stock":
+        model = cls.from_pretrained(path)
+        sources = record["sources"] if record is not None else None
+        return DiffusersDiT(model.eval(), sources)
+    from safetensors.torch import load_file
+
+    model = cls.from_config(cls.load_config(path))
+    full = DiffusersDiT(model)
+    # cut a freshly built model to the recorded widths (any indices: the weights come next)
+    mask = UnitMask.full(full.config)
+    for b, spec in enumerate(record["blocks"]):
+        for level, n in (("heads", spec["heads"]), ("cross_heads", spec["cross_heads"]),
+                         ("ffn", spec["ffn_dim"])):  # fmt: skip
+            getattr(mask, level)[b][n:] = 0
+    shaped = full.slice(mask)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise MvditError(f"{path} has no .safetensors weights")
+    state = {}
+    for w in weights:
+        state.update(load_file(w))
+    try:
+        shaped.transformer.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise MvditError(
+            f"{path}: the weights do not match {RECORD}: {str(e).splitlines()[0]}"
+        ) from None
+    out = DiffusersDiT(shaped.transformer.eval(), record["sources"])
+    if record["sources"]:
+        # the rotary-table channels of LTX's kept heads are those of the teacher's heads
+        _restore_rope(out)
+    return out
+
+
+def _restore_rope(model: DiffusersDiT) -> None:
+    if model.family != "ltx":
+        return
+    hd = model.config.head_dim
+    for blk, src in zip(model.blocks, model.config.sources, strict=True):
+        for attr, heads in (("attn1", src["heads"]), ("attn2", src["cross_heads"])):
+            mod = getattr(blk, attr)
+            if not isinstance(mod, _Absent) and hasattr(mod, "processor"):
+                if isinstance(mod.processor, _LTXKeptHeadsProcessor):
+                    mod.processor = _LTXKeptHeadsProcessor(_head_channels(heads, hd))
