@@ -154,3 +154,31 @@ def test_summarize():
     }
     with pytest.raises(MvditError):
         summarize([])
+
+
+def test_bootstrap_intervals_over_prompts():
+    from mvdit.eval.evaluate import CI_ATTRS, bootstrap_ci, paired_difference, prompt_clusters
+
+    rows = [{"split": "eval", "prompt": f"p{i // 2}"} for i in range(96)]  # 48 prompts x 2 seeds
+    prompt_of = prompt_clusters(rows)
+    assert prompt_of[:4] == [0, 0, 1, 1] and max(prompt_of) == 47
+
+    def clips(fn):
+        return [{a: fn(i, a) for a in CI_ATTRS} for i in range(96)]
+
+    half = clips(
+        lambda i, a: (i // 2) % 2 == 0 if a != "speed" else None
+    )  # right on every other prompt
+    ci = bootstrap_ci(half, prompt_of)
+    assert ci["speed"] is None
+    lo, hi = ci["colour"]
+    assert lo < 0.5 < hi and 0.15 < hi - lo < 0.45  # about 2 x 1.96 x sqrt(.25 / 48)
+
+    f = lambda c: {"per_clip_scores": c, "prompt_of_clip": prompt_of}  # noqa: E731
+    same = paired_difference(f(half), f(half))
+    assert same["colour"]["diff"] == 0 and same["colour"]["ci95"] == [0.0, 0.0]
+    right = clips(lambda i, a: True)
+    d = paired_difference(f(right), f(half))["colour"]
+    assert d["diff"] == 0.5 and d["ci95"][0] > 0.3 and d["ci95"][1] < 0.7
+    with pytest.raises(MvditError, match="same prompts"):
+        paired_difference(f(right), {"per_clip_scores": right, "prompt_of_clip": prompt_of[::-1]})

@@ -24,9 +24,9 @@ from mvdit.compress.prune import parse_budget
 from mvdit.config import PRESETS, default_config_path, load_train_config, preset_config
 from mvdit.data.shapes import write_examples
 from mvdit.eval.curve import checkpoint_curve
-from mvdit.eval.evaluate import evaluate
+from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
-from mvdit.io import write_json
+from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
 from mvdit.pipeline import Pipeline
@@ -600,6 +600,33 @@ def prune(
         f"calibration KD loss {r['calibration_kd']['velocity_mse']:.4g}; sliced vs masked max |diff| {r['sliced_vs_masked_max_abs_diff']:.2e}"
     )
     typer.echo(f"wrote {out} (a pipeline directory; prune.json holds the search)")
+
+
+@app.command("eval-compare")
+def eval_compare(
+    a: Annotated[Path, typer.Argument(help="eval.json (or its directory) of model A")],
+    b: Annotated[
+        Path, typer.Argument(help="eval.json (or its directory) of model B, same prompts and seeds")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="also write the table to this .md file")
+    ] = None,
+) -> None:
+    """Faithfulness of A minus B per attribute, with a paired bootstrap 95% interval over prompts."""
+
+    evals = []
+    for p in (a, b):
+        path = p / "eval.json" if p.is_dir() else p
+        f = read_json(path).get("faithfulness")
+        if not f:
+            fail(f"{path} has no faithfulness scores (its prompts are not shapes captions)")
+        evals.append(f)
+    diff = paired_difference(*evals)
+    table = difference_markdown(diff, "A", "B")
+    typer.echo(f"A = {a}\nB = {b}, {evals[0]['all']['clips']} clips each\n{table}", nl=False)
+    if out is not None:
+        atomic_write_text(out, f"A = `{a}`, B = `{b}`\n\n{table}")
+        typer.echo(f"wrote {out}")
 
 
 @app.command("eval-curve")

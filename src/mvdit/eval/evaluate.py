@@ -112,13 +112,112 @@ def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | N
         )
     out["by_motion"] = motion_breakdown(scores, wants)
     out["per_clip"] = [bool(s["overall"]) for s in scores]
+    out["per_clip_scores"] = [
+        {a: None if s[a] is None else bool(s[a]) for a in CI_ATTRS} for s in scores
+    ]
+    out["prompt_of_clip"] = prompt_clusters(rows)
+    out["ci95"] = bootstrap_ci(out["per_clip_scores"], out["prompt_of_clip"])
     # clips whose prompt gives the attribute no value the parser could read: not scored for it
     out["unscored"] = {a: sum(s[a] is None for s in scores) for a in ATTRIBUTES}
     return out
 
 
 # keys of a faithfulness() result that are not per-split summaries
-FAITHFULNESS_META = ("label", "note", "per_clip", "by_motion", "unscored")
+FAITHFULNESS_META = (
+    "label", "note", "per_clip", "by_motion", "unscored", "per_clip_scores", "prompt_of_clip",
+    "ci95",
+)  # fmt: skip
+CI_ATTRS = ("overall", *ATTRIBUTES)
+BOOTSTRAP = 2000  # resamples of the prompt set behind every interval
+
+
+def prompt_clusters(rows: Sequence[dict]) -> list[int]:
+    """The prompt index of every clip: clips of one prompt (its seeds) resample together."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault((r.get("split"), r["prompt"]), len(ids)) for r in rows]
+
+
+def _cluster_sums(per_clip: Sequence[dict], prompt_of: Sequence[int], attr: str):
+    n_prompts = max(prompt_of) + 1
+    right, scored = np.zeros(n_prompts), np.zeros(n_prompts)
+    for s, p in zip(per_clip, prompt_of, strict=True):
+        if s[attr] is not None:
+            right[p] += bool(s[attr])
+            scored[p] += 1
+    return right, scored
+
+
+def _resampled_accuracy(right, scored, idx) -> np.ndarray:
+    n = scored[idx].sum(1)
+    return np.where(n > 0, right[idx].sum(1) / np.maximum(n, 1), np.nan)
+
+
+def bootstrap_ci(
+    per_clip: Sequence[dict], prompt_of: Sequence[int], seed: int = 0
+) -> dict[str, list[float] | None]:
+    """95% interval of each attribute's accuracy, resampling prompts (with all their clips)
+    with replacement BOOTSTRAP times: the spread a different prompt set of this size would give."""
+    if not per_clip:
+        return {a: None for a in CI_ATTRS}
+    idx = np.random.default_rng(seed).integers(
+        0, max(prompt_of) + 1, (BOOTSTRAP, max(prompt_of) + 1)
+    )
+    out: dict[str, list[float] | None] = {}
+    for a in CI_ATTRS:
+        right, scored = _cluster_sums(per_clip, prompt_of, a)
+        if scored.sum() == 0:
+            out[a] = None
+            continue
+        acc = _resampled_accuracy(right, scored, idx)
+        out[a] = [float(np.nanpercentile(acc, 2.5)), float(np.nanpercentile(acc, 97.5))]
+    return out
+
+
+def paired_difference(a: dict, b: dict, seed: int = 0) -> dict[str, dict]:
+    """Accuracy of model A minus model B on the same clips' prompts (two faithfulness() results of
+    one prompt set and seed count), with a paired bootstrap 95% interval over prompts."""
+    for f in (a, b):
+        if "per_clip_scores" not in f:
+            raise MvditError(
+                "an eval.json without per-clip scores (written by an older mvdit): rerun mvdit eval"
+            )
+    if a["prompt_of_clip"] != b["prompt_of_clip"]:
+        raise MvditError(
+            "the two evaluations are not of the same prompts and seeds; compare runs of "
+            "mvdit eval with the same -p files and --seeds"
+        )
+    prompt_of = a["prompt_of_clip"]
+    idx = np.random.default_rng(seed).integers(
+        0, max(prompt_of) + 1, (BOOTSTRAP, max(prompt_of) + 1)
+    )
+    out = {}
+    for attr in CI_ATTRS:
+        ra, sa = _cluster_sums(a["per_clip_scores"], prompt_of, attr)
+        rb, sb = _cluster_sums(b["per_clip_scores"], prompt_of, attr)
+        if sa.sum() == 0 or sb.sum() == 0:
+            continue
+        d = _resampled_accuracy(ra, sa, idx) - _resampled_accuracy(rb, sb, idx)
+        out[attr] = {
+            "a": float(ra.sum() / sa.sum()),
+            "b": float(rb.sum() / sb.sum()),
+            "diff": float(ra.sum() / sa.sum() - rb.sum() / sb.sum()),
+            "ci95": [float(np.nanpercentile(d, 2.5)), float(np.nanpercentile(d, 97.5))],
+        }
+    return out
+
+
+def difference_markdown(diff: dict[str, dict], name_a: str, name_b: str) -> str:
+    """The paired comparison as a markdown table."""
+    lines = [
+        f"| attribute | {name_a} | {name_b} | difference | 95% interval (paired bootstrap over prompts) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for attr, d in diff.items():
+        lo, hi = d["ci95"]
+        lines.append(
+            f"| {attr} | {d['a']:.3f} | {d['b']:.3f} | {d['diff']:+.3f} | [{lo:+.3f}, {hi:+.3f}] |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def faithfulness_splits(f: dict) -> dict[str, dict]:
@@ -304,6 +403,11 @@ def eval_markdown(r: dict) -> str:
             lines.append(
                 f"| {k} | {f[k]['clips']} | " + " | ".join(_fmt(f[k].get(a)) for a in attrs) + " |"
             )
+        if f.get("ci95"):
+            cells = ", ".join(
+                f"{a} [{v[0]:.2f}, {v[1]:.2f}]" for a, v in f["ci95"].items() if v is not None
+            )
+            lines += ["", f"95% intervals over prompts (bootstrap, all splits): {cells}."]
         if "unscored" in f:
             lines += [
                 "",
