@@ -30,6 +30,7 @@ from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
 from mvdit.pipeline import Pipeline
+from mvdit.stages import distill as distill_stage
 from mvdit.stages import kd as kd_stage
 from mvdit.stages import prune as prune_stage
 from mvdit.stages import vae as vae_stage
@@ -97,6 +98,46 @@ def kd(
 
     cfg = kd_stage.load_kd_config(config, set_)
     _report_run(kd_stage.train_kd(cfg, resume=resume), cfg.run.out_dir)
+
+
+@app.command()
+def synth(
+    model: Annotated[Path, typer.Option("--model", "-m", help="teacher pipeline directory")],
+    prompts: Annotated[Path, typer.Option("--prompts", "-p", help="prompt file, one per line")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="latent cache directory (resumable)")],
+    seeds: Annotated[int, typer.Option(help="samples per prompt")] = 4,
+    steps: Annotated[int, typer.Option(help="teacher sampling steps")] = 40,
+    cfg: Annotated[
+        float | None, typer.Option(help="guidance scale (default: the teacher's)")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="clips sampled at once")] = 8,
+) -> None:
+    """Teacher samples of a prompt list as a latent cache (distill.synthetic, or data.kind = "cache")."""
+
+    if min(seeds, steps, batch) < 1:
+        fail("--seeds, --steps and --batch must be at least 1")
+    path = distill_stage.run_synth(model, prompts, out, seeds, steps, cfg, batch)
+    typer.echo(f"wrote {path} (index.json records the prompts, seeds and sampler)")
+
+
+@app.command()
+def distill(
+    config: Annotated[
+        Path, typer.Argument(help="TOML/YAML distillation config, e.g. configs/distill-tiny.toml")
+    ],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
+    ] = False,
+) -> None:
+    """Adversarial step distillation: a guidance-free N-step student with a DiT discriminator."""
+
+    cfg = distill_stage.load_distill_config(config, set_)
+    summary = distill_stage.train_distill(cfg, resume=resume)
+    _report_run(summary, cfg.run.out_dir)
+    typer.echo(f"student schedule {[round(t, 4) for t in summary['schedule']]}, no guidance")
 
 
 @app.command()

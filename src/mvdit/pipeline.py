@@ -139,7 +139,7 @@ class Sampling:
 
 @dataclass
 class Generation:
-    videos: torch.Tensor  # uint8 (B, T, H, W, 3)
+    videos: torch.Tensor | None  # uint8 (B, T, H, W, 3); None when generated with decode=False
     latents: torch.Tensor
     nfe: int
     timings: dict[str, float] = field(default_factory=dict)
@@ -187,7 +187,10 @@ class Pipeline:
         schedule: list[float] | None = None,
         negative: str = "",
         progress: bool = False,
+        decode: bool = True,
     ) -> Generation:
+        """Sample `prompts` with the model's sampler (or the overrides it allows); with
+        decode=False only the latents are returned (videos is None)."""
         if not prompts or any(not p.strip() for p in prompts):
             raise MvditError("the prompt is empty: give a text description of the video")
         sampling = self.sampling(steps, cfg, schedule)
@@ -220,9 +223,11 @@ class Pipeline:
         bar.close()
         timings["dit"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        videos = to_uint8(self.vae.decode(latents).float().cpu())
-        timings["decode"] = time.perf_counter() - t0
+        videos = None
+        if decode:
+            t0 = time.perf_counter()
+            videos = to_uint8(self.vae.decode(latents).float().cpu())
+            timings["decode"] = time.perf_counter() - t0
         return Generation(videos=videos, latents=latents.cpu(), nfe=nfe, timings=timings)
 
     def save_pretrained(

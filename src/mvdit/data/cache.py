@@ -106,6 +106,8 @@ def _dataset_summary(dataset: Dataset) -> dict:
     """What a rerun must agree on: the clip size and, for a folder, where the videos are."""
     base = getattr(dataset, "dataset", dataset)  # a Subset reports what it was cut from
     summary = {"type": type(base).__name__, "items": len(dataset)}
+    if callable(getattr(base, "summary", None)):  # e.g. teacher samples: prompts, seeds, sampler
+        summary |= base.summary()
     for k in ("frames", "height", "width", "fps", "seed", "split", "root"):
         if isinstance(v := getattr(base, k, None), int | float | str | Path):
             summary[k] = str(v) if isinstance(v, Path) else v
@@ -159,7 +161,9 @@ def build_latent_cache(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> Path:
-    """Encode every item of `dataset` ({"video", "caption"[, "path"]}) into `out_dir`.
+    """Encode every item of `dataset` ({"video", "caption"[, "path"]}) into `out_dir`; items that
+    carry a "latent" instead (samples a teacher generated in this autoencoder's space) are stored
+    as they are.
 
     Rerunning skips complete shards; a directory built with other encoders raises MvditError.
     Videos go to the autoencoder's device. Returns `out_dir`.
@@ -208,10 +212,13 @@ def build_latent_cache(
         latents, texts, masks, captions, paths = [], [], [], [], []
         for b in range(start, end, batch_size):
             items = [dataset[i] for i in range(b, min(end, b + batch_size))]
-            video = torch.stack([it["video"] for it in items]).to(device)
             caps = [it["caption"] for it in items]
             hidden, mask = text_encoder.encode(caps)
-            latents.append(autoencoder.encode(video).to("cpu", dtype))
+            if "latent" in items[0]:  # already in the autoencoder's latent space (teacher samples)
+                latent = torch.stack([it["latent"] for it in items])
+            else:
+                latent = autoencoder.encode(torch.stack([it["video"] for it in items]).to(device))
+            latents.append(latent.to("cpu", dtype))
             texts.append(hidden.to("cpu", dtype))
             masks.append(mask.cpu())
             captions += caps
