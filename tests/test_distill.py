@@ -152,3 +152,27 @@ def test_distill_command_rejects_a_bad_config(tmp_path, capsys):
                    f'[data]\nframes = 9\n[run]\nout_dir = "{tmp_path / "o"}"\n')  # fmt: skip
     code, _, err = run_cli(["distill", cfg], capsys)
     assert code != 0 and "disc.blocks = 3" in err and "Traceback" not in err
+
+
+def test_study_distill_trains_evaluates_and_times_each_row(tmp_path, capsys):
+    teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=4.0)
+    _config(tmp_path, teacher)  # writes distill.toml
+    cfg_path = tmp_path / "distill.toml"
+    out = tmp_path / "study"
+    args = ["study", "distill", "-m", teacher, "--config", cfg_path, "-o", out, "--seeds", "1",
+            "-p", _prompts(tmp_path), "--rows", "teacher-4-cfg,teacher-4,student-4",
+            "--set", "optim.steps=2"]  # fmt: skip
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((out / "study.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert [rows[k]["nfe"] for k in ("teacher-4-cfg", "teacher-4", "student-4")] == [8, 4, 4]
+    assert all(r["clips"] == 3 and r["end_to_end_s"] > r["dit_s"] > 0 for r in rows.values())
+    assert (out / "students" / "student-4" / "model" / "pipeline.json").is_file()
+    assert (out / "study.png").is_file() and "distilled student, 4 steps" in stdout
+    # a rerun reuses the trained student and the evaluations
+    stamp = (out / "rows" / "student-4" / "eval.json").stat().st_mtime
+    assert run_cli(args, capsys)[0] == 0
+    assert (out / "rows" / "student-4" / "eval.json").stat().st_mtime == stamp
+    code, _, err = run_cli([*args[:-4], "--rows", "nope"], capsys)
+    assert code != 0 and "unknown study row" in err

@@ -35,6 +35,9 @@ from mvdit.stages import kd as kd_stage
 from mvdit.stages import prune as prune_stage
 from mvdit.stages import vae as vae_stage
 from mvdit.stages.teacher import train_teacher
+from mvdit.studies.distill import ROWS as DISTILL_ROWS
+from mvdit.studies.distill import run_distill_study
+from mvdit.studies.distill import study_markdown as study_distill_markdown
 from mvdit.studies.prune_ablation import VARIANTS, run_prune_study
 from mvdit.studies.vae_ratios import run_vae_study
 from mvdit.video import contact_sheet, save_png, write_mp4
@@ -828,6 +831,44 @@ def study_prune(
             f"{r['variant']:>20}  params {b['params']:>9,}  held-out KD {b['heldout_kd']:.4g} -> {a['heldout_kd']:.4g}"
             + (f"  overall {b['overall']:.2f} -> {a['overall']:.2f}" if "overall" in a else "")
         )
+    typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
+
+
+@study_app.command("distill")
+def study_distill(
+    teacher: Annotated[Path, typer.Option("--teacher", "-m", help="the teacher pipeline")] = Path(
+        "runs/tiny/model"
+    ),
+    config: Annotated[
+        Path, typer.Option(help="distillation config the students are trained from")
+    ] = Path("configs/distill-tiny.toml"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="study directory; rerun to resume")
+    ] = Path("runs/study-distill"),
+    rows: Annotated[
+        str | None, typer.Option(help=f"comma-separated subset of: {', '.join(DISTILL_ROWS)}")
+    ] = None,
+    eval_prompts: Annotated[
+        list[Path] | None,
+        typer.Option("--prompts", "-p", help="prompt files (default: the three shipped ones)"),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="clips per prompt")] = 4,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a distillation key for every student"),
+    ] = None,
+) -> None:
+    """Teacher at 40/4/2 steps with and without CFG against the distilled students and their ablations."""
+
+    if seeds < 1:
+        fail(f"--seeds must be at least 1, got {seeds}")
+    chosen = [r.strip() for r in rows.split(",")] if rows else None
+    files = eval_prompts or [
+        Path("prompts/shapes-eval.txt"), Path("prompts/shapes-holdout.txt"),
+        Path("prompts/shapes-paraphrase.txt"),
+    ]  # fmt: skip
+    report = run_distill_study(teacher, config, out, files, seeds, chosen, set_ or [])
+    typer.echo(study_distill_markdown(report), nl=False)
     typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
 
 
