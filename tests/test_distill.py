@@ -92,7 +92,7 @@ def test_distill_trains_both_players_and_exports_a_guidance_free_student(tmp_pat
     for key in ("loss", "loss_disc", "loss_term_adv", "loss_term_regression", "disc_acc_real",
                 "disc_acc_fake", "grad_norm_model", "grad_norm_disc"):  # fmt: skip
         assert all(key in r for r in rows), key
-    assert (run / "loss.png").is_file()
+    assert (run / "loss.png").is_file() and (run / "players.png").is_file()
     assert (run / "samples" / "step_0000002.png").is_file() and (
         run / "samples" / "latest.png"
     ).is_file()

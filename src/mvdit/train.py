@@ -162,15 +162,16 @@ class EMA:
                 self.state[k].copy_(v)
 
 
-def plot_losses(metrics_path: Path, png_path: Path) -> None:
-    """Render every loss in metrics.jsonl (raw, light; moving average, dark) to one PNG."""
+def plot_losses(metrics_path: Path, png_path: Path, prefixes: tuple[str, ...] = ("loss",)) -> None:
+    """Render every metric of metrics.jsonl whose name starts with one of `prefixes` (default:
+    the losses; raw, light; moving average, dark) to one PNG, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    keys = sorted({k for r in rows for k in r if k.startswith("loss")})
+    keys = sorted({k for r in rows for k in r if k.startswith(prefixes)})
     if not rows or not keys:
         return
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)

@@ -26,7 +26,8 @@ Everything runs through the one training loop: the student is "model", the discr
 (its own AdamW and lr), so a non-finite step of either is skipped and counted, every term is a
 curve in loss.png, and the same config and seed give the same run. At every checkpoint the EMA
 student is exported as a pipeline whose sampler is the fixed schedule without guidance, and a
-grid of its clips at fixed prompts and seeds is written to OUT/samples/.
+grid of its clips at fixed prompts and seeds is written to OUT/samples/, and players.png draws
+the discriminator's accuracy on real and generated latents and both players' gradient norms.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from mvdit.flow import interpolate, sample_timesteps
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
 from mvdit.stages.teacher import flow_inputs
-from mvdit.train import latest_checkpoint, make_batch_fn, train_loop
+from mvdit.train import latest_checkpoint, make_batch_fn, plot_losses, train_loop
 from mvdit.video import contact_sheet, save_png
 
 
@@ -295,7 +296,7 @@ def make_distill_loss(
         metrics = {
             "loss_term_adv": float(l_adv.detach()),
             "loss_term_regression": float(l_reg.detach()),
-            "loss_term_r1": float(l_r1.detach()),
+            **({"loss_term_r1": float(l_r1.detach())} if dc.r1 > 0 else {}),
             "disc_acc_real": float(acc_real),
             "disc_acc_fake": float(acc_fake),
             "rollout_share": float(roll.float().mean()),
@@ -378,6 +379,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
             VideoDiT.from_pretrained(path / "dit"), pipe.vae, pipe.text_encoder, student_config
         )
         sample_grid(exported, out_dir, ds.sample_prompts)
+        # the two players beside loss.png: discriminator accuracy, gradient norms, rollout share
+        plot_losses(out_dir / "metrics.jsonl", out_dir / "players.png", ("disc_acc", "grad_norm"))
 
     dump = cfg.model_dump(mode="json") | {"schedule": schedule, "teacher_guidance": guidance}
     summary = train_loop(
