@@ -374,6 +374,50 @@ def plot_sensitivity(result: dict, png: Path) -> None:
 # pruning
 
 
+def _search(
+    model,
+    calib: Calibration,
+    budget: Budget,
+    levels,
+    criterion,
+    group,
+    rescore_every,
+    batch,
+    progress: bool,
+):
+    """greedy_prune with a progress bar; returns the result and the report fields every pruned
+    model records (the search, the calibration, the costs, the calibration KD loss)."""
+    bar = tqdm(desc=f"prune to {budget}", unit="unit", disable=not progress)
+
+    def step(row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(params=f"{row['params'] / 1e6:.3f}M", unit=row["unit"])
+
+    result = greedy_prune(
+        model, calib, budget, levels, criterion, group, rescore_every, batch, progress=step
+    )
+    bar.close()
+    kd, kd_f = kd_discrepancy(
+        model, calib, result.mask, reference_outputs(model, calib, None, batch), batch
+    )
+    report = {
+        "budget": str(budget),
+        "levels": list(levels),
+        "criterion": criterion,
+        "group": group,
+        "rescore_every": rescore_every,
+        "rescored": result.rescored,
+        "calibration": calib.record,
+        "base": result.base,
+        "final": result.final,
+        "kept_fraction": {
+            k: result.final[k] / result.base[k] for k in result.base if k in result.final
+        },
+        "calibration_kd": {"velocity_mse": kd, "last_block_mse": kd_f},
+    }
+    return result, report
+
+
 def run_prune(
     model_dir: str | Path,
     out: str | Path,
@@ -395,39 +439,17 @@ def run_prune(
     dit = pipe.dit.eval()
     group = group or default_group(dit.config)
     calib, _ = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
-    bar = tqdm(desc=f"prune to {budget}", unit="unit", disable=not progress)
-
-    def step(row: dict) -> None:
-        bar.update(1)
-        bar.set_postfix(params=f"{row['params'] / 1e6:.2f}M", unit=row["unit"])
-
-    result = greedy_prune(
-        dit, calib, budget, levels, criterion, group, rescore_every, batch, progress=step
+    result, search = _search(
+        dit, calib, budget, levels, criterion, group, rescore_every, batch, progress
     )
-    bar.close()
     small = slice_dit(dit, result.mask).eval()
     # the sliced model computes what the masked teacher computed
     ref = reference_outputs(dit, calib, result.mask, batch)
     got = reference_outputs(small, calib, None, batch)
     max_diff = max(float((a[0] - b[0]).abs().max()) for a, b in zip(ref, got, strict=True))
-    kd, kd_f = kd_discrepancy(
-        dit, calib, result.mask, reference_outputs(dit, calib, None, batch), batch
-    )
     report = {
         "teacher": str(model_dir),
-        "budget": str(budget),
-        "levels": list(levels),
-        "criterion": criterion,
-        "group": group,
-        "rescore_every": rescore_every,
-        "rescored": result.rescored,
-        "calibration": calib.record,
-        "base": result.base,
-        "final": result.final,
-        "kept_fraction": {
-            k: result.final[k] / result.base[k] for k in result.base if k in result.final
-        },
-        "calibration_kd": {"velocity_mse": kd, "last_block_mse": kd_f},
+        **search,
         "sliced_vs_masked_max_abs_diff": max_diff,
         "blocks": [b.model_dump() for b in small.config.blocks],
         "kept": keep_sets(result.mask),
@@ -472,38 +494,16 @@ def run_prune_diffusers(
     cfg = model.config
     group = group or default_group(cfg)
     calib = random_calibration(cfg, tuple(latent), n=items, text_len=text_len)
-    bar = tqdm(desc=f"prune to {budget}", unit="unit", disable=not progress)
-
-    def step(row: dict) -> None:
-        bar.update(1)
-        bar.set_postfix(params=f"{row['params'] / 1e6:.3f}M", unit=row["unit"])
-
-    result = greedy_prune(
-        model, calib, budget, levels, criterion, group, rescore_every, batch, progress=step
+    result, search = _search(
+        model, calib, budget, levels, criterion, group, rescore_every, batch, progress
     )
-    bar.close()
     small = model.slice(result.mask).eval()
     ref = reference_outputs(model, calib, result.mask, batch)
-    kd, kd_f = kd_discrepancy(
-        model, calib, result.mask, reference_outputs(model, calib, None, batch), batch
-    )
     report = {
         "teacher": str(model_dir),
         "family": model.family,
         "class": type(model.transformer).__name__,
-        "budget": str(budget),
-        "levels": list(levels),
-        "criterion": criterion,
-        "group": group,
-        "rescore_every": rescore_every,
-        "rescored": result.rescored,
-        "calibration": calib.record,
-        "base": result.base,
-        "final": result.final,
-        "kept_fraction": {
-            k: result.final[k] / result.base[k] for k in result.base if k in result.final
-        },
-        "calibration_kd": {"velocity_mse": kd, "last_block_mse": kd_f},
+        **search,
         "blocks": [b.model_dump() for b in small.config.blocks],
         "kept": small.config.sources,
         "history": result.history,
