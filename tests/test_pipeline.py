@@ -107,3 +107,44 @@ def test_sampling_with_a_precomputed_text_context_is_unchanged(tmp_path):
         {"text": ntext, "text_mask": nmask}, 3.0,
     )  # fmt: skip
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_pipeline_saved_in_fp16_with_a_shipped_vae_reference_reloads(tmp_path):
+    """What a shipped model is: fp16 DiT weights, and vae/ naming the package's VAE."""
+    from mvdit.build import load_autoencoder
+    from mvdit.models.dit import DiTConfig, VideoDiT
+    from mvdit.models.text import TextConfig, load_text_encoder
+    from mvdit.models.vae import shipped_vae_path
+    from mvdit.pipeline import PipelineConfig
+
+    torch.manual_seed(0)
+    vae = load_autoencoder(shipped_vae_path("default"))
+    text = load_text_encoder(TextConfig(max_length=8))
+    dit = VideoDiT(
+        DiTConfig.uniform(
+            depth=1,
+            heads=2,
+            ffn_dim=32,
+            hidden_size=32,
+            head_dim=16,
+            in_channels=vae.latent_channels,
+            text_dim=text.dim,
+        )  # fmt: skip
+    )
+    torch.nn.init.normal_(dit.out.weight, std=0.1)
+    pipe = Pipeline(dit, vae, text, PipelineConfig(frames=9, height=32, width=32, fps=8))
+    pipe.save_pretrained(tmp_path / "p", dit_dtype=torch.float16, shipped_vae="default")
+    assert json.loads((tmp_path / "p" / "vae" / "config.json").read_text()) == {
+        "kind": "shipped", "name": "default",
+    }  # fmt: skip
+    assert not (tmp_path / "p" / "vae" / "model.safetensors").exists()
+    back = Pipeline.from_pretrained(tmp_path / "p")
+    for k, v in dit.state_dict().items():
+        got = back.dit.state_dict()[k]
+        assert got.dtype == torch.float32 and torch.equal(got, v.half().float())
+    assert back.vae.latent_channels == vae.latent_channels
+    with pytest.raises(MvditError, match="not the shipped VAE"):
+        Pipeline(
+            dit, load_autoencoder(shipped_vae_path("cpu-4x4x4")), text, pipe.config
+        ).save_pretrained(tmp_path / "q", shipped_vae="default")
+    assert not (tmp_path / "q").exists()

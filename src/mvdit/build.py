@@ -35,13 +35,15 @@ def load_autoencoder(path: str | Path) -> VideoAutoencoder:
         raise MvditError(f"autoencoder directory {path} does not exist")
     cfg = read_json(path / "config.json")
     kind = cfg.get("kind", cfg.get("_class_name"))
+    if kind == "shipped":  # a reference to a VAE inside the package (a shipped pipeline's vae/)
+        return load_autoencoder(shipped_vae_path(cfg["name"]))
     if kind == "patchify":
         return PatchifyAutoencoder(cfg["temporal_factor"], cfg["spatial_factor"])
     if kind == "causal_vae":
         return CausalVideoVAE.from_pretrained(path)
     if kind in diffusers_vae.KINDS:
         return diffusers_vae.DiffusersVideoVAE.from_pretrained(path)
-    known = ["patchify", "causal_vae", *diffusers_vae.KINDS]
+    known = ["patchify", "causal_vae", "shipped", *diffusers_vae.KINDS]
     raise MvditError(f"{path}: unknown autoencoder kind {kind!r}; known: {', '.join(known)}")
 
 

@@ -30,6 +30,7 @@ from mvdit.io import atomic_dir, read_json, validate, write_json
 from mvdit.models.autoencoder import VideoAutoencoder, to_uint8
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder
+from mvdit.models.vae import shipped_vae_path
 
 FORMAT = 2  # pipeline.json layout; 1 (no "format" key) kept the sampler settings at the top level
 
@@ -231,13 +232,33 @@ class Pipeline:
         return Generation(videos=videos, latents=latents.cpu(), nfe=nfe, timings=timings)
 
     def save_pretrained(
-        self, path: str | Path, dit_state: dict[str, torch.Tensor] | None = None
+        self,
+        path: str | Path,
+        dit_state: dict[str, torch.Tensor] | None = None,
+        dit_dtype: torch.dtype | None = None,
+        shipped_vae: str | None = None,
     ) -> None:
-        """Write the whole pipeline atomically (an interrupted save leaves the old one intact)."""
+        """Write the whole pipeline atomically (an interrupted save leaves the old one intact).
+
+        `dit_dtype` stores the DiT's weights in that dtype (fp16 for a shipped model; loading
+        casts them back to the model's fp32). `shipped_vae` names a VAE inside the package
+        (SHIPPED_VAES) that vae/ refers to instead of holding a copy; it must be this VAE."""
+        state = dit_state if dit_state is not None else self.dit.state_dict()
+        if dit_dtype is not None:
+            state = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        if shipped_vae is not None:
+            from mvdit.data.cache import weights_hash
+
+            ref = load_autoencoder(shipped_vae_path(shipped_vae))
+            if weights_hash(ref) != weights_hash(self.vae):
+                raise MvditError(f"this pipeline's VAE is not the shipped VAE {shipped_vae!r}")
         with atomic_dir(path) as tmp:
             write_json(tmp / "pipeline.json", self.config.model_dump())
-            self.dit.save_pretrained(tmp / "dit", state=dit_state)
-            self.vae.save_pretrained(tmp / "vae")
+            self.dit.save_pretrained(tmp / "dit", state=state)
+            if shipped_vae is None:
+                self.vae.save_pretrained(tmp / "vae")
+            else:
+                write_json(tmp / "vae" / "config.json", {"kind": "shipped", "name": shipped_vae})
 
     @classmethod
     def from_pretrained(
