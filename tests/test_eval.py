@@ -124,6 +124,23 @@ def test_frechet_distance_matches_the_matrix_square_root_formula():
         frechet_distance(a, b[:, :4])
 
 
+def test_kernel_distance_is_unbiased_at_small_sample_sizes():
+    from mvdit.eval.metrics import kernel_distance
+
+    rng = np.random.default_rng(2)
+    # one distribution: the estimate averages to 0 whatever the sample size (Fréchet does not)
+    same = [kernel_distance(rng.normal(size=(12, 8)), rng.normal(size=(12, 8))) for _ in range(200)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))
+    fd = [frechet_distance(rng.normal(size=(12, 8)), rng.normal(size=(12, 8))) for _ in range(50)]
+    assert np.mean(fd) > 1.0  # the Fréchet distance's small-sample bias, for contrast
+    # a shifted distribution: clearly positive, at 12 clips as at 200
+    small = kernel_distance(rng.normal(size=(12, 8)), rng.normal(size=(12, 8)) + 1.0)
+    large = kernel_distance(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)) + 1.0)
+    assert small > 0.5 and large > 0.5 and abs(small - large) < 0.5 * large
+    with pytest.raises(MvditError, match="at least 2"):
+        kernel_distance(np.zeros((1, 8)), np.zeros((3, 8)))
+
+
 # -------------------------------------------------------------------------------------------------
 # the shipped feature network
 

@@ -449,6 +449,10 @@ def eval_markdown(r: dict) -> str:
         lines.append(
             f"| FVD analogue ({d['n_generated']} generated vs {d['n_real']} real) | {d['value']:.3f} | {d['label']} | {d['note']} |"
         )
+        if "kid" in d:
+            lines.append(
+                f"| KID (same embeddings) | {d['kid']:.4f} | {d['label']} | unbiased at small sample sizes |"
+            )
     return "\n".join(lines) + "\n"
 
 

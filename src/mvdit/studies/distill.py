@@ -138,6 +138,7 @@ def run_distill_study(
             entry[f"{a}_ci95"] = (f.get("ci95") or {}).get(a)
         d = ev.get("distribution") or {}
         entry["fvd_analogue"] = d.get("value")
+        entry["kid"] = d.get("kid")
         entry["vbench"] = {k: v["value"] for k, v in ev["vbench"].items()}
         table.append(entry)
     report = {
@@ -171,22 +172,23 @@ def study_markdown(report: dict) -> str:
         "",
         "| row | NFE | DiT ms/clip | end-to-end ms/clip | speed-up | "
         + " | ".join(ATTRS)
-        + " | FVD analogue |",
-        "|---|---:|---:|---:|---:|" + "---|" * len(ATTRS) + "---:|",
+        + " | FVD analogue | KID |",
+        "|---|---:|---:|---:|---:|" + "---|" * len(ATTRS) + "---:|---:|",
     ]
     for r in rows:
         up = f"{ref['end_to_end_s'] / r['end_to_end_s']:.1f}x" if ref else "–"
         fvd = "–" if r["fvd_analogue"] is None else f"{r['fvd_analogue']:.1f}"
+        kid = "–" if r.get("kid") is None else f"{r['kid']:.4f}"
         lines.append(
             f"| {r['label']} | {r['nfe']} | {1000 * r['dit_s']:.0f} | {1000 * r['end_to_end_s']:.0f} | {up} | "
             + " | ".join(_ci(r[a], r[f"{a}_ci95"]) for a in ATTRS)
-            + f" | {fvd} |"
+            + f" | {fvd} | {kid} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys = ["row", "label", "clips", "nfe", "dit_s", "end_to_end_s", *ATTRS, "fvd_analogue"]
+    keys = ["row", "label", "clips", "nfe", "dit_s", "end_to_end_s", *ATTRS, "fvd_analogue", "kid"]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
