@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.build import load_autoencoder
+from mvdit.data.cache import weights_hash
 from mvdit.flow import (
     check_schedule,
     euler_sample,
@@ -247,8 +248,6 @@ class Pipeline:
         if dit_dtype is not None:
             state = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in state.items()}
         if shipped_vae is not None:
-            from mvdit.data.cache import weights_hash
-
             ref = load_autoencoder(shipped_vae_path(shipped_vae))
             if weights_hash(ref) != weights_hash(self.vae):
                 raise MvditError(f"this pipeline's VAE is not the shipped VAE {shipped_vae!r}")

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvdit import MvditError
+from mvdit.compress.importance import ffn_groups
 from mvdit.io import atomic_dir, read_json, write_json
 from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask
 
@@ -429,8 +430,6 @@ class DiffusersDiT(nn.Module):
     @torch.no_grad()
     def magnitude_scores(self, units, group: int) -> dict[str, float]:
         """L2 norm of each unit's weights (the rows that make its output, the columns that read it)."""
-        from mvdit.compress.importance import ffn_groups
-
         a1, a2, f = _block_attrs(self.family)
         hd = self.config.head_dim
         out = {}

@@ -47,6 +47,8 @@ from mvdit import MvditError
 from mvdit.build import build_dataset
 from mvdit.compress.slicing import slice_dit
 from mvdit.config import DataConfig, FlowConfig, OptimConfig, RunConfig, Strict, load_config
+from mvdit.data.cache import LatentCacheDataset, build_latent_cache
+from mvdit.eval.evaluate import read_prompts
 from mvdit.flow import interpolate, sample_timesteps
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
@@ -324,8 +326,6 @@ def mixed_batch_fn(cfg: DistillConfig, pipe: Pipeline):
     )
     synth_fn = None
     if n_synth:
-        from mvdit.data.cache import LatentCacheDataset
-
         synth = LatentCacheDataset(ds.synthetic, pipe.vae, pipe.text_encoder)
         synth_fn = make_batch_fn(synth, n_synth, cfg.optim.grad_accum, cfg.run.seed + 1)
 
@@ -487,9 +487,6 @@ def run_synth(
 ) -> Path:
     """The teacher's samples of every prompt of PROMPTS_FILE under `seeds` seeds, as a latent
     cache (data.kind = "cache", or distill.synthetic) at OUT; resumable shard by shard."""
-    from mvdit.data.cache import build_latent_cache
-    from mvdit.eval.evaluate import read_prompts
-
     pipe = Pipeline.from_pretrained(model_dir)
     prompts = [r["prompt"] for r in read_prompts(prompts_file)]
     ds = TeacherSamples(pipe, prompts, seeds, steps, guidance, batch, seed, str(model_dir))

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.bench.measure import PeakMemory, timed
+from mvdit.compress.diffusers_dit import load_transformer, save_pruned
 from mvdit.compress.importance import (
     CRITERIA,
     LEVELS,
@@ -486,7 +487,6 @@ def run_prune_diffusers(
     latents of shape `latent` (C from the model) and Gaussian text features (recorded in the
     report). Returns the report, including which loader reads the output ("stock": diffusers'
     from_pretrained; "mvdit": mvdit.compress.diffusers_dit.load_transformer)."""
-    from mvdit.compress.diffusers_dit import load_transformer, save_pruned
 
     check_adapter_criterion(criterion)
     t0 = time.perf_counter()
