@@ -205,10 +205,14 @@ def plot_samples(out: Path, names: Sequence[str], png: Path) -> None:
     sheets = [(n, p) for n, p in sheets if p.is_file()]
     if not sheets:
         return
-    fig, axes = plt.subplots(1, len(sheets), figsize=(3.2 * len(sheets), 9), squeeze=False)
-    for ax, (n, p) in zip(axes[0], sheets, strict=True):
-        img = plt.imread(p)
-        ax.imshow(img[: img.shape[0] // 3])  # the first third: 8 prompts
+    imgs = [plt.imread(p) for _, p in sheets]
+    imgs = [img[: img.shape[0] // 3] for img in imgs]  # the first third: 8 prompts
+    aspect = imgs[0].shape[0] / imgs[0].shape[1]
+    fig, axes = plt.subplots(
+        1, len(sheets), figsize=(3.2 * len(sheets), 3.2 * aspect + 0.4), squeeze=False
+    )
+    for ax, (n, _), img in zip(axes[0], sheets, imgs, strict=True):
+        ax.imshow(img)
         ax.set_title(ROWS[n].label, fontsize=8)
         ax.axis("off")
     save_figure(fig, png, dpi=110)
