@@ -318,12 +318,10 @@ def mixed_batch_fn(cfg: DistillConfig, pipe: Pipeline):
     ds = cfg.distill
     bs = cfg.optim.batch_size
     n_synth = round(bs * ds.synthetic_fraction) if ds.synthetic else 0
-    real = build_dataset(cfg.data, "train", pipe.vae, pipe.text_encoder)
-    real_fn = (
-        make_batch_fn(real, bs - n_synth, cfg.optim.grad_accum, cfg.run.seed)
-        if bs - n_synth > 0
-        else None
-    )
+    real_fn = None
+    if bs - n_synth > 0:
+        real = build_dataset(cfg.data, "train", pipe.vae, pipe.text_encoder)
+        real_fn = make_batch_fn(real, bs - n_synth, cfg.optim.grad_accum, cfg.run.seed)
     synth_fn = None
     if n_synth:
         synth = LatentCacheDataset(ds.synthetic, pipe.vae, pipe.text_encoder)
@@ -349,7 +347,14 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     """Distil the teacher into an N-step, guidance-free student; export it to OUT/model."""
     ds = cfg.distill
     teacher_pipe = Pipeline.from_pretrained(ds.teacher)
-    pipe = Pipeline.from_pretrained(ds.student)
+    # one text encoder: the teacher and the discriminator read the student's text states
+    pipe = Pipeline.from_pretrained(ds.student, text_encoder=teacher_pipe.text_encoder)
+    if pipe.config.text != teacher_pipe.config.text:
+        raise MvditError(
+            f"the teacher {ds.teacher} and the student {ds.student} use different text encoders "
+            f"({teacher_pipe.config.text.model_dump()} vs {pipe.config.text.model_dump()}); "
+            "distil with the teacher's text encoder"
+        )
     student, teacher = pipe.dit, teacher_pipe.dit
     if teacher.config.in_channels != student.config.in_channels:
         raise MvditError(
@@ -375,10 +380,11 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
         Pipeline(student, pipe.vae, pipe.text_encoder, student_config).save_pretrained(
             path, dit_state=state
         )
-        exported = Pipeline(
-            VideoDiT.from_pretrained(path / "dit"), pipe.vae, pipe.text_encoder, student_config
+        ema = copy.deepcopy(student).eval()  # the weights just written, without reading them back
+        ema.load_state_dict(state)
+        sample_grid(
+            Pipeline(ema, pipe.vae, pipe.text_encoder, student_config), out_dir, ds.sample_prompts
         )
-        sample_grid(exported, out_dir, ds.sample_prompts)
         # the two players beside loss.png: discriminator accuracy, gradient norms, rollout share
         plot_losses(out_dir / "metrics.jsonl", out_dir / "players.png", ("disc_acc", "grad_norm"))
 

@@ -172,7 +172,7 @@ def train_kd(cfg: KDConfig, resume: bool = False, progress: bool = True) -> dict
     """Distil the teacher into the pruned student; export a pipeline to OUT/model."""
     student_pipe = Pipeline.from_pretrained(cfg.kd.student)
     teacher_path = resolve_teacher(cfg.kd)
-    teacher = Pipeline.from_pretrained(teacher_path).dit
+    teacher = VideoDiT.from_pretrained(teacher_path / "dit")  # its VAE and text are the student's
     student = student_pipe.dit
     if teacher.config.in_channels != student.config.in_channels:
         raise MvditError(f"the teacher {teacher_path} and the student read different latents")

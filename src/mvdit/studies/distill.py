@@ -75,7 +75,11 @@ def _student(cfg_path: str | Path, name: str, row: Row, out: Path, base: list[st
 
 def _end_to_end(models: dict[str, tuple[str, int | None, float | None]], reps: int) -> dict:
     """Median seconds per clip (total and DiT) of every row, repeats interleaved across rows."""
-    pipes = {k: Pipeline.from_pretrained(m) for k, (m, _, _) in models.items()}
+    loaded: dict[str, Pipeline] = {}  # the teacher rows share one teacher
+    for m, _, _ in models.values():
+        if m not in loaded:
+            loaded[m] = Pipeline.from_pretrained(m)
+    pipes = {k: loaded[m] for k, (m, _, _) in models.items()}
     prompt = ["a red circle moves to the left on a black background"]
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
     for k, pipe in pipes.items():  # warm-up
