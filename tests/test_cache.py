@@ -10,7 +10,7 @@ import transformers
 from mvdit import MvditError
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache, shard_name
 from mvdit.models.autoencoder import PatchifyAutoencoder
-from mvdit.models.text import TextConfig, TextEncoder, default_minilm_path
+from mvdit.models.text import TextConfig, default_minilm_path, hf_text_encoder
 from mvdit.train import make_batch_fn
 
 
@@ -48,7 +48,7 @@ def tiny_text(tokenizer, seed=0):
         num_attention_heads=2,
         intermediate_size=32,
     )
-    return TextEncoder(tokenizer, transformers.BertModel(cfg), TextConfig(max_length=8))
+    return hf_text_encoder(tokenizer, transformers.BertModel(cfg), TextConfig(max_length=8))
 
 
 def test_cache_matches_direct_encoding(tmp_path, tokenizer):

@@ -8,7 +8,15 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mvdit import MvditError
-from mvdit.models.text import TextConfig, TextEncoder, default_minilm_path, load_text_encoder
+from mvdit.data.cache import weights_hash
+from mvdit.models.text import (
+    MiniLM,
+    TextConfig,
+    TextEncoder,
+    default_minilm_path,
+    hf_text_encoder,
+    load_text_encoder,
+)
 
 PROMPTS = ["a red ball bounces left", "two blue squares"]
 
@@ -24,7 +32,8 @@ def test_bundled_minilm_offline(minilm):
     assert mask.dtype == torch.bool
     # [CLS] + word pieces + [SEP], then padding: a prefix of True, never True after a False.
     n = mask.sum(1)
-    lengths = [len(minilm.tokenizer(p)["input_ids"]) for p in PROMPTS]
+    reference = transformers.AutoTokenizer.from_pretrained(default_minilm_path())
+    lengths = [len(reference(p)["input_ids"]) for p in PROMPTS]
     assert n.tolist() == lengths
     assert all(mask[i, : n[i]].all() and not mask[i, n[i] :].any() for i in range(2))
     assert torch.isfinite(hidden).all()
@@ -36,6 +45,52 @@ def test_minilm_truncates_to_max_length(minilm):
     assert hidden.shape == (1, 16, 384) and mask.all()
 
 
+def test_minilm_equals_transformers_bert(minilm):
+    # The plain-torch BERT against transformers' BertModel on the bundled weights: same token ids
+    # (lower-casing, accents, punctuation, truncation), same states, same weights and hash.
+    path = default_minilm_path()
+    ref = hf_text_encoder(
+        transformers.AutoTokenizer.from_pretrained(path),
+        transformers.AutoModel.from_pretrained(path),
+        TextConfig(max_length=16),
+    )
+    prompts = [*PROMPTS, "Héllo, WORLD! a yellow-star (rotating)", "word " * 40]
+    ids, mask = minilm.tokenize(prompts)
+    ref_ids, ref_mask = ref.tokenize(prompts)
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    hidden, _ = minilm.encode(prompts)
+    torch.testing.assert_close(hidden, ref.encode(prompts)[0], atol=2e-5, rtol=1e-5)
+    assert weights_hash(minilm.model) == weights_hash(ref.model.inner)
+    assert isinstance(minilm.model, MiniLM)
+
+
+def test_minilm_kind_reads_a_local_bert_directory(tmp_path):
+    # A tiny random BERT saved by transformers loads through the plain-torch path unchanged,
+    # with or without a pooling layer.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_minilm_path())
+    cfg = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=24,
+    )
+    for pooling in (True, False):
+        torch.manual_seed(0)
+        model = transformers.BertModel(cfg, add_pooling_layer=pooling).eval()
+        d = tmp_path / f"bert-{pooling}"
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        enc = load_text_encoder(TextConfig(kind="minilm", path=str(d), max_length=12))
+        assert enc.dim == 32 and isinstance(enc.model, MiniLM)
+        torch.testing.assert_close(
+            enc.encode(PROMPTS)[0], _reference(model, tokenizer, PROMPTS, 12)
+        )
+    with pytest.raises(MvditError, match="exceeds the 24 positions"):
+        load_text_encoder(TextConfig(kind="minilm", path=str(d), max_length=32))
+
+
 def test_encode_cached_matches_encode(minilm):
     h, m = minilm.encode(PROMPTS)
     hc, mc = minilm.encode_cached([PROMPTS[1], PROMPTS[0], PROMPTS[1]])
@@ -44,7 +99,9 @@ def test_encode_cached_matches_encode(minilm):
 
 
 def test_encode_cached_is_a_bounded_lru(minilm):
-    enc = TextEncoder(minilm.tokenizer, minilm.model, TextConfig(max_length=16, cache_size=2))
+    enc = TextEncoder(
+        minilm.tokenize, minilm.model, minilm.dim, TextConfig(max_length=16, cache_size=2)
+    )
     calls = []
     real = enc.encode
     enc.encode = lambda prompts: calls.append(list(prompts)) or real(prompts)
@@ -95,7 +152,7 @@ def test_tiny_clip_from_directory(tmp_path):
     tokenizer.save_pretrained(tmp_path)
 
     enc = load_text_encoder(TextConfig(kind="clip", path=str(tmp_path), max_length=12))
-    assert isinstance(enc.model, transformers.CLIPTextModel) and enc.dim == 32
+    assert isinstance(enc.model.inner, transformers.CLIPTextModel) and enc.dim == 32
     hidden, mask = enc.encode(PROMPTS)
     assert hidden.shape == (2, 12, 32)
     assert mask.sum(1).tolist() == [len(tokenizer(p)["input_ids"]) for p in PROMPTS]
@@ -118,7 +175,7 @@ def test_tiny_t5_from_directory(tmp_path):
     tokenizer.save_pretrained(tmp_path)
 
     enc = load_text_encoder(TextConfig(kind="t5", path=str(tmp_path), max_length=8))
-    assert isinstance(enc.model, transformers.T5EncoderModel) and enc.dim == 32
+    assert isinstance(enc.model.inner, transformers.T5EncoderModel) and enc.dim == 32
     assert enc.tokenizer.pad_token == "</s>"
     hidden, mask = enc.encode(PROMPTS)
     assert hidden.shape == (2, 8, 32)

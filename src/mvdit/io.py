@@ -101,8 +101,13 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights, naming the first tensor whose name or shape differs (never a bare traceback)."""
+def load_state_strict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """Load weights, naming the first tensor whose name or shape differs (never a bare traceback).
+
+    `assign=True` puts the checkpoint's tensors in place of the module's (cast to the module's
+    dtypes), for a module built on the meta device."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -119,7 +124,9 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
             raise MvditError(
                 f"{source}: tensor '{k}' has shape {tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model config"
             )
-    module.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def format_validation_error(e: ValidationError, source: str, hint: str = "") -> str:

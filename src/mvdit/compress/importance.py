@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import spearmanr
 
 from mvdit import MvditError
 from mvdit.flow import interpolate, velocity_target
@@ -519,4 +518,6 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Spearman's rank correlation (None with fewer than 3 units or a constant side)."""
     if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
         return None
+    from scipy.stats import spearmanr  # deferred: seconds of import that generating does not need
+
     return float(spearmanr(a, b).statistic)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from mvdit import MvditError
 from mvdit.data.shapes import (
@@ -173,6 +172,8 @@ def detect_frame(
     frame: np.ndarray, background: np.ndarray, index: int = 0, noise: float = 0.0
 ) -> list[Detection]:
     """Find the objects in one (H, W, 3) float frame given the background and the pixel noise."""
+    from scipy import ndimage  # deferred: a third of a second that generating does not need
+
     h, w, _ = frame.shape
     diff = frame - background
     if noise > NOISY:

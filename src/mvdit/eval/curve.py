@@ -18,8 +18,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
@@ -186,7 +184,11 @@ def curve_markdown(result: dict) -> str:
 
 
 def plot_curve(result: dict, png: Path) -> None:
+    import matplotlib  # deferred: seconds of import that generating does not need
+
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     pts = result["points"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     steps = [p["step"] for p in pts]

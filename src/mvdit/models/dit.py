@@ -239,8 +239,23 @@ def _present(mask: torch.Tensor | None, module: nn.Module | None) -> bool:
 # layers
 
 
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as two matmuls and a softmax: the form for backends that do not
+    take a fused SDPA op. `mask` (bool, True = attend) broadcasts over the score matrix."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1) @ v
+
+
 class Attention(nn.Module):
-    """Multi-head attention whose head count is a free per-layer choice (pruning removes heads)."""
+    """Multi-head attention whose head count is a free per-layer choice (pruning removes heads).
+
+    `fused = False` computes it as explicit_attention (an export form, numerically the same)."""
+
+    fused = True
 
     def __init__(self, dim: int, kv_dim: int, heads: int, head_dim: int, qk_norm: bool):
         super().__init__()
@@ -270,7 +285,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if mask is not None:
             mask = mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = explicit_attention(q, k, v, mask)
         if head_mask is not None:
             y = y * head_mask.to(y.dtype)[None, :, None, None]
         return self.out(y.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
@@ -290,7 +308,7 @@ class FeedForward(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, cfg: DiTConfig, spec: BlockSpec):
+    def __init__(self, cfg: DiTConfig, spec: BlockSpec, init: bool = True):
         super().__init__()
         d = cfg.hidden_size
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -304,7 +322,8 @@ class DiTBlock(nn.Module):
         self.norm3 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ffn = FeedForward(d, spec.ffn_dim) if spec.ffn_dim else None
         # adaLN-single: this block's learned offset to the shared time modulation
-        self.scale_shift_table = nn.Parameter(torch.randn(6, d) / d**0.5)
+        table = torch.randn(6, d) / d**0.5 if init else torch.empty(6, d)
+        self.scale_shift_table = nn.Parameter(table)
 
     def forward(self, x, text, text_mask, t_mod, rope, kv=None, mask=None):
         """`kv`: this block's cross-attention keys/values (TextContext); `mask`: (heads,
@@ -358,7 +377,10 @@ class DiTFeatures:
 
 
 class VideoDiT(nn.Module):
-    def __init__(self, config: DiTConfig):
+    def __init__(self, config: DiTConfig, init: bool = True):
+        """`init=False` leaves the weights uninitialised, for loading a checkpoint into: on the
+        meta device random init would go through torch's Python reference ops, whose first use
+        imports torch._dynamo (seconds at every `mvdit generate`)."""
         super().__init__()
         self.config = config
         d = config.hidden_size
@@ -371,13 +393,14 @@ class VideoDiT(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Linear(config.cap_dim, config.cap_dim),
         )
-        self.blocks = nn.ModuleList([DiTBlock(config, s) for s in config.blocks])
+        self.blocks = nn.ModuleList([DiTBlock(config, s, init) for s in config.blocks])
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5)
+        self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5 if init else torch.empty(2, d))
         self.out = nn.Linear(d, config.out_ch * p2)
         # rotary tables per (grid, device), built once (rope_3d), not at every forward
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._init_weights()
+        if init:
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -529,10 +552,9 @@ class VideoDiT(nn.Module):
             raise MvditError(f"{path} does not hold a video DiT")
         config = validate(DiTConfig, cfg, f"{path / 'config.json'}")
         with torch.device("meta"):
-            model = cls(config)
-        model = model.to_empty(device=device)
-        load_state_strict(model, load_tensors(path / "model.safetensors"), str(path))
-        return model
+            model = cls(config, init=False)
+        load_state_strict(model, load_tensors(path / "model.safetensors"), str(path), assign=True)
+        return model.to(device)
 
 
 def dit_flops(cfg: DiTConfig, tokens: int, text_len: int, batch: int = 1) -> int:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mvdit import MvditError
+from mvdit.io import read_json
 
 TextKind = Literal["minilm", "clip", "t5", "auto"]
 
@@ -39,18 +42,25 @@ def default_minilm_path() -> Path:
 
 
 class TextEncoder(nn.Module):
-    """A frozen tokenizer + transformer encoder returning (hidden, mask)."""
+    """A frozen tokenizer + transformer encoder returning (hidden, mask).
 
-    def __init__(self, tokenizer, model: nn.Module, config: TextConfig):
+    `tokenize` maps prompts to token ids and an attention mask, both (B, max_length); `model`
+    maps those two to hidden states (B, max_length, dim)."""
+
+    def __init__(
+        self,
+        tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+        model: nn.Module,
+        dim: int,
+        config: TextConfig,
+        tokenizer: Any = None,
+    ):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenize = tokenize
+        self.tokenizer = tokenizer  # the tokenizer object `tokenize` uses, for inspection
         self.model = model.eval().requires_grad_(False)
         self.config = config
-        self.dim = int(
-            model.config.hidden_size
-            if hasattr(model.config, "hidden_size")
-            else model.config.d_model
-        )
+        self.dim = dim
         self.max_length = config.max_length
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
@@ -58,16 +68,9 @@ class TextEncoder(nn.Module):
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return hidden states (B, max_length, dim) and a boolean key mask (B, max_length)."""
         device = next(self.model.parameters()).device
-        tok = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-        out = self.model(**tok)
-        return out.last_hidden_state.float(), tok["attention_mask"].bool()
+        ids, mask = self.tokenize(list(prompts))
+        hidden = self.model(ids.to(device), mask.to(device))
+        return hidden.float(), mask.to(device).bool()
 
     @torch.no_grad()
     def encode_cached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,14 +90,153 @@ class TextEncoder(nn.Module):
         return torch.stack(hs), torch.stack(ms)
 
 
-def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
-    """Build the encoder `config` names, from local files only."""
-    config = config or TextConfig()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-    from transformers import AutoTokenizer
+class MiniLM(nn.Module):
+    """A BERT encoder (all-MiniLM-L6-v2 and any checkpoint of its architecture) in plain torch.
 
-    transformers.logging.set_verbosity_error()
+    Equal to transformers' BertModel's last hidden state (tests/test_text.py), without importing
+    transformers, which costs seconds at every `mvdit generate`. Parameter names are the
+    checkpoint's, the unused pooler included, so weights and their hash are the checkpoint's.
+    On device "meta" it allocates nothing, for loading with `load_state_dict(assign=True)`."""
+
+    def __init__(self, config: dict, device: torch.device | str | None = None):
+        super().__init__()
+        d, n = int(config["hidden_size"]), int(config["num_attention_heads"])
+        ff, eps = int(config["intermediate_size"]), float(config.get("layer_norm_eps", 1e-12))
+        self.heads = n
+        self.embeddings = nn.Module()
+        e = self.embeddings
+
+        def table(rows: int) -> nn.Embedding:
+            # given weights skip normal_, which on "meta" imports torch._refs (seconds)
+            return nn.Embedding(rows, d, _weight=torch.zeros(rows, d, device=device))
+
+        e.word_embeddings = table(int(config["vocab_size"]))
+        e.position_embeddings = table(int(config["max_position_embeddings"]))
+        e.token_type_embeddings = table(int(config.get("type_vocab_size", 2)))
+        e.LayerNorm = nn.LayerNorm(d, eps=eps, device=device)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList()
+        for _ in range(int(config["num_hidden_layers"])):
+            layer = nn.Module()
+            layer.attention = nn.Module()
+            layer.attention.self = nn.Module()
+            for name in ("query", "key", "value"):
+                setattr(layer.attention.self, name, nn.Linear(d, d, device=device))
+            layer.attention.output = nn.Module()
+            layer.attention.output.dense = nn.Linear(d, d, device=device)
+            layer.attention.output.LayerNorm = nn.LayerNorm(d, eps=eps, device=device)
+            layer.intermediate = nn.Module()
+            layer.intermediate.dense = nn.Linear(d, ff, device=device)
+            layer.output = nn.Module()
+            layer.output.dense = nn.Linear(ff, d, device=device)
+            layer.output.LayerNorm = nn.LayerNorm(d, eps=eps, device=device)
+            self.encoder.layer.append(layer)
+        self.pooler = nn.Module()  # not used for token states; kept with the weights
+        self.pooler.dense = nn.Linear(d, d, device=device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        e = self.embeddings
+        b, n = input_ids.shape
+        pos = torch.arange(n, device=input_ids.device)
+        x = (
+            e.word_embeddings(input_ids)
+            + e.position_embeddings(pos)
+            + e.token_type_embeddings.weight[0]
+        )
+        x = e.LayerNorm(x)
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, N): padded keys are ignored
+        for layer in self.encoder.layer:
+            a = layer.attention
+            q, k, v = (
+                getattr(a.self, name)(x).view(b, n, self.heads, -1).transpose(1, 2)
+                for name in ("query", "key", "value")
+            )
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            x = a.output.LayerNorm(x + a.output.dense(o.transpose(1, 2).reshape(b, n, -1)))
+            h = F.gelu(layer.intermediate.dense(x))
+            x = layer.output.LayerNorm(x + layer.output.dense(h))
+        return x
+
+
+def _minilm(path: Path, config: TextConfig) -> TextEncoder:
+    """The BERT-architecture encoder in `path` through MiniLM and the `tokenizers` library."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    cfg = read_json(path / "config.json")
+    if cfg.get("model_type") != "bert":
+        raise MvditError(
+            f"text encoder kind 'minilm' reads BERT checkpoints, but {path} holds model_type "
+            f'{cfg.get("model_type")!r}: set text.kind = "auto"'
+        )
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise MvditError(f"could not load text encoder from {path}: it has no {name}")
+    limit = int(cfg["max_position_embeddings"])
+    if config.max_length > limit:
+        raise MvditError(
+            f"text.max_length = {config.max_length} exceeds the {limit} positions of the text encoder in {path}"
+        )
+    model = MiniLM(cfg, device="meta")  # no random init: the weights are assigned below
+    state = {k: v.float() for k, v in load_file(path / "model.safetensors").items()}
+    state.pop("embeddings.position_ids", None)  # a buffer older checkpoints saved
+    if not any(k.startswith("pooler.") for k in state):
+        del model.pooler  # a checkpoint saved without BERT's pooling layer
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise MvditError(
+            f"could not load text encoder from {path}: its weights do not fit its config.json ({lines[-1][:200]})"
+        ) from None
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=config.max_length)
+    pad = int(cfg.get("pad_token_id", 0))
+    tokenizer.enable_padding(
+        length=config.max_length, pad_id=pad, pad_token=tokenizer.id_to_token(pad)
+    )
+
+    def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tokenizer.encode_batch(prompts)
+        ids = torch.tensor([x.ids for x in enc], dtype=torch.long)
+        return ids, torch.tensor([x.attention_mask for x in enc], dtype=torch.long)
+
+    return TextEncoder(tokenize, model, int(cfg["hidden_size"]), config, tokenizer)
+
+
+def hf_text_encoder(tokenizer, model: nn.Module, config: TextConfig) -> TextEncoder:
+    """A TextEncoder over a transformers tokenizer and encoder model (CLIP, T5, any AutoModel)."""
+
+    def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=config.max_length,
+            return_tensors="pt",
+        )
+        return tok["input_ids"], tok["attention_mask"]
+
+    mc = model.config
+    dim = int(mc.hidden_size if hasattr(mc, "hidden_size") else mc.d_model)
+    return TextEncoder(tokenize, _LastHiddenState(model), dim, config, tokenizer)
+
+
+class _LastHiddenState(nn.Module):
+    """(ids, mask) -> last hidden state of a transformers encoder model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
+    """Build the encoder `config` names, from local files only. MiniLM (BERT checkpoints) runs
+    in plain torch; CLIP, T5 and "auto" go through transformers."""
+    config = config or TextConfig()
     if config.kind == "minilm" and config.path is None:
         path = default_minilm_path()
     elif config.path is None:
@@ -109,6 +251,13 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
         raise MvditError(
             f"text encoder directory {path} has no config.json (expected a Hugging Face-format model)"
         )
+    if config.kind == "minilm":
+        return _minilm(path, config)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
     model_cls = {"clip": transformers.CLIPTextModel, "t5": transformers.T5EncoderModel}.get(
         config.kind, transformers.AutoModel
     )
@@ -134,4 +283,4 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
         raise MvditError(
             f"text.max_length = {config.max_length} exceeds the {limit} positions of the text encoder in {path}"
         )
-    return TextEncoder(tokenizer, model.float(), config)
+    return hf_text_encoder(tokenizer, model.float(), config)

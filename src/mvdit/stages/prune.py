@@ -21,8 +21,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 
@@ -324,7 +322,11 @@ def _model_name(path: str) -> str:
 def plot_sensitivity(result: dict, png: Path) -> None:
     """Top row: KD sensitivity of every unit per level (log scale, by block). Bottom row: each
     level pruned alone to growing depth: KD loss, latency, and faithfulness when measured."""
+    import matplotlib  # deferred: seconds of import that generating does not need
+
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     units = result["units"]
     levels = [lv for lv in LEVELS if any(u["level"] == lv for u in units)]
     fig, axes = plt.subplots(2, 4, figsize=(16.8, 7.4))

@@ -23,9 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
-
 from mvdit import MvditError
 from mvdit.eval.evaluate import evaluate
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
@@ -204,7 +201,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_samples(out: Path, names: Sequence[str], png: Path) -> None:
     """Each row's contact sheet (its first clips, one prompt per line), side by side."""
+    import matplotlib  # deferred: seconds of import that generating does not need
+
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     sheets = [(n, out / "rows" / n / "contact_sheet.png") for n in names]
     sheets = [(n, p) for n, p in sheets if p.is_file()]
     if not sheets:

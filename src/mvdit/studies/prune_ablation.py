@@ -18,8 +18,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import torch
 
 from mvdit import MvditError
@@ -202,7 +200,11 @@ def _write_csv(path: Path, report: dict) -> None:
 def plot_study(report: dict, png: Path) -> None:
     """Held-out KD loss per variant (pruned, after recovery), and the detector's colour, shape and
     motion after recovery against the teacher's (dashed)."""
+    import matplotlib  # deferred: seconds of import that generating does not need
+
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = report["rows"]
     names = [r["variant"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
