@@ -85,6 +85,13 @@ def test_bench_a_model_directory_and_an_estimated_clip(tmp_path):
     (t,) = r["targets"]
     assert t["kind"] == "checkpoint" and t["sampler"]["nfe"] == 2 and t["end_to_end"]["measured"]
     assert t["ltx"] == {"skipped": "not requested"}
+    # `mvdit generate` as a fresh process, timed from outside, its stages inside that time
+    p = t["process"]
+    assert len(p["times"]) == 2 and p["seconds"] == min(p["times"]) and p["nfe"] == 2
+    assert set(p["stages"]) == {"start", "load", "text", "dit", "decode", "write"}
+    assert all(v > 0 for v in p["stages"].values())
+    assert abs(sum(p["stages"].values()) - p["seconds"]) < 1e-6
+    assert "| process | start | load |" in (tmp_path / "b" / "bench.md").read_text()
     # a paper preset on CPU is never sampled in full: its clip time is the sum of the stages
     target = B.preset_target("paper-student", paper_decode=False)
     assert (

@@ -1,6 +1,7 @@
 """Adversarial step distillation: teacher samples, the two-player loss, the exported student."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,36 +24,16 @@ def _prompts(tmp_path):
     return p
 
 
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "distill-smoke.toml"
+
+
 def _config(tmp_path, teacher, synthetic=None, out="distill", **extra):
-    lines = [
-        "[distill]",
-        f'student = "{teacher}"',
-        f'teacher = "{teacher}"',
-        "steps = 4",
-        "rollout = 0.5",
-        f'sample_prompts = ["{PROMPTS[0]}", "{PROMPTS[1]}"]',
-    ]
+    """The shipped smoke configuration, pointed at `teacher` and a run directory in tmp_path."""
+    sets = {"distill.student": teacher, "distill.teacher": teacher, "run.out_dir": tmp_path / out}
     if synthetic:
-        lines += [f'synthetic = "{synthetic}"', "synthetic_fraction = 0.5"]
-    lines += [
-        "[disc]",
-        "blocks = 1",
-        "[data]",
-        "frames = 9",
-        "max_objects = 1",
-        "[optim]",
-        "batch_size = 4",
-        "steps = 4",
-        "lr = 1e-3",
-        'schedule = "constant"',  # a 2-step run then has the lrs of the 4-step one
-        "[run]",
-        f'out_dir = "{tmp_path / out}"',
-        "checkpoint_every = 2",
-        "log_every = 1",
-    ]
-    path = tmp_path / f"{out}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return load_distill_config(path, [f"{k}={v}" for k, v in extra.items()])
+        sets |= {"distill.synthetic": synthetic, "distill.synthetic_fraction": 0.5}
+    sets |= extra
+    return load_distill_config(SMOKE, [f"{k}={v}" for k, v in sets.items()])
 
 
 def test_synth_writes_the_teachers_samples_as_a_resumable_cache(tmp_path, capsys):
@@ -156,12 +137,10 @@ def test_distill_command_rejects_a_bad_config(tmp_path, capsys):
 
 def test_study_distill_trains_evaluates_and_times_each_row(tmp_path, capsys):
     teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=4.0)
-    _config(tmp_path, teacher)  # writes distill.toml
-    cfg_path = tmp_path / "distill.toml"
     out = tmp_path / "study"
-    args = ["study", "distill", "-m", teacher, "--config", cfg_path, "-o", out, "--seeds", "1",
+    args = ["study", "distill", "-m", teacher, "--config", SMOKE, "-o", out, "--seeds", "1",
             "-p", _prompts(tmp_path), "--rows", "teacher-4-cfg,teacher-4,student-4",
-            "--set", "optim.steps=2"]  # fmt: skip
+            "--set", f"distill.student={teacher}", "--set", "optim.steps=2"]  # fmt: skip
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     report = json.loads((out / "study.json").read_text())

@@ -3,7 +3,7 @@ import torch
 
 from mvdit import MvditError
 from mvdit.config import preset_config
-from mvdit.models.dit import VideoDiT, rope_3d
+from mvdit.models.dit import Attention, VideoDiT, rope_3d
 
 
 def _inputs(cfg, b=2, grid=(3, 4, 5), L=7):
@@ -192,3 +192,22 @@ def test_patch_size_must_divide_the_latent(tiny_dit_config):
     x, t, text, mask = _inputs(tiny_dit_config, grid=(3, 4, 5))
     with pytest.raises(MvditError, match="patch_size 2"):
         model(x, t, text, mask)
+
+
+def test_explicit_attention_equals_sdpa(nonuniform_dit_config):
+    # the export form (matmul + softmax + matmul) against the fused op, caption padding included
+    torch.manual_seed(0)
+    model = VideoDiT(nonuniform_dit_config).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, nonuniform_dit_config.in_channels, 2, 4, 4)
+    text = torch.randn(2, 6, nonuniform_dit_config.text_dim)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    t = torch.rand(2)
+    with torch.no_grad():
+        ref = model(x, t, text, mask)
+        for m in model.modules():
+            if isinstance(m, Attention):
+                m.fused = False
+        got = model(x, t, text, mask)
+    assert (got - ref).abs().max() <= 1e-5

@@ -16,6 +16,7 @@ import typer
 from mvdit import MvditError
 from mvdit.bench.dit import run_bench
 from mvdit.bench.measure import si
+from mvdit.bench.tiling import run_tiling_bench, tiling_markdown
 from mvdit.bench.vae import bench_markdown, run_vae_bench
 from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
 from mvdit.compress.diffusers_dit import is_diffusers_transformer
@@ -26,10 +27,11 @@ from mvdit.data.shapes import write_examples
 from mvdit.eval.curve import checkpoint_curve
 from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
+from mvdit.export.onnx import export_onnx
 from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
-from mvdit.pipeline import Pipeline
+from mvdit.pipeline import Pipeline, shipped_model_path
 from mvdit.stages import distill as distill_stage
 from mvdit.stages import kd as kd_stage
 from mvdit.stages import prune as prune_stage
@@ -147,8 +149,13 @@ def distill(
 def generate(
     prompt: Annotated[str, typer.Argument(help="what the video shows")],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="model directory (pipeline.json + dit/ + vae/)")
-    ] = Path("runs/tiny/model"),
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="model directory (pipeline.json + dit/ + vae/); default: the shipped 4-step student",
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
     cfg: Annotated[
         float | None, typer.Option(help="classifier-free guidance scale; 1 disables it")
@@ -163,6 +170,9 @@ def generate(
         int | None,
         typer.Option(help="nearest upscale of the written video (default: to at least 128 px)"),
     ] = None,
+    timings: Annotated[
+        Path | None, typer.Option(help="also write the stage timings (seconds) as JSON")
+    ] = None,
 ) -> None:
     """Generate a video from a prompt and write it as H.264 mp4."""
 
@@ -176,7 +186,7 @@ def generate(
         fail(f"--scale must be at least 1, got {scale}")
     t0 = time.perf_counter()
 
-    pipe = Pipeline.from_pretrained(model)
+    pipe = Pipeline.from_pretrained(model if model is not None else shipped_model_path())
     if frames is not None:
         pipe = pipe.with_clip(frames=frames)
     load_s = time.perf_counter() - t0
@@ -187,12 +197,79 @@ def generate(
     if sheet is not None:
         save_png(sheet, contact_sheet([video.numpy()], [prompt]))
     write_s = time.perf_counter() - t0
+    if timings is not None:
+        write_json(timings, {"load": load_s, **g.timings, "write": write_s, "nfe": g.nfe})
     c = pipe.config
     typer.echo(f"{c.frames}x{c.height}x{c.width} clip, {g.nfe} network evaluations")
     typer.echo(
         f"load {load_s:.2f}s | text encoder {g.timings['text']:.3f}s | DiT {g.timings['dit']:.3f}s | decode {g.timings['decode']:.3f}s | write {write_s:.2f}s"
     )
     typer.echo(f"wrote {output}" + (f" and {sheet}" if sheet else ""))
+
+
+@app.command()
+def convert(
+    model: Annotated[Path, typer.Option("--model", "-m", help="pipeline directory")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the converted pipeline directory")],
+    dtype: Annotated[
+        str, typer.Option(help="storage dtype of the DiT's weights: fp32 or fp16")
+    ] = "fp16",
+    shipped_vae: Annotated[
+        str | None,
+        typer.Option(help="refer to this shipped VAE instead of copying vae/ (it must be it)"),
+    ] = None,
+) -> None:
+    """Rewrite a pipeline directory smaller: the DiT stored in fp16 (loading casts it back to
+    fp32), and optionally its VAE as a reference to a VAE shipped in the package."""
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+    if dtype not in dtypes:
+        fail(f"--dtype must be fp32 or fp16, got {dtype}")
+    if out.resolve() == model.resolve():
+        fail("--out must differ from --model: the source stays as it is")
+    pipe = Pipeline.from_pretrained(model)
+    pipe.save_pretrained(out, dit_dtype=dtypes[dtype], shipped_vae=shipped_vae)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    typer.echo(f"wrote {out} ({size / 2**20:.2f} MiB)")
+
+
+@app.command()
+def export(
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="pipeline directory (default: the shipped student)"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="export directory")] = Path(
+        "runs/export"
+    ),
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    precision: Annotated[
+        str, typer.Option(help="fp32, or int8 (dynamically quantized linears)")
+    ] = "fp32",
+    tiles: Annotated[
+        int | None, typer.Option(help="tile every FFN linear into this many partial GEMMs")
+    ] = None,
+    tile_bytes: Annotated[
+        int | None, typer.Option(help="or: FFN tiles whose fp16 weight slice fits this many bytes")
+    ] = None,
+    attention: Annotated[
+        str, typer.Option(help="fused (SDPA) or explicit (matmul + softmax + matmul)")
+    ] = "fused",
+) -> None:
+    """Export the text encoder, one DiT step and the VAE decoder, with a manifest an app needs
+    (shapes, schedule, time shift, latent normalisation, tokenizer); each graph is run in
+    onnxruntime and compared with eager."""
+    if format != "onnx":
+        fail(f"--format {format} is not available; this version exports onnx")
+    if tiles is not None and tile_bytes is not None:
+        fail("give --tiles or --tile-bytes, not both")
+    source = model if model is not None else shipped_model_path()
+    m = export_onnx(source, out, precision, tiles, tile_bytes, attention, progress=typer.echo)
+    total = sum(a["bytes"] for a in m["artefacts"].values())
+    typer.echo(
+        f"wrote {out}: {len(m['artefacts'])} graphs, {total / 2**20:.2f} MiB, manifest.json; "
+        f"{m['sampler']['nfe']} network evaluations a clip. Generate without PyTorch: "
+        f'python -m mvdit.export.runtime {out} "PROMPT" clip.npy'
+    )
 
 
 @app.command()
@@ -904,6 +981,33 @@ def bench_vae(
     result = run_vae_bench(out, max_tile_mb << 20, threads, paper, vae, repeats)
     typer.echo(bench_markdown(result))
     typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+
+
+@app.command("bench-tiling")
+def bench_tiling(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="directory for tiling.json and tiling.md")
+    ] = Path("runs/bench-tiling"),
+    ks: Annotated[str, typer.Option("--k", help="tile counts, comma-separated")] = "1,2,4,8,16",
+    reps: Annotated[int, typer.Option(help="alternated timed repetitions (best is reported)")] = 3,
+    runtimes: Annotated[
+        str, typer.Option(help="eager and/or onnxruntime, comma-separated")
+    ] = "eager,onnxruntime",
+    presets: Annotated[
+        str, typer.Option(help="whose FFN shapes, comma-separated")
+    ] = "paper-student,tiny",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+) -> None:
+    """Tiled against untiled FFN GEMMs over k, eager and in onnxruntime, ratios from one run."""
+    try:
+        k_list = tuple(int(k) for k in ks.split(","))
+    except ValueError:
+        fail(f"--k takes comma-separated integers, got {ks}")
+    result = run_tiling_bench(
+        out, k_list, reps, tuple(runtimes.split(",")), tuple(presets.split(",")), threads
+    )
+    typer.echo(tiling_markdown(result))
+    typer.echo(f"wrote {out / 'tiling.json'} and {out / 'tiling.md'}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,21 @@ from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder
 from mvdit.models.vae import shipped_vae_path
 
 FORMAT = 2  # pipeline.json layout; 1 (no "format" key) kept the sampler settings at the top level
+
+# The pipeline shipped inside the package, which `mvdit generate` runs when no --model is given:
+# the 4-step student distilled from the pruned default teacher (its MODEL_CARD.md says how).
+SHIPPED_MODEL = "default-student"
+
+
+def shipped_model_path() -> Path:
+    """The directory of the shipped default pipeline (SHIPPED_MODEL)."""
+    path = Path(str(files("mvdit") / "assets" / SHIPPED_MODEL))
+    if not (path / "pipeline.json").is_file():
+        raise MvditError(
+            f"the shipped default model is missing from {path}; reinstall mvdit, or train a "
+            "model (`mvdit train`) and pass it with --model"
+        )
+    return path
 
 
 class SamplerConfig(BaseModel):

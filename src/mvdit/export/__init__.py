@@ -1,0 +1,1 @@
+"""The paper's fourth step: tiled-GEMM FFN and mobile export."""
