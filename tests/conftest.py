@@ -59,11 +59,13 @@ def save_tiny_pipeline(
     cfg: float = 1.0,
     out_std: float | None = 0.1,
     schedule: list[float] | None = None,
+    text_path=None,
 ):
     """A random tiny pipeline on disk: a one-block DiT on a pixel patchify, and MiniLM.
 
     out_std re-draws the DiT's zero-initialised out-projection so the sampler moves the latents;
-    schedule makes it a fixed-schedule model (a distilled student's sampler).
+    schedule makes it a fixed-schedule model (a distilled student's sampler); text_path names a
+    BERT directory (save_tiny_bert) to use instead of the bundled MiniLM.
     """
     from mvdit.models.autoencoder import PatchifyAutoencoder
     from mvdit.models.dit import DiTConfig, VideoDiT
@@ -71,7 +73,8 @@ def save_tiny_pipeline(
     from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
 
     torch.manual_seed(0)
-    text = load_text_encoder(TextConfig(max_length=8))
+    text_cfg = TextConfig(max_length=8, path=None if text_path is None else str(text_path))
+    text = load_text_encoder(text_cfg)
     vae = PatchifyAutoencoder(temporal_factor=temporal_factor, spatial_factor=spatial_factor)
     dit = VideoDiT(
         DiTConfig.uniform(
@@ -91,8 +94,29 @@ def save_tiny_pipeline(
         height=size,
         width=size,
         fps=8,
-        text=TextConfig(max_length=8),
+        text=text_cfg,
         sampler=SamplerConfig(steps=2, guidance=cfg, schedule=schedule),
     )
     Pipeline(dit, vae, text, clip).save_pretrained(path)
+    return path
+
+
+def save_tiny_bert(path, hidden: int = 32):
+    """A random 2-layer BERT with MiniLM's tokenizer, as a local directory (kind "minilm")."""
+    import transformers
+
+    from mvdit.models.text import default_minilm_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_minilm_path())
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_cli, save_tiny_pipeline
+from conftest import run_cli, save_tiny_bert, save_tiny_pipeline
 
 from mvdit.pipeline import Pipeline
 
@@ -30,7 +30,10 @@ print("torch loaded:", any(m == "torch" or m.startswith("torch.") for m in sys.m
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     d = tmp_path_factory.mktemp("student")
-    return save_tiny_pipeline(d / "model", ffn_dim=64, schedule=[1.0, 0.6, 0.25, 0.0])
+    bert = save_tiny_bert(d / "bert")  # a small text encoder: exporting MiniLM takes ~30 s
+    return save_tiny_pipeline(
+        d / "model", ffn_dim=64, schedule=[1.0, 0.6, 0.25, 0.0], text_path=bert
+    )
 
 
 def test_export_generates_the_eager_clip_without_torch(student, tmp_path, capsys):
@@ -88,10 +91,54 @@ def test_int8_export_quantizes_the_linears(student, tmp_path, capsys):
     )
 
 
+def test_executorch_export_runs_in_the_executorch_runtime(student, tmp_path, capsys):
+    out = tmp_path / "pte"
+    code, stdout, err = run_cli(
+        ["export", "-m", student, "-o", out, "--format", "executorch"], capsys
+    )
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    for name, a in m["artefacts"].items():
+        assert a["file"].endswith(".pte") and (out / a["file"]).stat().st_size == a["bytes"]
+        # XNNPACK's fp32 kernels (their own GEMM blocking, exp and tanh) differ from eager's
+        # more than onnxruntime's do: 1.6e-4 on this model's DiT step (docs/export.md)
+        assert a["max_abs_error_vs_eager"] <= 1e-3, name
+        d = a["delegation"]
+        assert d["delegated_subgraphs"] + sum(d["portable_ops"].values()) > 0
+    # the DiT step's linears run in XNNPACK; the decoder's 3-D convolutions cannot
+    assert m["artefacts"]["dit_step"]["delegation"]["delegated_subgraphs"] >= 1
+    dec = m["artefacts"]["vae_decoder"]["delegation"]
+    assert "convolution" in dec["portable_ops"] or "xnnpack_refused" in dec
+
+
+def test_coreml_export_is_an_fp16_ml_program_with_tiled_ffn(student, tmp_path, capsys):
+    out = tmp_path / "coreml"
+    code, stdout, err = run_cli(
+        ["export", "-m", student, "-o", out, "--format", "coreml", "--tile-bytes", "1024"], capsys
+    )
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["precision"] == "fp16" and set(m["ffn_tiles"].values()) == {
+        4
+    }  # 32x64 fp16 weights, 1 KiB tiles
+    dit = m["artefacts"]["dit_step"]
+    assert (
+        (out / dit["file"]).is_dir() and dit["bytes"] > 0 and dit["max_abs_error_vs_eager"] is None
+    )
+    assert dit["coreml"]["inputs"] == ["latent", "timestep", "text", "text_mask"]
+    assert (
+        dit["coreml"]["program_ops"].get("linear", 0)
+        + dit["coreml"]["program_ops"].get("matmul", 0)
+        > 0
+    )
+    assert "macOS" in stdout
+
+
 def test_export_rejects_what_it_cannot_do(student, tmp_path, capsys):
     for args, msg in (
-        (["--precision", "fp16"], "not available for ONNX"),
-        (["--format", "coreml"], "--format coreml is not available"),
+        (["--precision", "fp16"], "not available for onnx"),
+        (["--format", "tflite"], "--format tflite is not one of"),
+        (["--format", "coreml", "--precision", "int8"], "not available for coreml"),
         (["--tiles", "2", "--tile-bytes", "100"], "not both"),
     ):
         code, _, err = run_cli(["export", "-m", student, "-o", tmp_path / "x", *args], capsys)

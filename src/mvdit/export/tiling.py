@@ -42,10 +42,12 @@ class TiledLinear(nn.Module):
         self.bounds = tile_bounds(self.in_features, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # narrow, not x[..., a:b]: a full slice of the other dims exports as an alias op, which
+        # coremltools cannot convert
         (a, b), *rest = self.bounds
-        y = F.linear(x[..., a:b], self.weight[:, a:b], self.bias)
+        y = F.linear(x.narrow(-1, a, b - a), self.weight.narrow(1, a, b - a), self.bias)
         for a, b in rest:
-            y = y + F.linear(x[..., a:b], self.weight[:, a:b])
+            y = y + F.linear(x.narrow(-1, a, b - a), self.weight.narrow(1, a, b - a))
         return y
 
     def extra_repr(self) -> str:

@@ -202,7 +202,8 @@ def depth_to_space(x: torch.Tensor, ft: int, fs: int, first: bool = True) -> tor
     c //= ft * fs * fs
     x = x.reshape(b, c, ft, fs, fs, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
     x = x.reshape(b, c, t * ft, h * fs, w * fs)
-    return x[:, :, ft - 1 :] if first else x
+    # (ft = 1 drops nothing: no no-op slice, which exporters meet as an alias op)
+    return x[:, :, ft - 1 :] if first and ft > 1 else x
 
 
 class Downsample(nn.Module):

@@ -1,0 +1,110 @@
+"""ExecuTorch: torch.export, lowered with the XNNPACK delegate, saved as .pte and run here through
+the ExecuTorch runtime. int8: XNNPACK's dynamic quantization of the linears (pt2e), weights int8
+per channel, activations quantized per call.
+
+What XNNPACK does not take runs on ExecuTorch's portable kernels; `delegation` says which ops
+those are. XNNPACK has no 3-D convolution, so the causal VAE's convolutions stay portable; and
+its compiler refuses some of the decoder's 5-D subgraphs at load time, so a graph whose delegated
+program fails to load is lowered again without the delegate, and the manifest says so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _quiet() -> None:
+    import logging
+
+    for name in ("executorch", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _lower(program, delegate: bool):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    parts = [XnnpackPartitioner()] if delegate else []
+    return to_edge_transform_and_lower(program, partitioner=parts)
+
+
+def delegation(edge) -> dict:
+    """Delegated and portable op counts by op type of a lowered program."""
+    gm = edge.exported_program().graph_module
+    portable: Counter = Counter()
+    delegated = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "executorch_call_delegate":
+            delegated += 1
+        elif name != "getitem":
+            portable[name.split(".")[0]] += 1
+    lowered = [
+        getattr(gm, n.target)
+        for n in gm.graph.nodes
+        if n.op == "get_attr" and str(n.target).startswith("lowered_module")
+    ]
+    inside: Counter = Counter()
+    for lm in lowered:
+        for node in lm.original_module.graph.nodes:
+            if node.op == "call_function":
+                inside[getattr(node.target, "__name__", str(node.target)).split(".")[0]] += 1
+    return {
+        "delegated_subgraphs": delegated,
+        "delegated_ops": dict(inside.most_common()),
+        "portable_ops": dict(portable.most_common()),
+    }
+
+
+def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, precision: str) -> dict:
+    """Export, (quantize,) lower and save; returns the delegation report."""
+    import warnings
+
+    _quiet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, args)
+        if precision == "int8":
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer().set_global(
+                get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+            )
+            prepared = prepare_pt2e(program.module(), quantizer)
+            prepared(*args)  # dynamic quantization needs no calibration; one call fixes shapes
+            program = torch.export.export(convert_pt2e(prepared), args)
+        edge = _lower(program, delegate=True)
+        path.write_bytes(edge.to_executorch().buffer)
+        report = delegation(edge)
+        try:
+            _load(path)
+        except RuntimeError as e:
+            # XNNPACK accepted the subgraphs at lowering but its compiler refuses one at load
+            edge = _lower(program, delegate=False)
+            path.write_bytes(edge.to_executorch().buffer)
+            report = delegation(edge) | {
+                "xnnpack_refused": f"XNNPACK's compiler rejected a delegated subgraph at load ({e}); "
+                "lowered with portable kernels only"
+            }
+    return report
+
+
+def _load(path: Path):
+    from executorch.runtime import Runtime
+
+    return Runtime.get().load_program(str(path)).load_method("forward")
+
+
+def run_pte(path: Path, args: tuple[torch.Tensor, ...]) -> np.ndarray:
+    return _load(path).execute(list(args))[0].numpy()

@@ -1,0 +1,265 @@
+"""Export a pipeline as three graphs and a manifest: everything an app needs to generate a clip
+with no Python of ours (mvdit.export.runtime does it from an ONNX export with numpy and
+onnxruntime, no PyTorch).
+
+OUT/text_encoder.EXT   (input_ids, attention_mask) int64 (1, L) -> text (1, L, D)
+OUT/dit_step.EXT       (latent (1, C, t, h, w), timestep (1,), text (1, L, D), text_mask (1, L))
+                       -> velocity (1, C, t, h, w): one network evaluation
+OUT/vae_decoder.EXT    normalised latent (1, C, t, h, w) -> video (1, 3, T, H, W) in [-1, 1]
+OUT/tokenizer/         the text encoder's tokenizer files (tokenizer.json for `tokenizers`)
+OUT/manifest.json      shapes and dtypes of every input and output, the sampler (the student's
+                       timestep schedule, guidance, time shift), the latent normalisation, the
+                       tokenizer settings, each file's size, each graph's error against eager
+                       where this machine can run it, and what each backend delegated
+
+EXT and precision by format (mvdit.export.onnx, .executorch, .coreml):
+- onnx: .onnx, fp32 or int8 (dynamic), run in onnxruntime;
+- executorch: .pte with the XNNPACK delegate, fp32 or int8 (dynamic), run in ExecuTorch's runtime;
+- coreml: .mlpackage ML program for iOS 17+, fp16 (default) or fp32, structure checked (prediction
+  needs macOS); the FFN is tiled to 1 MiB fp16 weight tiles unless --tiles/--tile-bytes say else.
+Shapes are static: the pipeline's clip size.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mvdit import MvditError, __version__
+from mvdit.export.coreml import package_bytes, save_mlpackage
+from mvdit.export.executorch import run_pte, save_pte
+from mvdit.export.onnx import quantize_int8, run_onnx, save_onnx
+from mvdit.export.tiling import tile_ffn
+from mvdit.io import atomic_dir, write_json
+from mvdit.models.dit import Attention
+from mvdit.models.text import default_minilm_path
+from mvdit.pipeline import Pipeline
+
+FORMATS = {  # format: (file suffix, precisions, default precision)
+    "onnx": (".onnx", ("fp32", "int8"), "fp32"),
+    "executorch": (".pte", ("fp32", "int8"), "fp32"),
+    "coreml": (".mlpackage", ("fp16", "fp32"), "fp16"),
+}
+ATTENTION_FORMS = ("fused", "explicit")
+COREML_TILE_BYTES = 2**20  # the default FFN weight tile of a Core ML export (fp16)
+PACKAGES = {
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    "executorch": ("executorch",),
+    "coreml": ("coremltools",),
+}
+
+
+class _DiTStep(nn.Module):
+    def __init__(self, dit: nn.Module):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, timestep, text, text_mask):
+        # a float mask (Core ML has no bool I/O) becomes bool inside the graph
+        mask = text_mask if text_mask.dtype == torch.bool else text_mask > 0.5
+        return self.dit(latent, timestep, text, mask)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent)
+
+
+def _io(example: dict[str, torch.Tensor]) -> list[dict]:
+    return [
+        {"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+        for k, v in example.items()
+    ]
+
+
+def _tokenizer_files(pipe: Pipeline) -> Path:
+    t = pipe.config.text
+    if t.kind != "minilm":
+        raise MvditError(
+            f"export takes the MiniLM (BERT) text encoder; this pipeline uses {t.kind!r}"
+        )
+    return Path(t.path) if t.path else default_minilm_path()
+
+
+def _save(fmt: str, module, example: dict, output: str, path: Path, precision: str) -> dict:
+    """Write one graph; returns what the backend reports about it."""
+    args, names = tuple(example.values()), list(example)
+    if fmt == "onnx":
+        save_onnx(module, args, names, [output], path)
+        if precision == "int8":
+            quantize_int8(path)
+        return {}
+    if fmt == "executorch":
+        return {"delegation": save_pte(module, args, path, precision)}
+    return {"coreml": save_mlpackage(module, args, names, path, precision)}
+
+
+def _run(fmt: str, path: Path, example: dict) -> np.ndarray | None:
+    args = tuple(example.values())
+    if fmt == "onnx":
+        return run_onnx(path, args, list(example))
+    if fmt == "executorch":
+        return run_pte(path, args)
+    return None  # Core ML predicts on macOS only
+
+
+def export_pipeline(
+    model_dir: str | Path,
+    out: str | Path,
+    fmt: str = "onnx",
+    precision: str | None = None,
+    tiles: int | None = None,
+    tile_bytes: int | None = None,
+    attention: str = "fused",
+    progress=print,
+) -> dict:
+    """Export `model_dir` to `out` (written atomically), running each graph against eager where
+    this machine can. Returns the manifest."""
+    if fmt not in FORMATS:
+        raise MvditError(f"--format {fmt} is not one of: {', '.join(FORMATS)}")
+    suffix, precisions, default = FORMATS[fmt]
+    precision = precision or default
+    if precision not in precisions:
+        raise MvditError(
+            f"--precision {precision} is not available for {fmt}; choose one of: {', '.join(precisions)}"
+        )
+    if attention not in ATTENTION_FORMS:
+        raise MvditError(f"--attention must be fused or explicit, got {attention}")
+    if tiles is not None and tile_bytes is not None:
+        raise MvditError("give --tiles or --tile-bytes, not both")
+    for package in PACKAGES[fmt]:
+        try:
+            __import__(package)
+        except ImportError:
+            raise MvditError(f"{fmt} export needs {package}: pip install 'mvdit[export]'") from None
+    pipe = Pipeline.from_pretrained(model_dir)
+    tok_dir = _tokenizer_files(pipe)
+    c = pipe.config
+    dit, vae, te = pipe.dit.eval(), pipe.vae.eval(), pipe.text_encoder
+    if fmt == "coreml" and tiles is None and tile_bytes is None:
+        tile_bytes = COREML_TILE_BYTES
+    tiled = {}
+    if tiles is not None or tile_bytes is not None:
+        tiled = tile_ffn(dit, k=tiles, tile_bytes=tile_bytes)
+    if attention == "explicit":
+        for m in dit.modules():
+            if isinstance(m, Attention):
+                m.fused = False
+    sampling = pipe.sampling()
+    latent_shape = (1, *pipe.latent_shape)
+    gen = torch.Generator().manual_seed(0)
+    prompt = "a red circle moves to the left on a black background"
+    ids, mask = te.tokenize([prompt])
+    with torch.no_grad():
+        text = te.model(ids, mask).float()
+    examples = {
+        "text_encoder": ({"input_ids": ids, "attention_mask": mask}, "text", te.model),
+        "dit_step": (
+            {
+                "latent": torch.randn(latent_shape, generator=gen),
+                "timestep": torch.tensor([0.75]),
+                "text": text,
+                "text_mask": mask.float() if fmt == "coreml" else mask.bool(),
+            },
+            "velocity",
+            _DiTStep(dit),
+        ),
+        "vae_decoder": (
+            {"latent": torch.randn(latent_shape, generator=gen)},
+            "video",
+            _Decoder(vae),
+        ),
+    }
+    artefacts = {}
+    with atomic_dir(out) as tmp:
+        bar = tqdm(examples.items(), desc=f"export {fmt}", leave=False, disable=progress is None)
+        for name, (example, output, module) in bar:
+            t0 = time.perf_counter()
+            path = tmp / f"{name}{suffix}"
+            report = _save(fmt, module.eval(), example, output, path, precision)
+            with torch.no_grad():
+                ref = module(*example.values()).float().numpy()
+            got = _run(fmt, path, example)
+            size = package_bytes(path) if path.is_dir() else path.stat().st_size
+            artefacts[name] = {
+                "file": path.name,
+                "inputs": _io(example),
+                "outputs": [{"name": output, "shape": list(ref.shape), "dtype": "float32"}],
+                "bytes": size,
+                "max_abs_error_vs_eager": None if got is None else float(np.abs(got - ref).max()),
+                "export_s": round(time.perf_counter() - t0, 2),
+            } | report
+            if progress is not None:
+                err = artefacts[name]["max_abs_error_vs_eager"]
+                progress(
+                    f"{name}: {size / 2**20:.2f} MiB, "
+                    + (
+                        "not run here (Core ML predicts on macOS)"
+                        if err is None
+                        else f"max |{fmt} - eager| {err:.2e}"
+                    )  # fmt: skip
+                )
+        (tmp / "tokenizer").mkdir()
+        for f in (
+            "tokenizer.json",
+            "vocab.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ):
+            if (tok_dir / f).is_file():
+                shutil.copy2(tok_dir / f, tmp / "tokenizer" / f)
+        norm = {
+            k: [float(x) for x in getattr(vae, k).flatten()]
+            for k in ("latent_mean", "latent_std")
+            if hasattr(vae, k)
+        }
+        manifest = {
+            "format": fmt,
+            "precision": precision,
+            "mvdit": __version__,
+            "source": str(model_dir),
+            "clip": {"frames": c.frames, "height": c.height, "width": c.width, "fps": c.fps},
+            "latent": {
+                "shape": list(latent_shape),
+                "normalisation": norm
+                | {"note": "the DiT reads normalised latents; vae_decoder de-normalises inside"},
+            },
+            "sampler": {
+                "kind": "euler",
+                "schedule": [float(t) for t in sampling.schedule],
+                "guidance": sampling.guidance,
+                "nfe": sampling.nfe,
+                "time_shift": c.sampler.shift,
+                "negative_prompt": "",
+                "update": "x <- x + (t_next - t) * v, v = v_u + guidance * (v_c - v_u) when guidance != 1",
+                "noise": "standard normal latent of shape latent.shape at t = schedule[0]",
+            },
+            "text": {
+                "tokenizer": "tokenizer/tokenizer.json",
+                "max_length": te.max_length,
+                "dim": te.dim,
+                "pad_id": 0,
+                "padding": "right, to max_length; attention_mask 1 on tokens, 0 on padding",
+                "truncation": "to max_length, [CLS] and [SEP] kept",
+            },
+            "video": {
+                "layout": "(1, 3, T, H, W)",
+                "range": "[-1, 1]: uint8 = round((x + 1) * 127.5)",
+            },
+            "ffn_tiles": tiled,
+            "ffn_tile_bytes": tile_bytes,
+            "attention": attention,
+            "artefacts": artefacts,
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
