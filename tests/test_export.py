@@ -21,8 +21,11 @@ import sys
 sys.modules["torch"] = None
 import numpy as np
 from mvdit.export.runtime import ExportedPipeline
-frames = ExportedPipeline(sys.argv[1]).generate(sys.argv[2], noise=np.load(sys.argv[3]))
+pipe = ExportedPipeline(sys.argv[1])
+frames, timings = pipe.generate(sys.argv[2], noise=np.load(sys.argv[3]))
 np.save(sys.argv[4], frames)
+pipe.write(frames, sys.argv[4] + ".mp4")
+assert set(timings) == {"text", "dit", "decode"}
 print("torch loaded:", any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m]))
 """
 
@@ -77,6 +80,26 @@ def test_export_generates_the_eager_clip_without_torch(student, tmp_path, capsys
     expected = pipe.generate([PROMPT], seed=3).videos[0].numpy()  # the same noise, seed 3
     assert frames.shape == expected.shape and frames.dtype == np.uint8
     assert np.abs(frames.astype(int) - expected.astype(int)).max() <= 1
+    assert (tmp_path / "frames.npy.mp4").stat().st_size > 0  # PyAV, still without torch
+
+    # the command: the exported clip beside eager in one run, and the detector on exported clips
+    code, stdout, err = run_cli(
+        ["run-exported", out, PROMPT, "-o", tmp_path / "x.mp4", "--seed", 3], capsys
+    )
+    assert code == 0, err
+    assert "| onnxruntime |" in stdout and "| PyTorch eager |" in stdout
+    assert "largest frame difference against eager: 0 of 255" in stdout or (
+        "largest frame difference against eager: 1 of 255" in stdout
+    )
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPT + "\na blue star moves up on a gray background\n")
+    code, stdout, err = run_cli(
+        ["eval-exported", out, "-p", prompts, "--seeds", 2, "-o", tmp_path / "e.json"], capsys
+    )
+    assert code == 0, err
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["faithfulness"]["clips"] == 4 and r["runtime"] == "onnxruntime"
+    assert r["seconds_per_clip"]["total"] > 0
 
 
 def test_int8_export_quantizes_the_linears(student, tmp_path, capsys):
@@ -109,6 +132,12 @@ def test_executorch_export_runs_in_the_executorch_runtime(student, tmp_path, cap
     assert m["artefacts"]["dit_step"]["delegation"]["delegated_subgraphs"] >= 1
     dec = m["artefacts"]["vae_decoder"]["delegation"]
     assert "convolution" in dec["portable_ops"] or "xnnpack_refused" in dec
+    # a clip from the .pte files in ExecuTorch's runtime, beside eager
+    code, stdout, err = run_cli(["run-exported", out, PROMPT, "-o", tmp_path / "x.mp4"], capsys)
+    assert code == 0, err
+    assert "| ExecuTorch |" in stdout and (tmp_path / "x.mp4").stat().st_size > 0
+    diff = int(stdout.split("largest frame difference against eager: ")[1].split(" ")[0])
+    assert diff <= 2
 
 
 def test_coreml_export_is_an_fp16_ml_program_with_tiled_ffn(student, tmp_path, capsys):

@@ -27,6 +27,7 @@ from mvdit.data.shapes import write_examples
 from mvdit.eval.curve import checkpoint_curve
 from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
+from mvdit.export.compare import eval_exported, run_side_by_side
 from mvdit.export.pipeline import export_pipeline
 from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import VideoDiT
@@ -277,6 +278,66 @@ def export(
         typer.echo(
             "Core ML predicts on macOS/iOS only: the packages were converted and their structure checked here"
         )
+
+
+@app.command("run-exported")
+def run_exported(
+    export_dir: Annotated[Path, typer.Argument(help="a directory written by `mvdit export`")],
+    prompt: Annotated[str, typer.Argument(help="what the video shows")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output .mp4")] = Path(
+        "exported.mp4"
+    ),
+    seed: Annotated[int, typer.Option(help="noise seed (the eager pipeline's noise for it)")] = 0,
+    eager: Annotated[
+        bool, typer.Option(help="also run the source pipeline in PyTorch, same noise")
+    ] = True,
+) -> None:
+    """Generate a clip from the exported graphs alone (onnxruntime or ExecuTorch, the sampler in
+    NumPy), beside the eager PyTorch pipeline measured in the same run."""
+    if output.suffix.lower() != ".mp4":
+        fail(f"output must end in .mp4, got {output}")
+    r = run_side_by_side(export_dir, prompt, seed, eager)
+    r["pipe"].write(r["frames"], output)
+    rows = [r["exported"]] + ([r["eager"]] if "eager" in r else [])
+    typer.echo("| runtime | load | text | DiT | decode |\n|---|---|---|---|---|")
+    for row in rows:
+        typer.echo(
+            f"| {row['runtime']} | {si(row['load'], 's')} | "
+            + " | ".join(f"{row[k] * 1e3:.1f} ms" for k in ("text", "dit", "decode"))
+            + " |"
+        )
+    if "max_frame_difference" in r:
+        typer.echo(f"largest frame difference against eager: {r['max_frame_difference']} of 255")
+    elif "eager_missing" in r:
+        typer.echo(r["eager_missing"])
+    typer.echo(f"wrote {output}")
+
+
+@app.command("eval-exported")
+def eval_exported_cmd(
+    export_dir: Annotated[Path, typer.Argument(help="a directory written by `mvdit export`")],
+    prompts: Annotated[
+        list[Path], typer.Option("--prompts", "-p", help="prompt files; repeatable")
+    ],
+    seeds: Annotated[int, typer.Option(help="samples per prompt")] = 2,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="also write JSON here")] = None,
+) -> None:
+    """The shapes detector's scores of clips made by the exported graphs alone, with the mean
+    seconds of each stage (compare precisions or runtimes on the same prompts and seeds)."""
+    r = eval_exported(export_dir, prompts, seeds)
+    f, t = r["faithfulness"], r["seconds_per_clip"]
+    typer.echo(
+        f"{r['runtime']} {r['precision']}, {r['bytes'] / 2**20:.2f} MiB, {f['clips']} clips: "
+        + ", ".join(
+            f"{k} {f[k]:.3f}"
+            for k in ("overall", "count", "colour", "shape", "motion", "speed")
+            if f.get(k) is not None
+        )
+    )
+    typer.echo("per clip: " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()))
+    if out is not None:
+        write_json(out, r)
+        typer.echo(f"wrote {out}")
 
 
 @app.command()

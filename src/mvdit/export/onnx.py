@@ -49,10 +49,14 @@ def ort_session(path: Path, threads: int | None = None):
 
 def quantize_int8(path: Path) -> None:
     """In place: int8 weights for every MatMul/Gemm, activations quantized per call."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = path.with_suffix(".fp32.onnx")
     path.rename(tmp)
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # its advice to pre-process, at every call
     try:
         quantize_dynamic(
             str(tmp),
@@ -61,6 +65,7 @@ def quantize_int8(path: Path) -> None:
             op_types_to_quantize=["MatMul", "Gemm"],
         )
     finally:
+        root.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 

@@ -1,93 +1,146 @@
-"""Generate a clip from an exported directory with onnxruntime, `tokenizers` and numpy only: no
-PyTorch and no other mvdit module, so it shows what an app has to do (and that it is enough).
+"""Generate a clip from an exported directory alone: the tokenizer through `tokenizers`, the
+sampler loop in NumPy, the graphs in onnxruntime (an ONNX export) or ExecuTorch's runtime (a .pte
+export). For ONNX nothing here imports PyTorch or any other part of mvdit but `mvdit.video`
+(PyAV, for the mp4), so it is what an app has to do, and shows that the export is enough:
 
-    python -m mvdit.export.runtime EXPORT_DIR "a red circle moves to the left" out.npy
+    python -m mvdit.export.runtime EXPORT_DIR "a red circle moves to the left" out.mp4
 
 reads manifest.json, tokenizes, encodes the prompt (and the empty negative prompt when the sampler
-guides), runs the Euler schedule with one dit_step call per evaluation, decodes, and returns uint8
-frames (T, H, W, 3).
+guides), runs the Euler schedule with one dit_step call per network evaluation, decodes, and
+returns uint8 frames (T, H, W, 3) with the seconds of each stage.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from mvdit import MvditError
+from mvdit.video import write_mp4
+
+RUNTIMES = {"onnx": "onnxruntime", "executorch": "ExecuTorch"}
+
+
+class _OnnxGraph:
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *args: np.ndarray) -> np.ndarray:
+        return self.session.run(None, dict(zip(self.names, args, strict=True)))[0]
+
+
+class _PteGraph:
+    """ExecuTorch's Python runtime takes and returns torch tensors: converted at the boundary."""
+
+    def __init__(self, path: Path):
+        from executorch.runtime import Runtime
+
+        self.method = Runtime.get().load_program(str(path)).load_method("forward")
+
+    def __call__(self, *args: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in args])[
+            0
+        ].numpy()
+
 
 class ExportedPipeline:
     def __init__(self, path: str | Path):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            raise MvditError(f"{self.path} has no manifest.json: write one with `mvdit export`")
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         m = self.manifest
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.sessions = {
-            name: ort.InferenceSession(
-                str(self.path / a["file"]), opts, providers=["CPUExecutionProvider"]
+        if m["format"] not in RUNTIMES:
+            raise MvditError(
+                f"{self.path} is a {m['format']} export; this runtime runs onnx and executorch ones"
             )
-            for name, a in m["artefacts"].items()
-        }
+        graph = _OnnxGraph if m["format"] == "onnx" else _PteGraph
+        self.graphs = {name: graph(self.path / a["file"]) for name, a in m["artefacts"].items()}
         t = m["text"]
         self.tokenizer = Tokenizer.from_file(str(self.path / t["tokenizer"]))
         self.tokenizer.enable_truncation(max_length=t["max_length"])
-        self.tokenizer.enable_padding(
-            length=t["max_length"],
-            pad_id=t["pad_id"],
-            pad_token=self.tokenizer.id_to_token(t["pad_id"]),
-        )
+        pad = self.tokenizer.id_to_token(t["pad_id"])
+        self.tokenizer.enable_padding(length=t["max_length"], pad_id=t["pad_id"], pad_token=pad)
+        inputs = m["artefacts"]["dit_step"]["inputs"]
+        self._mask_dtype = bool if inputs[-1]["dtype"] == "bool" else np.float32
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIMES[self.manifest["format"]]
 
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         enc = self.tokenizer.encode(prompt)
         ids = np.array([enc.ids], dtype=np.int64)
         mask = np.array([enc.attention_mask], dtype=np.int64)
-        (text,) = self.sessions["text_encoder"].run(
-            None, {"input_ids": ids, "attention_mask": mask}
-        )
-        return text, mask.astype(bool)
+        text = self.graphs["text_encoder"](ids, mask)
+        return text.astype(np.float32), mask.astype(self._mask_dtype)
 
-    def velocity(self, x: np.ndarray, t: float, text: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feeds = {
-            "latent": x,
-            "timestep": np.array([t], dtype=np.float32),
-            "text": text,
-            "text_mask": mask,
-        }
-        return self.sessions["dit_step"].run(None, feeds)[0]
-
-    def generate(self, prompt: str, seed: int = 0, noise: np.ndarray | None = None) -> np.ndarray:
-        """uint8 frames (T, H, W, 3). `noise` replaces the seeded standard normal start."""
+    def generate(
+        self, prompt: str, seed: int = 0, noise: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """uint8 frames (T, H, W, 3) and the seconds of each stage. `noise` replaces the seeded
+        standard normal start (numpy's generator, so not the eager pipeline's torch noise)."""
+        if not prompt.strip():
+            raise MvditError("the prompt is empty: give a text description of the video")
         s = self.manifest["sampler"]
         shape = self.manifest["latent"]["shape"]
         if noise is None:
             noise = np.random.default_rng(seed).standard_normal(shape)
-        x = noise.astype(np.float32).reshape(shape)
+        x = np.asarray(noise, dtype=np.float32).reshape(shape)
+        timings = {}
+        t0 = time.perf_counter()
         text, mask = self.encode(prompt)
         guided = s["guidance"] != 1.0
         if guided:
             ntext, nmask = self.encode(s["negative_prompt"])
+        timings["text"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         sched = s["schedule"]
+        step = self.graphs["dit_step"]
         for t, t_next in zip(sched[:-1], sched[1:], strict=True):
-            v = self.velocity(x, t, text, mask)
+            tt = np.array([t], dtype=np.float32)
+            v = step(x, tt, text, mask)
             if guided:
-                v_u = self.velocity(x, t, ntext, nmask)
+                v_u = step(x, tt, ntext, nmask)
                 v = v_u + s["guidance"] * (v - v_u)
             x = (x + (t_next - t) * v).astype(np.float32)
-        (video,) = self.sessions["vae_decoder"].run(None, {"latent": x})
+        timings["dit"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        video = self.graphs["vae_decoder"](x)
         frames = np.clip(np.rint((video[0] + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        return frames.transpose(1, 2, 3, 0)  # (3, T, H, W) -> (T, H, W, 3)
+        timings["decode"] = time.perf_counter() - t0
+        return frames.transpose(1, 2, 3, 0), timings  # (3, T, H, W) -> (T, H, W, 3)
+
+    def write(self, frames: np.ndarray, output: str | Path, scale: int | None = None) -> Path:
+        return write_mp4(output, frames, fps=self.manifest["clip"]["fps"], scale=scale)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 3:
-        sys.exit('usage: python -m mvdit.export.runtime EXPORT_DIR "PROMPT" OUT.npy')
-    frames = ExportedPipeline(argv[0]).generate(argv[1])
-    np.save(argv[2], frames)
+        sys.exit('usage: python -m mvdit.export.runtime EXPORT_DIR "PROMPT" OUT.mp4')
+    try:
+        t0 = time.perf_counter()
+        pipe = ExportedPipeline(argv[0])
+        load = time.perf_counter() - t0
+        frames, timings = pipe.generate(argv[1])
+        pipe.write(frames, argv[2])
+    except MvditError as e:
+        sys.exit(f"error: {e}")
+    stages = " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in timings.items())
+    print(f"{pipe.runtime}: load {load:.2f} s | {stages}")
     print(f"wrote {argv[2]}: {frames.shape[0]} frames of {frames.shape[1]}x{frames.shape[2]}")
 
 
