@@ -28,7 +28,7 @@ from mvdit.eval.curve import checkpoint_curve
 from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
 from mvdit.export.compare import eval_exported, run_side_by_side
-from mvdit.export.pipeline import export_pipeline
+from mvdit.export.pipeline import export_dit_preset, export_pipeline
 from mvdit.io import atomic_write_text, read_json, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
@@ -259,10 +259,24 @@ def export(
     attention: Annotated[
         str, typer.Option(help="fused (SDPA) or explicit (matmul + softmax + matmul)")
     ] = "fused",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="instead of --model: one DiT step of this preset, random weights (a size check)"
+        ),
+    ] = None,
 ) -> None:
     """Export the text encoder, one DiT step and the VAE decoder, with the manifest an app needs
     (shapes, schedule, time shift, latent normalisation, tokenizer); each graph is run against
     eager where this machine can (ONNX in onnxruntime, ExecuTorch in its runtime)."""
+    if preset is not None:
+        if model is not None:
+            fail("give --model or --preset, not both")
+        export_dit_preset(
+            preset, out, format, precision, tiles, tile_bytes, attention, progress=typer.echo
+        )
+        typer.echo(f"wrote {out}/manifest.json")
+        return
     source = model if model is not None else shipped_model_path()
     m = export_pipeline(source, out, format, precision, tiles, tile_bytes, attention, typer.echo)
     total = sum(a["bytes"] for a in m["artefacts"].values())

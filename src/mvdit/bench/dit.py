@@ -263,7 +263,7 @@ def checkpoint_target(path: str | Path, device: torch.device) -> tuple[Target, o
 # one target
 
 
-def _dit_inputs(target: Target, device: torch.device, dtype: torch.dtype, batch: int = 1):
+def dit_inputs(target: Target, device: torch.device, dtype: torch.dtype, batch: int = 1):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *target.latent, generator=g).to(device, dtype)
     t = torch.full((batch,), 0.5, device=device, dtype=dtype)
@@ -300,7 +300,7 @@ def bench_target(
     # DiT: one network evaluation at batch 1; the warm-up runs inside the memory probe
     with PeakMemory(device) as mem:
         dit = target.dit or build_random(lambda: VideoDiT(target.dit_config), device, dtype)
-        x, t, text, mask = _dit_inputs(target, device, dtype)
+        x, t, text, mask = dit_inputs(target, device, dtype)
 
         def ours():
             with _autocast(device, dtype):
@@ -432,7 +432,7 @@ def _sampler(
 ) -> Callable[[], object]:
     """A whole clip for a preset: encode the prompt, run the sampler, decode. The DiT reads random
     text tokens of its own width (a paper preset expects CLIP-L's 768-d, MiniLM gives 384-d)."""
-    x, _, text, mask = _dit_inputs(target, device, dtype)
+    x, _, text, mask = dit_inputs(target, device, dtype)
     s = target.sampling
     cond = {"text": text, "text_mask": mask}
 

@@ -5,7 +5,9 @@ per channel, activations quantized per call.
 What XNNPACK does not take runs on ExecuTorch's portable kernels; `delegation` says which ops
 those are. XNNPACK has no 3-D convolution, so the causal VAE's convolutions stay portable; and
 its compiler refuses some of the decoder's 5-D subgraphs at load time, so a graph whose delegated
-program fails to load is lowered again without the delegate, and the manifest says so.
+program fails to load is lowered again without the delegate, and the manifest says so. On the
+shipped default that portable decoder then fails in ExecuTorch 1.5's convolution kernel
+(InvalidArgument): the export records it (`not_run`) and the runtime refuses the directory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from mvdit import MvditError
 
 
 def _quiet() -> None:
@@ -70,34 +74,48 @@ def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, prec
     _quiet()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(module, args)
-        if precision == "int8":
-            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer,
-                get_symmetric_quantization_config,
-            )
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-            quantizer = XNNPACKQuantizer().set_global(
-                get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
-            )
-            prepared = prepare_pt2e(program.module(), quantizer)
-            prepared(*args)  # dynamic quantization needs no calibration; one call fixes shapes
-            program = torch.export.export(convert_pt2e(prepared), args)
-        edge = _lower(program, delegate=True)
+        try:
+            edge = _lower(_program(module, args, precision), delegate=True)
+        except AssertionError as e:
+            # seen on the int8 DiT step: XNNPACK's partitioner groups the quantized ops into
+            # subgraphs that depend on each other; its one-subgraph-per-op mode ran > 8 min
+            raise MvditError(
+                f"XNNPACK's partitioner failed on the {precision} graph of {path.stem} ({e}); "
+                "export it in fp32 for executorch, or in int8 for onnx"
+            ) from None
         path.write_bytes(edge.to_executorch().buffer)
         report = delegation(edge)
         try:
             _load(path)
         except RuntimeError as e:
-            # XNNPACK accepted the subgraphs at lowering but its compiler refuses one at load
-            edge = _lower(program, delegate=False)
+            # XNNPACK accepted the subgraphs at lowering but its compiler refuses one at load.
+            # Exported again: lowering rewrites the program it is given (dim orders, for one),
+            # so the first program would not run on portable kernels.
+            edge = _lower(_program(module, args, precision), delegate=False)
             path.write_bytes(edge.to_executorch().buffer)
             report = delegation(edge) | {
                 "xnnpack_refused": f"XNNPACK's compiler rejected a delegated subgraph at load ({e}); "
                 "lowered with portable kernels only"
             }
     return report
+
+
+def _program(module: nn.Module, args: tuple[torch.Tensor, ...], precision: str):
+    program = torch.export.export(module, args)
+    if precision == "int8":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+        )
+        prepared = prepare_pt2e(program.module(), quantizer)
+        prepared(*args)  # dynamic quantization needs no calibration; one call fixes shapes
+        program = torch.export.export(convert_pt2e(prepared), args)
+    return program
 
 
 def _load(path: Path):

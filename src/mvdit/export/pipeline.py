@@ -32,12 +32,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mvdit import MvditError, __version__
+from mvdit.bench.dit import build_random, dit_inputs, preset_target
 from mvdit.export.coreml import package_bytes, save_mlpackage
 from mvdit.export.executorch import run_pte, save_pte
 from mvdit.export.onnx import quantize_int8, run_onnx, save_onnx
 from mvdit.export.tiling import tile_ffn
 from mvdit.io import atomic_dir, write_json
-from mvdit.models.dit import Attention
+from mvdit.models.dit import Attention, VideoDiT
 from mvdit.models.text import default_minilm_path
 from mvdit.pipeline import Pipeline
 
@@ -104,13 +105,17 @@ def _save(fmt: str, module, example: dict, output: str, path: Path, precision: s
     return {"coreml": save_mlpackage(module, args, names, path, precision)}
 
 
-def _run(fmt: str, path: Path, example: dict) -> np.ndarray | None:
+def _run(fmt: str, path: Path, example: dict) -> tuple[np.ndarray | None, str | None]:
+    """The graph's output on `example` in its runtime, or None and why it did not run here."""
     args = tuple(example.values())
     if fmt == "onnx":
-        return run_onnx(path, args, list(example))
+        return run_onnx(path, args, list(example)), None
     if fmt == "executorch":
-        return run_pte(path, args)
-    return None  # Core ML predicts on macOS only
+        try:
+            return run_pte(path, args), None
+        except RuntimeError as e:
+            return None, f"ExecuTorch's runtime failed on it here: {str(e).strip()}"
+    return None, "Core ML predicts on macOS only"
 
 
 def export_pipeline(
@@ -189,25 +194,27 @@ def export_pipeline(
             report = _save(fmt, module.eval(), example, output, path, precision)
             with torch.no_grad():
                 ref = module(*example.values()).float().numpy()
-            got = _run(fmt, path, example)
+            got, why = _run(fmt, path, example)
             size = package_bytes(path) if path.is_dir() else path.stat().st_size
-            artefacts[name] = {
-                "file": path.name,
-                "inputs": _io(example),
-                "outputs": [{"name": output, "shape": list(ref.shape), "dtype": "float32"}],
-                "bytes": size,
-                "max_abs_error_vs_eager": None if got is None else float(np.abs(got - ref).max()),
-                "export_s": round(time.perf_counter() - t0, 2),
-            } | report
+            artefacts[name] = (
+                {
+                    "file": path.name,
+                    "inputs": _io(example),
+                    "outputs": [{"name": output, "shape": list(ref.shape), "dtype": "float32"}],
+                    "bytes": size,
+                    "max_abs_error_vs_eager": None
+                    if got is None
+                    else float(np.abs(got - ref).max()),
+                    "export_s": round(time.perf_counter() - t0, 2),
+                }
+                | report
+                | ({"not_run": why} if why else {})
+            )
             if progress is not None:
                 err = artefacts[name]["max_abs_error_vs_eager"]
                 progress(
                     f"{name}: {size / 2**20:.2f} MiB, "
-                    + (
-                        "not run here (Core ML predicts on macOS)"
-                        if err is None
-                        else f"max |{fmt} - eager| {err:.2e}"
-                    )  # fmt: skip
+                    + (f"not run: {why}" if err is None else f"max |{fmt} - eager| {err:.2e}")
                 )
         (tmp / "tokenizer").mkdir()
         for f in (
@@ -262,4 +269,95 @@ def export_pipeline(
             "artefacts": artefacts,
         }
         write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def export_dit_preset(
+    preset: str,
+    out: str | Path,
+    fmt: str = "executorch",
+    precision: str | None = None,
+    tiles: int | None = None,
+    tile_bytes: int | None = None,
+    attention: str = "fused",
+    run: bool = True,
+    progress=print,
+) -> dict:
+    """One DiT step of a preset with random weights at its clip size (paper presets: 49x384x512,
+    1,344 tokens), exported alone: does the backend take a model of that size, how large is the
+    artefact, how much memory does the export need, and which ops does it delegate."""
+    import resource
+
+    if fmt not in FORMATS:
+        raise MvditError(f"--format {fmt} is not one of: {', '.join(FORMATS)}")
+    suffix, precisions, default = FORMATS[fmt]
+    precision = precision or default
+    if precision not in precisions:
+        raise MvditError(
+            f"--precision {precision} is not available for {fmt}; choose one of: {', '.join(precisions)}"
+        )
+    target = preset_target(preset, paper_decode=False)
+    dit = build_random(lambda: VideoDiT(target.dit_config), torch.device("cpu"), torch.float32)
+    if fmt == "coreml" and tiles is None and tile_bytes is None:
+        tile_bytes = COREML_TILE_BYTES
+    tiled = tile_ffn(dit, k=tiles, tile_bytes=tile_bytes) if tiles or tile_bytes else {}
+    if attention == "explicit":
+        for m in dit.modules():
+            if isinstance(m, Attention):
+                m.fused = False
+    x, t, text, mask = dit_inputs(target, torch.device("cpu"), torch.float32)
+    example = {
+        "latent": x,
+        "timestep": t,
+        "text": text,
+        "text_mask": mask.float() if fmt == "coreml" else mask,
+    }
+    module = _DiTStep(dit).eval()
+    with atomic_dir(out) as tmp:
+        path = tmp / f"dit_step{suffix}"
+        t0 = time.perf_counter()
+        report = _save(fmt, module, example, "velocity", path, precision)
+        export_s = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        err, run_s, why = None, None, None
+        if run and fmt != "coreml":
+            with torch.no_grad():
+                ref = module(*example.values()).numpy()
+            t0 = time.perf_counter()
+            got, why = _run(fmt, path, example)
+            run_s = time.perf_counter() - t0
+            err = None if got is None else float(np.abs(got - ref).max())
+        size = package_bytes(path) if path.is_dir() else path.stat().st_size
+        manifest = {
+            "format": fmt,
+            "precision": precision,
+            "preset": preset,
+            "params": sum(p.numel() for p in dit.parameters()),
+            "latent": list(x.shape),
+            "tokens": target.dit_config.tokens(target.latent),
+            "text_tokens": target.text_len,
+            "weights": "random (a shape check, not a model)",
+            "ffn_tiles": tiled,
+            "attention": attention,
+            "artefacts": {
+                "dit_step": {
+                    "file": path.name,
+                    "inputs": _io(example),
+                    "bytes": size,
+                    "export_s": round(export_s, 1),
+                    "run_s": None if run_s is None else round(run_s, 2),
+                    "max_abs_error_vs_eager": err,
+                }
+                | report
+                | ({"not_run": why} if why else {})
+            },
+            "peak_rss_bytes_during_export": peak,
+        }
+        write_json(tmp / "manifest.json", manifest)
+    if progress is not None:
+        progress(
+            f"{preset} DiT step ({manifest['params'] / 1e9:.3f}B params, {manifest['tokens']:,} tokens): "
+            f"{size / 2**30:.2f} GiB {fmt} {precision}, export {export_s:.0f} s, peak RSS {peak / 2**30:.1f} GiB"
+            + ("" if err is None else f", max |{fmt} - eager| {err:.2e}, one run {run_s:.1f} s")
+        )
     return manifest

@@ -67,6 +67,9 @@ class ExportedPipeline:
             raise MvditError(
                 f"{self.path} is a {m['format']} export; this runtime runs onnx and executorch ones"
             )
+        broken = [f"{k}: {a['not_run']}" for k, a in m["artefacts"].items() if "not_run" in a]
+        if broken:
+            raise MvditError(f"{self.path} cannot generate here; {broken[0]}")
         graph = _OnnxGraph if m["format"] == "onnx" else _PteGraph
         self.graphs = {name: graph(self.path / a["file"]) for name, a in m["artefacts"].items()}
         t = m["text"]
