@@ -173,3 +173,19 @@ def test_export_rejects_what_it_cannot_do(student, tmp_path, capsys):
         code, _, err = run_cli(["export", "-m", student, "-o", tmp_path / "x", *args], capsys)
         assert code != 0 and msg in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_presets_dit_step_exports_alone(tmp_path, capsys):
+    # the size check for paper presets, here on the tiny one: random weights, one graph
+    out = tmp_path / "preset"
+    code, stdout, err = run_cli(
+        ["export", "--preset", "tiny", "--format", "onnx", "-o", out], capsys
+    )
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    a = m["artefacts"]["dit_step"]
+    assert m["preset"] == "tiny" and m["tokens"] == 48 and m["params"] > 1_000_000
+    assert a["max_abs_error_vs_eager"] <= 1e-4 and (out / a["file"]).stat().st_size == a["bytes"]
+    assert m["peak_rss_bytes_during_export"] > 0 and "peak RSS" in stdout
+    code, _, err = run_cli(["export", "--preset", "tiny", "-m", "x", "-o", tmp_path / "y"], capsys)
+    assert code != 0 and "not both" in err
