@@ -298,6 +298,12 @@ def export_dit_preset(
         )
     target = preset_target(preset, paper_decode=False)
     dit = build_random(lambda: VideoDiT(target.dit_config), torch.device("cpu"), torch.float32)
+    # distinct random values per tensor: the bench's cheap fill repeats across blocks, and an
+    # exporter that deduplicates constants (coremltools does) would then write a tenth of the size
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
     if fmt == "coreml" and tiles is None and tile_bytes is None:
         tile_bytes = COREML_TILE_BYTES
     tiled = tile_ffn(dit, k=tiles, tile_bytes=tile_bytes) if tiles or tile_bytes else {}
