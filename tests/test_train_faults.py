@@ -194,3 +194,117 @@ def test_teacher_stage_loss_runs_on_the_run_device(monkeypatch):
             losses, _ = parts.loss_fn(0, b, torch.Generator().manual_seed(0))
             assert losses["model"].device == meta
     assert len(ops) > 100 and mixed == []
+
+
+# ---------------------------------------------------------------------------------------------
+# faults on disk: a corrupt or missing checkpoint, a full disk
+
+
+def _losses(out_dir):
+    return [r["loss"] for r in _rows(out_dir)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated weights", "corrupt state.json", "latest names a missing directory"],
+)
+def test_resume_falls_back_past_a_broken_checkpoint(tmp_path, tiny_dit_config, capsys, damage):
+    # keep_checkpoints = 2: steps 4 and 6 are on disk; step 6 is damaged, resume starts at 4
+    # and the loss sequence equals an uninterrupted run's
+    ref = tmp_path / "ref"
+    _run(ref, tiny_dit_config, steps=8)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # killed during step 7, after the step-6 checkpoint
+        _run(run, tiny_dit_config, steps=8, crash_at=7)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
+        "step_0000004",
+        "step_0000006",
+    ]
+    last = run / "checkpoints" / "step_0000006"
+    if damage == "truncated weights":
+        f = last / "model.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "corrupt state.json":
+        (last / "state.json").write_text('{"step": 6, "param_groups_')
+    else:
+        (run / "checkpoints" / "latest").write_text("step_0000099\n")
+    capsys.readouterr()
+    _run(run, tiny_dit_config, steps=8, resume=True)
+    said = capsys.readouterr()
+    text = said.out + said.err
+    if damage == "latest names a missing directory":
+        assert "step_0000099 does not exist" in text and "(step 6)" in text
+    else:
+        assert "cannot resume from step_0000006" in text and "(step 4)" in text
+        broken = "model.safetensors" if damage == "truncated weights" else "state.json"
+        assert broken in text
+    assert _losses(run) == pytest.approx(_losses(ref), abs=1e-6)
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, tiny_dit_config):
+    run = tmp_path / "run"
+    _run(run, tiny_dit_config, steps=4)
+    for d in (run / "checkpoints").glob("step_*"):
+        (d / "state.json").write_text("not json")
+    with pytest.raises(MvditError, match="no readable checkpoint.*state.json is unreadable"):
+        _run(run, tiny_dit_config, steps=6, resume=True)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, tiny_dit_config, monkeypatch):
+    import errno
+
+    from mvdit import train as train_mod
+
+    real = train_mod.save_tensors
+    calls = {"n": 0}
+
+    def save(path, tensors):
+        # the second checkpoint (step 4) runs out of space halfway through its files
+        if "step_0000004" in str(path.parent.name) or ".step_0000004" in str(path.parent):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, tensors)
+
+    monkeypatch.setattr(train_mod, "save_tensors", save)
+    run = tmp_path / "run"
+    with pytest.raises(MvditError, match="disk is full.*step_0000002 is intact.*--resume"):
+        _run(run, tiny_dit_config, steps=6)
+    root = run / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000002"]  # no debris
+    assert (root / "latest").read_text().strip() == "step_0000002"
+    load_file(str(root / "step_0000002" / "model.safetensors"))  # intact
+
+
+def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
+    # a real process killed with SIGKILL (no exception, no cleanup) while training through the
+    # CLI; --resume continues from the last complete checkpoint and the losses equal a straight run
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = ["optim.steps=24", "optim.batch_size=2", "optim.warmup_steps=2",
+            "run.checkpoint_every=4", "run.log_every=1", "run.threads=1"]  # fmt: skip
+
+    def cmd(out, *extra):
+        args = [a for s in [*sets, f"run.out_dir={out}"] for a in ("--set", s)]
+        return [sys.executable, "-c", "from mvdit.cli import main; main()", "train", *args, *extra]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    assert subprocess.run(cmd(ref), env=env, capture_output=True).returncode == 0
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_0000008").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(_losses(run)) < 24  # it died before the end
+    done = subprocess.run(cmd(run, "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout + done.stderr
+    assert _losses(run) == _losses(ref) and len(_losses(ref)) == 24

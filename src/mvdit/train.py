@@ -13,6 +13,7 @@ hold weights, EMA and optimizer moments for `--resume` to continue bit-for-bit (
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shutil
@@ -119,11 +120,70 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return ckpt if (ckpt / "state.json").is_file() else None
 
 
+def checkpoints_newest_first(out_dir: Path) -> list[Path]:
+    """Every complete-looking checkpoint directory, the one `latest` names first, then by step."""
+    root = out_dir / "checkpoints"
+    found = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        found = [named] + [p for p in found if p != named]
+    return found
+
+
+def read_checkpoint(ckpt: Path, modules, optimizers, ema) -> dict:
+    """Load one checkpoint into the run's objects; MvditError naming the file that is unreadable.
+    Everything is read and checked before any object is changed."""
+    if not ckpt.is_dir():
+        raise MvditError(f"{ckpt} does not exist")
+    files = [ckpt / "state.json", *(ckpt / f"{k}.safetensors" for k in modules)]
+    files += [ckpt / f"optim_{k}.safetensors" for k in optimizers]
+    files += [ckpt / "ema.safetensors"] if ema is not None else []
+    loaded: dict[str, Any] = {}
+    for f in files:
+        try:
+            loaded[f.name] = read_json(f) if f.suffix == ".json" else load_tensors(f)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise MvditError(f"{f} is unreadable ({why})") from None
+    state = loaded["state.json"]
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise MvditError(f"{ckpt / 'state.json'} has no step")
+    try:
+        for k, m in modules.items():
+            m.load_state_dict(loaded[f"{k}.safetensors"])
+        for k, opt in optimizers.items():
+            _unflatten_optimizer(opt, loaded[f"optim_{k}.safetensors"], state[f"param_groups_{k}"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise MvditError(f"{ckpt} does not fit this run ({str(e).splitlines()[0][:160]})") from None
+    if ema is not None:
+        ema.state = loaded["ema.safetensors"]
+    return state
+
+
 def save_checkpoint(
     out_dir: Path, step: int, modules, optimizers, ema, extra: dict, keep: int
 ) -> Path:
+    """Write a checkpoint atomically. A full disk stops the run with a message; the half-written
+    directory is removed and the previous checkpoints, and `latest`, stay as they were."""
     root = out_dir / "checkpoints"
     name = f"step_{step:07d}"
+    try:
+        return _save_checkpoint(root, name, step, modules, optimizers, ema, extra, keep)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        prev = latest_checkpoint(out_dir)
+        raise MvditError(
+            f"the disk is full: checkpoint {name} could not be written ({e.strerror}); "
+            + (f"{prev.name} is intact" if prev else "no earlier checkpoint exists")
+            + "; free space and rerun with --resume"
+        ) from None
+
+
+def _save_checkpoint(
+    root: Path, name: str, step: int, modules, optimizers, ema, extra, keep
+) -> Path:
     with atomic_dir(root / name) as tmp:
         for k, m in modules.items():
             save_tensors(tmp / f"{k}.safetensors", m.state_dict())
@@ -264,21 +324,27 @@ def train_loop(
 
     start = 0
     check_fresh_run(out_dir, resume)
-    ckpt = latest_checkpoint(out_dir)
-    if resume and ckpt is not None:
-        state = read_json(ckpt / "state.json")
-        for k, m in modules.items():
-            m.load_state_dict(load_tensors(ckpt / f"{k}.safetensors"))
-        for k, opt in optimizers.items():
-            _unflatten_optimizer(
-                opt, load_tensors(ckpt / f"optim_{k}.safetensors"), state[f"param_groups_{k}"]
-            )
+    candidates = checkpoints_newest_first(out_dir) if resume else []
+    problems = []
+    for ckpt in candidates:
+        try:
+            state = read_checkpoint(ckpt, modules, optimizers, ema)
+        except MvditError as e:
+            problems.append(str(e))
+            tqdm.write(f"cannot resume from {ckpt.name}: {e}; trying the previous checkpoint")
+            continue
         if ema is not None:
-            ema.state = {k: v.to(device) for k, v in load_tensors(ckpt / "ema.safetensors").items()}
+            ema.state = {k: v.to(device) for k, v in ema.state.items()}
         start = state["step"]
         tqdm.write(f"resuming from {ckpt} (step {start})")
-    elif resume:
-        tqdm.write(f"no checkpoint in {out_dir}; starting from step 0")
+        break
+    else:
+        if problems:
+            raise MvditError(
+                f"no readable checkpoint in {out_dir / 'checkpoints'}: {'; '.join(problems)}"
+            )
+        if resume:
+            tqdm.write(f"no checkpoint in {out_dir}; starting from step 0")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
