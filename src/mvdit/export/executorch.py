@@ -37,6 +37,13 @@ def _lower(program, delegate: bool):
     return to_edge_transform_and_lower(program, partitioner=parts)
 
 
+def _op_name(target) -> str:
+    """'aten.linear.default', 'aten::linear' or a function -> 'linear'."""
+    parts = str(getattr(target, "__name__", None) or target).split("::")[-1].split(".")
+    namespaces = ("aten", "dim_order_ops", "quantized_decomposed", "torchao")
+    return parts[1] if len(parts) > 1 and parts[0] in namespaces else parts[0]
+
+
 def delegation(edge) -> dict:
     """Delegated and portable op counts by op type of a lowered program."""
     gm = edge.exported_program().graph_module
@@ -45,11 +52,11 @@ def delegation(edge) -> dict:
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
-        name = getattr(node.target, "__name__", str(node.target))
+        name = _op_name(node.target)
         if name == "executorch_call_delegate":
             delegated += 1
         elif name != "getitem":
-            portable[name.split(".")[0]] += 1
+            portable[name] += 1
     lowered = [
         getattr(gm, n.target)
         for n in gm.graph.nodes
@@ -59,7 +66,7 @@ def delegation(edge) -> dict:
     for lm in lowered:
         for node in lm.original_module.graph.nodes:
             if node.op == "call_function":
-                inside[getattr(node.target, "__name__", str(node.target)).split(".")[0]] += 1
+                inside[_op_name(node.target)] += 1
     return {
         "delegated_subgraphs": delegated,
         "delegated_ops": dict(inside.most_common()),
