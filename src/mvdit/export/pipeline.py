@@ -118,6 +118,19 @@ def _run(fmt: str, path: Path, example: dict) -> tuple[np.ndarray | None, str | 
     return None, "Core ML predicts on macOS only"
 
 
+def _format(fmt: str, precision: str | None) -> tuple[str, str]:
+    """The file suffix and the precision (the format's default when None), both checked."""
+    if fmt not in FORMATS:
+        raise MvditError(f"--format {fmt} is not one of: {', '.join(FORMATS)}")
+    suffix, precisions, default = FORMATS[fmt]
+    precision = precision or default
+    if precision not in precisions:
+        raise MvditError(
+            f"--precision {precision} is not available for {fmt}; choose one of: {', '.join(precisions)}"
+        )
+    return suffix, precision
+
+
 def export_pipeline(
     model_dir: str | Path,
     out: str | Path,
@@ -130,14 +143,7 @@ def export_pipeline(
 ) -> dict:
     """Export `model_dir` to `out` (written atomically), running each graph against eager where
     this machine can. Returns the manifest."""
-    if fmt not in FORMATS:
-        raise MvditError(f"--format {fmt} is not one of: {', '.join(FORMATS)}")
-    suffix, precisions, default = FORMATS[fmt]
-    precision = precision or default
-    if precision not in precisions:
-        raise MvditError(
-            f"--precision {precision} is not available for {fmt}; choose one of: {', '.join(precisions)}"
-        )
+    suffix, precision = _format(fmt, precision)
     if attention not in ATTENTION_FORMS:
         raise MvditError(f"--attention must be fused or explicit, got {attention}")
     if tiles is not None and tile_bytes is not None:
@@ -288,14 +294,7 @@ def export_dit_preset(
     artefact, how much memory does the export need, and which ops does it delegate."""
     import resource
 
-    if fmt not in FORMATS:
-        raise MvditError(f"--format {fmt} is not one of: {', '.join(FORMATS)}")
-    suffix, precisions, default = FORMATS[fmt]
-    precision = precision or default
-    if precision not in precisions:
-        raise MvditError(
-            f"--precision {precision} is not available for {fmt}; choose one of: {', '.join(precisions)}"
-        )
+    suffix, precision = _format(fmt, precision)
     target = preset_target(preset, paper_decode=False)
     dit = build_random(lambda: VideoDiT(target.dit_config), torch.device("cpu"), torch.float32)
     # distinct random values per tensor: the bench's cheap fill repeats across blocks, and an
