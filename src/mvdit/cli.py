@@ -29,7 +29,7 @@ from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
 from mvdit.export.compare import eval_exported, run_side_by_side
 from mvdit.export.pipeline import export_dit_preset, export_pipeline
-from mvdit.io import atomic_write_text, read_json, write_json
+from mvdit.io import atomic_write_text, read_json, tree_bytes, write_json
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
 from mvdit.pipeline import Pipeline, shipped_model_path
@@ -229,8 +229,7 @@ def convert(
         fail("--out must differ from --model: the source stays as it is")
     pipe = Pipeline.from_pretrained(model)
     pipe.save_pretrained(out, dit_dtype=dtypes[dtype], shipped_vae=shipped_vae)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    typer.echo(f"wrote {out} ({size / 2**20:.2f} MiB)")
+    typer.echo(f"wrote {out} ({tree_bytes(out) / 2**20:.2f} MiB)")
 
 
 @app.command()

@@ -41,6 +41,14 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def tree_bytes(path: str | Path) -> int:
+    """Size on disk of a file, or of every file under a directory (a model, an .mlpackage)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

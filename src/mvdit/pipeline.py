@@ -52,6 +52,11 @@ def shipped_model_path() -> Path:
     return path
 
 
+def start_noise(batch: int, latent_shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The standard normal latent a generation of `batch` clips with `seed` starts from (CPU)."""
+    return torch.randn(batch, *latent_shape, generator=torch.Generator().manual_seed(seed))
+
+
 class SamplerConfig(BaseModel):
     """How the model samples, owned by the model: a teacher's step count and guidance, or a
     distilled student's fixed schedule. Every command that samples, reports or estimates reads it."""
@@ -225,8 +230,7 @@ class Pipeline:
         timings["text"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(len(prompts), *self.latent_shape, generator=gen).to(device)
+        noise = start_noise(len(prompts), self.latent_shape, seed).to(device)
         bar = tqdm(total=sampling.steps, desc="denoise", leave=False, disable=not progress)
         latents, nfe = euler_sample(
             self.dit,

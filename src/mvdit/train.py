@@ -131,9 +131,10 @@ def checkpoints_newest_first(out_dir: Path) -> list[Path]:
     return found
 
 
-def read_checkpoint(ckpt: Path, modules, optimizers, ema) -> dict:
+def read_checkpoint(ckpt: Path, modules, optimizers, ema, device: torch.device) -> dict:
     """Load one checkpoint into the run's objects; MvditError naming the file that is unreadable.
-    Everything is read and checked before any object is changed."""
+    Every file is read before any object is changed; a checkpoint that then does not fit may
+    leave the objects half-loaded, for the next checkpoint tried to overwrite."""
     if not ckpt.is_dir():
         raise MvditError(f"{ckpt} does not exist")
     files = [ckpt / "state.json", *(ckpt / f"{k}.safetensors" for k in modules)]
@@ -157,7 +158,7 @@ def read_checkpoint(ckpt: Path, modules, optimizers, ema) -> dict:
     except (KeyError, RuntimeError, ValueError) as e:
         raise MvditError(f"{ckpt} does not fit this run ({str(e).splitlines()[0][:160]})") from None
     if ema is not None:
-        ema.state = loaded["ema.safetensors"]
+        ema.state = {k: v.to(device) for k, v in loaded["ema.safetensors"].items()}
     return state
 
 
@@ -328,13 +329,11 @@ def train_loop(
     problems = []
     for ckpt in candidates:
         try:
-            state = read_checkpoint(ckpt, modules, optimizers, ema)
+            state = read_checkpoint(ckpt, modules, optimizers, ema, device)
         except MvditError as e:
             problems.append(str(e))
             tqdm.write(f"cannot resume from {ckpt.name}: {e}; trying the previous checkpoint")
             continue
-        if ema is not None:
-            ema.state = {k: v.to(device) for k, v in ema.state.items()}
         start = state["step"]
         tqdm.write(f"resuming from {ckpt} (step {start})")
         break

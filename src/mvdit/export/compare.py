@@ -8,19 +8,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.eval.evaluate import read_prompts
 from mvdit.eval.faithfulness import score_clip, summarize
 from mvdit.export.runtime import ExportedPipeline
-from mvdit.pipeline import Pipeline
+from mvdit.pipeline import Pipeline, start_noise
 
 
 def torch_noise(shape: list[int], seed: int) -> np.ndarray:
-    """The start noise the eager pipeline draws for `seed` (one clip), so the two can be compared."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).numpy()
+    """The start noise the eager pipeline draws for one clip with `seed` (manifest shape
+    (1, C, t, h, w)), so the two can be compared."""
+    return start_noise(shape[0], tuple(shape[1:]), seed).numpy()
 
 
 def run_side_by_side(export_dir: str | Path, prompt: str, seed: int, eager: bool = True) -> dict:

@@ -52,7 +52,3 @@ def save_mlpackage(
         "minimum_deployment_target": "iOS17",
         "prediction": "not run: Core ML predicts on macOS/iOS only",
     }
-
-
-def package_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 
 from mvdit import MvditError, __version__
 from mvdit.bench.dit import build_random, dit_inputs, preset_target
-from mvdit.export.coreml import package_bytes, save_mlpackage
+from mvdit.export.coreml import save_mlpackage
 from mvdit.export.executorch import run_pte, save_pte
 from mvdit.export.onnx import quantize_int8, run_onnx, save_onnx
 from mvdit.export.tiling import tile_ffn
-from mvdit.io import atomic_dir, write_json
+from mvdit.io import atomic_dir, tree_bytes, write_json
 from mvdit.models.dit import Attention, VideoDiT
 from mvdit.models.text import default_minilm_path
 from mvdit.pipeline import Pipeline
@@ -118,8 +118,11 @@ def _run(fmt: str, path: Path, example: dict) -> tuple[np.ndarray | None, str | 
     return None, "Core ML predicts on macOS only"
 
 
-def _format(fmt: str, precision: str | None) -> tuple[str, str]:
-    """The file suffix and the precision (the format's default when None), both checked."""
+def _check(
+    fmt: str, precision: str | None, tiles: int | None, tile_bytes: int | None, attention: str
+) -> tuple[str, str]:
+    """Every export option checked, the backend's packages importable; returns the file suffix and
+    the precision (the format's default when None)."""
     if fmt not in FORMATS:
         raise MvditError(f"--format {fmt} is not one of: {', '.join(FORMATS)}")
     suffix, precisions, default = FORMATS[fmt]
@@ -128,7 +131,38 @@ def _format(fmt: str, precision: str | None) -> tuple[str, str]:
         raise MvditError(
             f"--precision {precision} is not available for {fmt}; choose one of: {', '.join(precisions)}"
         )
+    if attention not in ATTENTION_FORMS:
+        raise MvditError(f"--attention must be fused or explicit, got {attention}")
+    if tiles is not None and tile_bytes is not None:
+        raise MvditError("give --tiles or --tile-bytes, not both")
+    for package in PACKAGES[fmt]:
+        try:
+            __import__(package)
+        except ImportError:
+            raise MvditError(f"{fmt} export needs {package}: pip install 'mvdit[export]'") from None
     return suffix, precision
+
+
+def _export_forms(
+    dit: nn.Module, fmt: str, tiles: int | None, tile_bytes: int | None, attention: str
+) -> tuple[dict[str, int], int | None]:
+    """Put the DiT in its export forms, in place: the FFN tiled (Core ML: 1 MiB tiles unless told
+    otherwise), attention explicit when asked. Returns the tiles per layer and the tile size."""
+    if fmt == "coreml" and tiles is None and tile_bytes is None:
+        tile_bytes = COREML_TILE_BYTES
+    tiled = {}
+    if tiles is not None or tile_bytes is not None:
+        tiled = tile_ffn(dit, k=tiles, tile_bytes=tile_bytes)
+    if attention == "explicit":
+        for m in dit.modules():
+            if isinstance(m, Attention):
+                m.fused = False
+    return tiled, tile_bytes
+
+
+def _text_mask(mask: torch.Tensor, fmt: str) -> torch.Tensor:
+    """The DiT step's caption mask input: bool, or float where Core ML has no bool I/O."""
+    return mask.float() if fmt == "coreml" else mask.bool()
 
 
 def export_pipeline(
@@ -143,29 +177,12 @@ def export_pipeline(
 ) -> dict:
     """Export `model_dir` to `out` (written atomically), running each graph against eager where
     this machine can. Returns the manifest."""
-    suffix, precision = _format(fmt, precision)
-    if attention not in ATTENTION_FORMS:
-        raise MvditError(f"--attention must be fused or explicit, got {attention}")
-    if tiles is not None and tile_bytes is not None:
-        raise MvditError("give --tiles or --tile-bytes, not both")
-    for package in PACKAGES[fmt]:
-        try:
-            __import__(package)
-        except ImportError:
-            raise MvditError(f"{fmt} export needs {package}: pip install 'mvdit[export]'") from None
+    suffix, precision = _check(fmt, precision, tiles, tile_bytes, attention)
     pipe = Pipeline.from_pretrained(model_dir)
     tok_dir = _tokenizer_files(pipe)
     c = pipe.config
     dit, vae, te = pipe.dit.eval(), pipe.vae.eval(), pipe.text_encoder
-    if fmt == "coreml" and tiles is None and tile_bytes is None:
-        tile_bytes = COREML_TILE_BYTES
-    tiled = {}
-    if tiles is not None or tile_bytes is not None:
-        tiled = tile_ffn(dit, k=tiles, tile_bytes=tile_bytes)
-    if attention == "explicit":
-        for m in dit.modules():
-            if isinstance(m, Attention):
-                m.fused = False
+    tiled, tile_bytes = _export_forms(dit, fmt, tiles, tile_bytes, attention)
     sampling = pipe.sampling()
     latent_shape = (1, *pipe.latent_shape)
     gen = torch.Generator().manual_seed(0)
@@ -180,7 +197,7 @@ def export_pipeline(
                 "latent": torch.randn(latent_shape, generator=gen),
                 "timestep": torch.tensor([0.75]),
                 "text": text,
-                "text_mask": mask.float() if fmt == "coreml" else mask.bool(),
+                "text_mask": _text_mask(mask, fmt),
             },
             "velocity",
             _DiTStep(dit),
@@ -201,7 +218,7 @@ def export_pipeline(
             with torch.no_grad():
                 ref = module(*example.values()).float().numpy()
             got, why = _run(fmt, path, example)
-            size = package_bytes(path) if path.is_dir() else path.stat().st_size
+            size = tree_bytes(path)
             artefacts[name] = (
                 {
                     "file": path.name,
@@ -261,7 +278,7 @@ def export_pipeline(
                 "tokenizer": "tokenizer/tokenizer.json",
                 "max_length": te.max_length,
                 "dim": te.dim,
-                "pad_id": 0,
+                "pad_id": te.tokenizer.padding["pad_id"],
                 "padding": "right, to max_length; attention_mask 1 on tokens, 0 on padding",
                 "truncation": "to max_length, [CLS] and [SEP] kept",
             },
@@ -294,7 +311,7 @@ def export_dit_preset(
     artefact, how much memory does the export need, and which ops does it delegate."""
     import resource
 
-    suffix, precision = _format(fmt, precision)
+    suffix, precision = _check(fmt, precision, tiles, tile_bytes, attention)
     target = preset_target(preset, paper_decode=False)
     dit = build_random(lambda: VideoDiT(target.dit_config), torch.device("cpu"), torch.float32)
     # distinct random values per tensor: the bench's cheap fill repeats across blocks, and an
@@ -303,20 +320,9 @@ def export_dit_preset(
     with torch.no_grad():
         for p in dit.parameters():
             p.normal_(0.0, 0.02, generator=gen)
-    if fmt == "coreml" and tiles is None and tile_bytes is None:
-        tile_bytes = COREML_TILE_BYTES
-    tiled = tile_ffn(dit, k=tiles, tile_bytes=tile_bytes) if tiles or tile_bytes else {}
-    if attention == "explicit":
-        for m in dit.modules():
-            if isinstance(m, Attention):
-                m.fused = False
+    tiled, tile_bytes = _export_forms(dit, fmt, tiles, tile_bytes, attention)
     x, t, text, mask = dit_inputs(target, torch.device("cpu"), torch.float32)
-    example = {
-        "latent": x,
-        "timestep": t,
-        "text": text,
-        "text_mask": mask.float() if fmt == "coreml" else mask,
-    }
+    example = {"latent": x, "timestep": t, "text": text, "text_mask": _text_mask(mask, fmt)}
     module = _DiTStep(dit).eval()
     with atomic_dir(out) as tmp:
         path = tmp / f"dit_step{suffix}"
@@ -332,7 +338,7 @@ def export_dit_preset(
             got, why = _run(fmt, path, example)
             run_s = time.perf_counter() - t0
             err = None if got is None else float(np.abs(got - ref).max())
-        size = package_bytes(path) if path.is_dir() else path.stat().st_size
+        size = tree_bytes(path)
         manifest = {
             "format": fmt,
             "precision": precision,
@@ -343,6 +349,7 @@ def export_dit_preset(
             "text_tokens": target.text_len,
             "weights": "random (a shape check, not a model)",
             "ffn_tiles": tiled,
+            "ffn_tile_bytes": tile_bytes,
             "attention": attention,
             "artefacts": {
                 "dit_step": {

@@ -1,7 +1,8 @@
 """Generate a clip from an exported directory alone: the tokenizer through `tokenizers`, the
 sampler loop in NumPy, the graphs in onnxruntime (an ONNX export) or ExecuTorch's runtime (a .pte
-export). For ONNX nothing here imports PyTorch or any other part of mvdit but `mvdit.video`
-(PyAV, for the mp4), so it is what an app has to do, and shows that the export is enough:
+export). For ONNX nothing here imports PyTorch, nor any part of mvdit but `mvdit.video` (PyAV,
+for the mp4) and `mvdit.tokenizer`, so it is what an app has to do, and shows that the export is
+enough:
 
     python -m mvdit.export.runtime EXPORT_DIR "a red circle moves to the left" out.mp4
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdit import MvditError
+from mvdit.tokenizer import fixed_length_tokenizer
 from mvdit.video import write_mp4
 
 RUNTIMES = {"onnx": "onnxruntime", "executorch": "ExecuTorch"}
@@ -56,8 +58,6 @@ class _PteGraph:
 
 class ExportedPipeline:
     def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer
-
         self.path = Path(path)
         if not (self.path / "manifest.json").is_file():
             raise MvditError(f"{self.path} has no manifest.json: write one with `mvdit export`")
@@ -73,10 +73,9 @@ class ExportedPipeline:
         graph = _OnnxGraph if m["format"] == "onnx" else _PteGraph
         self.graphs = {name: graph(self.path / a["file"]) for name, a in m["artefacts"].items()}
         t = m["text"]
-        self.tokenizer = Tokenizer.from_file(str(self.path / t["tokenizer"]))
-        self.tokenizer.enable_truncation(max_length=t["max_length"])
-        pad = self.tokenizer.id_to_token(t["pad_id"])
-        self.tokenizer.enable_padding(length=t["max_length"], pad_id=t["pad_id"], pad_token=pad)
+        self.tokenizer = fixed_length_tokenizer(
+            self.path / t["tokenizer"], t["max_length"], t["pad_id"]
+        )
         inputs = m["artefacts"]["dit_step"]["inputs"]
         self._mask_dtype = bool if inputs[-1]["dtype"] == "bool" else np.float32
 

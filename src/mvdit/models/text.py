@@ -21,6 +21,7 @@ from torch import nn
 
 from mvdit import MvditError
 from mvdit.io import read_json
+from mvdit.tokenizer import fixed_length_tokenizer
 
 TextKind = Literal["minilm", "clip", "t5", "auto"]
 
@@ -161,7 +162,6 @@ class MiniLM(nn.Module):
 def _minilm(path: Path, config: TextConfig) -> TextEncoder:
     """The BERT-architecture encoder in `path` through MiniLM and the `tokenizers` library."""
     from safetensors.torch import load_file
-    from tokenizers import Tokenizer
 
     cfg = read_json(path / "config.json")
     if cfg.get("model_type") != "bert":
@@ -189,11 +189,8 @@ def _minilm(path: Path, config: TextConfig) -> TextEncoder:
         raise MvditError(
             f"could not load text encoder from {path}: its weights do not fit its config.json ({lines[-1][:200]})"
         ) from None
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=config.max_length)
-    pad = int(cfg.get("pad_token_id", 0))
-    tokenizer.enable_padding(
-        length=config.max_length, pad_id=pad, pad_token=tokenizer.id_to_token(pad)
+    tokenizer = fixed_length_tokenizer(
+        path / "tokenizer.json", config.max_length, int(cfg.get("pad_token_id", 0))
     )
 
     def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
