@@ -1,13 +1,20 @@
 """ONNX: torch.onnx's dynamo exporter at static shapes, onnxruntime to check and benchmark,
-onnxruntime's dynamic int8 quantization of the MatMul weights."""
+onnxruntime's dynamic int8 quantization of the MatMul weights.
+
+Importing this module does not import torch (only `save_onnx` does): the exported-graph runtime,
+which runs where PyTorch is absent, opens its sessions with `ort_session` too.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPSET = 18
 
@@ -18,6 +25,8 @@ def save_onnx(
     """torch.onnx's dynamo exporter at static shapes, weights inside the file."""
     import logging
     import warnings
+
+    import torch
 
     # the exporter logs a line per torchvision op it cannot register (torchvision is not needed)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

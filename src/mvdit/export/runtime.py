@@ -1,8 +1,8 @@
 """Generate a clip from an exported directory alone: the tokenizer through `tokenizers`, the
 sampler loop in NumPy, the graphs in onnxruntime (an ONNX export) or ExecuTorch's runtime (a .pte
-export). For ONNX nothing here imports PyTorch, nor any part of mvdit but `mvdit.video` (PyAV,
-for the mp4) and `mvdit.tokenizer`, so it is what an app has to do, and shows that the export is
-enough:
+export). For ONNX nothing here imports PyTorch; of mvdit it uses only `mvdit.video` (PyAV, for
+the mp4), `mvdit.tokenizer` and `mvdit.export.onnx.ort_session`, so it is what an app has to do,
+and shows that the export is enough:
 
     python -m mvdit.export.runtime EXPORT_DIR "a red circle moves to the left" out.mp4
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdit import MvditError
+from mvdit.export.onnx import ort_session
 from mvdit.tokenizer import fixed_length_tokenizer
 from mvdit.video import write_mp4
 
@@ -29,11 +30,7 @@ RUNTIMES = {"onnx": "onnxruntime", "executorch": "ExecuTorch"}
 
 class _OnnxGraph:
     def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path)
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *args: np.ndarray) -> np.ndarray:
