@@ -13,7 +13,7 @@ from typing import Annotated
 import torch
 import typer
 
-from mvdit import MvditError
+from mvdit import MvditError, distributed
 from mvdit.bench.dit import run_bench
 from mvdit.bench.measure import si
 from mvdit.bench.tiling import run_tiling_bench, tiling_markdown
@@ -59,7 +59,10 @@ def fail(msg: str) -> None:
 
 
 def _report_run(summary: dict, out_dir: str | Path) -> None:
-    """What a training command prints at the end: steps, time, final loss, where things are."""
+    """What a training command prints at the end: steps, time, final loss, where things are (under
+    torchrun: rank 0 alone)."""
+    if not distributed.is_main():
+        return
     out = Path(out_dir)
     typer.echo(
         f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; final loss {summary['final'].get('loss', float('nan')):.4f}"
@@ -142,6 +145,8 @@ def distill(
 
     cfg = distill_stage.load_distill_config(config, set_)
     summary = distill_stage.train_distill(cfg, resume=resume)
+    if not distributed.is_main():
+        return
     _report_run(summary, cfg.run.out_dir)
     typer.echo(f"student schedule {[round(t, 4) for t in summary['schedule']]}, no guidance")
 
@@ -500,6 +505,8 @@ def train_vae(
 
     cfg = vae_stage.load_vae_config(config, set_)
     summary = vae_stage.train_vae(cfg, resume=resume)
+    if not distributed.is_main():  # rank 0 scored the model and reports it
+        return
     out, ev = Path(cfg.run.out_dir), summary["eval"]
     typer.echo(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s")
     typer.echo(

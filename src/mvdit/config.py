@@ -152,6 +152,15 @@ class RunConfig(Strict):
     threads: int | None = None
     # "bf16": autocast the loss to bfloat16 with fp32 master weights (GPU); fp32 on CPU is ~100x faster
     precision: Literal["fp32", "bf16"] = "fp32"
+    # under torchrun: "ddp" replicates the trained modules, "fsdp" shards them (FSDP2); one
+    # process ignores it (docs/training.md, "Many processes")
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    # recompute each DiT block in the backward instead of storing its activations (GPU memory)
+    activation_checkpointing: bool = False
+    # torch.compile each trained DiT block in place (worth it on a GPU; minutes of compiling)
+    compile: bool = False
+    # the scaled-dot-product attention kernel: PyTorch's choice, or one forced ("flash" on a GPU)
+    attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
 
 
 class SampleConfig(Strict):

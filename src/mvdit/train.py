@@ -9,13 +9,21 @@ A stage hands over:
 Because data order and every random draw (`generator` is seeded from (seed, step, micro)) are
 functions of the step, and the learning rate is computed from the step, a checkpoint only has to
 hold weights, EMA and optimizer moments for `--resume` to continue bit-for-bit (tests prove it).
+
+Under torchrun (mvdit.distributed) a step's global batch is grad_accum x world micro-batches;
+rank r computes micro-batches r*grad_accum ... r*grad_accum + grad_accum - 1, each drawn and
+seeded by its global index, so N ranks with grad_accum A run the same step as one process with
+grad_accum N*A. Checkpoints hold whole tensors in the one-process layout, written by rank 0, so a
+checkpoint from any world size resumes at any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mvdit import MvditError
+from mvdit import MvditError, distributed
 from mvdit.config import OptimConfig, RunConfig
 from mvdit.io import (
     atomic_dir,
@@ -65,7 +73,8 @@ def make_batch_fn(
     dataset, batch_size: int, grad_accum: int = 1, seed: int = 0, collate=default_collate
 ) -> BatchFn:
     """Batches drawn from per-epoch permutations seeded by (seed, epoch): batch (step, micro) is
-    always the same, whether the run started at step 0 or resumed at step 1000."""
+    always the same, whether the run started at step 0 or resumed at step 1000. `micro` is the
+    global micro-batch index, 0 <= micro < grad_accum x world size (rank r draws its own slice)."""
     n = len(dataset)
     if n == 0:
         raise MvditError("the training dataset is empty")
@@ -75,7 +84,7 @@ def make_batch_fn(
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
 
     def batch_fn(step: int, micro: int) -> dict:
-        start = (step * grad_accum + micro) * batch_size
+        start = (step * grad_accum * distributed.world_size() + micro) * batch_size
         idx = [int(perm(p // n)[p % n]) for p in range(start, start + batch_size)]
         return collate([dataset[i] for i in idx])
 
@@ -152,25 +161,51 @@ def read_checkpoint(ckpt: Path, modules, optimizers, ema, device: torch.device) 
         raise MvditError(f"{ckpt / 'state.json'} has no step")
     try:
         for k, m in modules.items():
-            m.load_state_dict(loaded[f"{k}.safetensors"])
+            m.load_state_dict(distributed.like(loaded[f"{k}.safetensors"], m.state_dict(), device))
         for k, opt in optimizers.items():
-            _unflatten_optimizer(opt, loaded[f"optim_{k}.safetensors"], state[f"param_groups_{k}"])
+            tensors = _optimizer_layout(opt, loaded[f"optim_{k}.safetensors"], device)
+            _unflatten_optimizer(opt, tensors, state[f"param_groups_{k}"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise MvditError(f"{ckpt} does not fit this run ({str(e).splitlines()[0][:160]})") from None
     if ema is not None:
-        ema.state = {k: v.to(device) for k, v in loaded["ema.safetensors"].items()}
+        ema.state = distributed.like(loaded["ema.safetensors"], ema.state, device)
     return state
 
 
+def _optimizer_layout(opt: torch.optim.Optimizer, tensors: dict, device) -> dict:
+    """Whole optimizer moments from a checkpoint, each laid out like its parameter (sharded
+    under FSDP); the step counters stay as they are."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    out = {}
+    for key, v in tensors.items():
+        i = int(key.split(".", 1)[0])
+        p = params[i] if i < len(params) else None
+        same = p is not None and tuple(v.shape) == tuple(p.shape) and v.dim() > 0
+        out[key] = distributed.like({key: v}, {key: p if same else v}, device)[key]
+    return out
+
+
+def gather_training_state(modules, optimizers, ema) -> tuple[dict, dict, dict | None]:
+    """Whole tensors of every module, optimizer and the EMA, in the one-process layout (a
+    collective under torchrun: every rank calls it; rank 0 writes what it returns)."""
+    states = {k: distributed.full_tensors(m.state_dict()) for k, m in modules.items()}
+    optims = {}
+    for k, opt in optimizers.items():
+        tensors, groups = _flatten_optimizer(opt)
+        optims[k] = (distributed.full_tensors(tensors), groups)
+    return states, optims, distributed.full_tensors(ema.state) if ema is not None else None
+
+
 def save_checkpoint(
-    out_dir: Path, step: int, modules, optimizers, ema, extra: dict, keep: int
+    out_dir: Path, step: int, states: dict, optims: dict, ema: dict | None, extra: dict, keep: int
 ) -> Path:
-    """Write a checkpoint atomically. A full disk stops the run with a message; the half-written
-    directory is removed and the previous checkpoints, and `latest`, stay as they were."""
+    """Write a checkpoint (from gather_training_state) atomically. A full disk stops the run with
+    a message; the half-written directory is removed and the previous checkpoints, and `latest`,
+    stay as they were."""
     root = out_dir / "checkpoints"
     name = f"step_{step:07d}"
     try:
-        return _save_checkpoint(root, name, step, modules, optimizers, ema, extra, keep)
+        return _save_checkpoint(root, name, step, states, optims, ema, extra, keep)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -182,14 +217,11 @@ def save_checkpoint(
         ) from None
 
 
-def _save_checkpoint(
-    root: Path, name: str, step: int, modules, optimizers, ema, extra, keep
-) -> Path:
+def _save_checkpoint(root: Path, name: str, step: int, states, optims, ema, extra, keep) -> Path:
     with atomic_dir(root / name) as tmp:
-        for k, m in modules.items():
-            save_tensors(tmp / f"{k}.safetensors", m.state_dict())
-        for k, opt in optimizers.items():
-            tensors, groups = _flatten_optimizer(opt)
+        for k, sd in states.items():
+            save_tensors(tmp / f"{k}.safetensors", sd)
+        for k, (tensors, groups) in optims.items():
             save_tensors(tmp / f"optim_{k}.safetensors", tensors)
             extra = {**extra, f"param_groups_{k}": groups}
         if ema is not None:
@@ -303,9 +335,8 @@ def train_loop(
     out_dir = Path(out_dir)
     if run.threads:
         torch.set_num_threads(run.threads)
-    device = torch.device(run.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MvditError(f"run.device = '{run.device}' but no CUDA GPU is visible; use 'cpu'")
+    par, device = distributed.setup(run.parallel, run.device)
+    say = tqdm.write if par.main else (lambda _msg: None)
     for m in modules.values():
         m.to(device).train()
     trainable = {id(p) for m in modules.values() for p in m.parameters()}
@@ -313,6 +344,9 @@ def train_loop(
         if any(id(p) in trainable for p in m.parameters()):
             raise MvditError(f"frozen module '{name}' shares parameters with a trained module")
         m.to(device).eval().requires_grad_(False)
+    apply_gpu_options(modules, run)
+    for m in modules.values():
+        distributed.wrap(m, par, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16")
 
     params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in modules.items()}
@@ -332,10 +366,17 @@ def train_loop(
             state = read_checkpoint(ckpt, modules, optimizers, ema, device)
         except MvditError as e:
             problems.append(str(e))
-            tqdm.write(f"cannot resume from {ckpt.name}: {e}; trying the previous checkpoint")
+            say(f"cannot resume from {ckpt.name}: {e}; trying the previous checkpoint")
             continue
         start = state["step"]
-        tqdm.write(f"resuming from {ckpt} (step {start})")
+        say(f"resuming from {ckpt} (step {start})")
+        was = state.get("micro_batches", optim.grad_accum)
+        if was != optim.grad_accum * par.world:
+            say(
+                f"the checkpoint's steps had {was} micro-batches of {optim.batch_size}; these have "
+                f"{optim.grad_accum} x {par.world} ranks = {optim.grad_accum * par.world}: set "
+                f"optim.grad_accum = {was / par.world:g} to continue the same run"
+            )
         break
     else:
         if problems:
@@ -343,80 +384,81 @@ def train_loop(
                 f"no readable checkpoint in {out_dir / 'checkpoints'}: {'; '.join(problems)}"
             )
         if resume:
-            tqdm.write(f"no checkpoint in {out_dir}; starting from step 0")
+            say(f"no checkpoint in {out_dir}; starting from step 0")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
-    if config_dump is not None:
-        write_json(out_dir / "config.json", config_dump)
-
-    def export() -> None:
-        if on_export is not None:
-            on_export(
-                out_dir / "model", ema.state if ema is not None else modules["model"].state_dict()
-            )
+    if par.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start)
+        if config_dump is not None:
+            write_json(out_dir / "config.json", config_dump)
+    distributed.barrier()
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(
-            out_dir,
-            step,
-            modules,
-            optimizers,
-            ema.state if ema else None,
-            {"config": config_dump},
-            run.keep_checkpoints,
-        )
-        export()
-        plot_losses(metrics_path, out_dir / "loss.png")
+        states, optims, ema_state = gather_training_state(modules, optimizers, ema)
+        error = None
+        if par.main:
+            extra = {"config": config_dump, "world": par.world}
+            extra["micro_batches"] = optim.grad_accum * par.world
+            try:
+                save_checkpoint(
+                    out_dir, step, states, optims, ema_state, extra, run.keep_checkpoints
+                )
+                if on_export is not None:
+                    on_export(out_dir / "model", ema_state if ema is not None else states["model"])
+                plot_losses(metrics_path, out_dir / "loss.png")
+            except MvditError as e:
+                error = str(e)
+        distributed.agree(error)
 
     bar = tqdm(
         total=optim.steps,
         initial=start,
-        disable=not progress,
+        disable=not (progress and par.main),
         dynamic_ncols=True,
         desc=out_dir.name,
     )
+    names = list(modules)
     t0, last, streak = time.perf_counter(), {}, 0
-    with metrics_path.open("a") as log:
+    with open(metrics_path if par.main else os.devnull, "a") as log:
         for step in range(start, optim.steps):
             for k, opt in optimizers.items():
                 for g in opt.param_groups:
                     g["lr"] = settings[k].lr * lr_factor(step, settings[k])
             sums: dict[str, float] = {}
             skipped: dict[str, str] = {}  # module -> why its update was skipped
-            for micro in range(optim.grad_accum):
+            for local in range(optim.grad_accum):
+                micro = par.rank * optim.grad_accum + local  # the global micro-batch index
                 batch = _to_device(batch_fn(step, micro), device)
                 gen = torch.Generator().manual_seed(step_seed(run.seed, step, micro))
-                with autocast:
+                with autocast, attention_backend(run.attention):
                     losses, extra = loss_fn(step, batch, gen)
-                for k, v in losses.items():
-                    if not _finite(v):
-                        skipped.setdefault(k, f"{_loss_key(k)} = {float(v.detach())}")
+                finite = distributed.all_agree([_finite(losses[k]) for k in losses], device)
+                for (k, v), ok in zip(losses.items(), finite, strict=True):
+                    if not ok:
+                        here = float(v.detach())
+                        why = f"{_loss_key(k)} = {here}" if not math.isfinite(here) else None
+                        skipped.setdefault(k, why or f"{_loss_key(k)} not finite on another rank")
                 active = [k for k, v in losses.items() if v.requires_grad and k not in skipped]
-                for i, k in enumerate(active):
-                    grads = torch.autograd.grad(
-                        losses[k] / optim.grad_accum,
-                        params[k],
-                        retain_graph=i < len(active) - 1,
-                        allow_unused=True,
-                    )
-                    for p, g in zip(params[k], grads, strict=True):
-                        if g is not None:
-                            p.grad = g if p.grad is None else p.grad.add_(g)
+                if par.active:
+                    _backward_routed(losses, active, modules, optim.grad_accum)
+                else:
+                    _grad_routed(losses, active, params, optim.grad_accum)
                 for k, v in [*((_loss_key(k), v) for k, v in losses.items()), *extra.items()]:
                     sums[k] = (
                         sums.get(k, 0.0)
                         + float(v.detach() if isinstance(v, torch.Tensor) else v) / optim.grad_accum
                     )
+            sums = distributed.mean_over_ranks(sums, device)
             stepped = set()
-            for k, opt in optimizers.items():
+            for k in names:
+                opt = optimizers[k]
                 grads = [p for p in params[k] if p.grad is not None]
                 if not grads:
                     continue
                 if k not in skipped:
                     clip = settings[k].grad_clip if settings[k].grad_clip > 0 else math.inf
-                    norm = float(torch.nn.utils.clip_grad_norm_(grads, clip))
+                    norm = _total(torch.nn.utils.clip_grad_norm_(grads, clip))
                     if math.isfinite(norm):
                         sums[f"grad_norm_{k}"] = norm
                         opt.step()
@@ -434,7 +476,7 @@ def train_loop(
             if skipped:
                 row["skipped"] = skipped
                 streak += 1
-                tqdm.write(f"step {step + 1}: skipped the update of {_why(skipped)}")
+                say(f"step {step + 1}: skipped the update of {_why(skipped)}")
             else:
                 streak = 0
             log.write(json.dumps(row) + "\n")
@@ -464,9 +506,79 @@ def train_loop(
         "resumed_from": start,
         "seconds": round(seconds, 2),
         "final": last,
+        "world": par.world,
     }
-    write_json(out_dir / "summary.json", summary)
+    if par.main:
+        write_json(out_dir / "summary.json", summary)
+    distributed.barrier()
     return summary
+
+
+def _grad_routed(losses, active: list[str], params, grad_accum: int) -> None:
+    """One process: each module's loss differentiated only with respect to its own parameters
+    (a GAN's generator loss never moves the discriminator, nor the other way round)."""
+    for i, k in enumerate(active):
+        grads = torch.autograd.grad(
+            losses[k] / grad_accum,
+            params[k],
+            retain_graph=i < len(active) - 1,
+            allow_unused=True,
+        )
+        for p, g in zip(params[k], grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+
+
+def _backward_routed(losses, active: list[str], modules, grad_accum: int) -> None:
+    """Under torchrun: the same routing through backward(), whose hooks are where FSDP2 and
+    replicate reduce gradients over ranks (sharded parameters are not leaves of the graph, so
+    autograd.grad cannot reach them). While one module's loss goes back, the other modules'
+    gradients are set aside and restored after, dropping what that loss gave them."""
+    for i, k in enumerate(active):
+        others = {o: [p.grad for p in m.parameters()] for o, m in modules.items() if o != k}
+        for o in others:
+            for p in modules[o].parameters():
+                p.grad = None
+        (losses[k] / grad_accum).backward(retain_graph=i < len(active) - 1)
+        for o, saved in others.items():
+            for p, g in zip(modules[o].parameters(), saved, strict=True):
+                p.grad = g
+
+
+def _total(norm: torch.Tensor) -> float:
+    """clip_grad_norm_'s total norm as a float (a DTensor under FSDP2: the norm over all shards)."""
+    full = getattr(norm, "full_tensor", None)
+    return float(full() if full is not None else norm)
+
+
+def attention_backend(kind: str):
+    """run.attention: which scaled-dot-product attention kernel PyTorch may use ("auto": its own
+    choice; "flash", "efficient", "cudnn" or "math" force one, e.g. flash attention on a GPU)."""
+    if kind == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[kind]
+    return sdpa_kernel(backend)
+
+
+def apply_gpu_options(modules: dict[str, nn.Module], run: RunConfig) -> None:
+    """run.activation_checkpointing: recompute each DiT block in the backward instead of keeping
+    its activations; run.compile: torch.compile each DiT block in place (the trained DiT, and a
+    discriminator's trainable DiT blocks)."""
+    for m in modules.values():
+        for sub in m.modules():
+            if hasattr(sub, "checkpoint_blocks"):
+                sub.checkpoint_blocks = run.activation_checkpointing
+                if run.compile:
+                    for block in sub.blocks:
+                        if any(p.requires_grad for p in block.parameters()):
+                            block.compile()
 
 
 def _loss_key(module: str) -> str:

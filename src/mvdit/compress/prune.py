@@ -47,6 +47,11 @@ BUDGET_KINDS = ("params", "flops", "latency", "memory")
 _SUFFIX = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
+class BudgetUnreachable(MvditError):
+    """Every unit the allowed levels may remove is gone and the budget is still not met (e.g.
+    head-only pruning cannot take away the FFNs' parameters)."""
+
+
 @dataclass(frozen=True)
 class Budget:
     kind: str  # one of BUDGET_KINDS
@@ -166,7 +171,7 @@ def greedy_prune(
             if value < best_value:
                 best, best_value, best_saved = u, value, saved
         if best is None:
-            raise MvditError(
+            raise BudgetUnreachable(
                 f"the budget {budget} cannot be met at levels {', '.join(levels)}: nothing left to remove"
             )
         mask = remove(mask, best, group)

@@ -377,6 +377,9 @@ class DiTFeatures:
 
 
 class VideoDiT(nn.Module):
+    # methods besides forward that run the network (FSDP gathers the weights for them)
+    entry_points = ("features",)
+
     def __init__(self, config: DiTConfig, init: bool = True):
         """`init=False` leaves the weights uninitialised, for loading a checkpoint into: on the
         meta device random init would go through torch's Python reference ops, whose first use
@@ -397,6 +400,9 @@ class VideoDiT(nn.Module):
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5 if init else torch.empty(2, d))
         self.out = nn.Linear(d, config.out_ch * p2)
+        # recompute each block in the backward (run.activation_checkpointing) instead of storing
+        # its activations
+        self.checkpoint_blocks = False
         # rotary tables per (grid, device), built once (rope_3d), not at every forward
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if init:
@@ -494,8 +500,15 @@ class VideoDiT(nn.Module):
         rope = self.rope((T, h, w), x.device)
         out: dict[int, torch.Tensor] = {}
         last = len(self.blocks) if stop_after is None else stop_after
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
+        if recompute:
+            from torch.utils.checkpoint import checkpoint  # not at import: start-up time
         for i, block in enumerate(self.blocks[:last]):
-            if unit_mask is None:
+            if unit_mask is None and recompute:
+                tokens = checkpoint(
+                    block, tokens, ctx.text, ctx.mask, t_mod, rope, ctx.kv[i], use_reentrant=False
+                )
+            elif unit_mask is None:
                 tokens = block(tokens, ctx.text, ctx.mask, t_mod, rope, kv=ctx.kv[i])
             elif (m := unit_mask.blocks[i]) != 0:
                 y = block(tokens, ctx.text, ctx.mask, t_mod, rope, ctx.kv[i], unit_mask.block(i))

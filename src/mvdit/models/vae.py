@@ -392,6 +392,8 @@ class CausalVideoVAE(VideoAutoencoder):
     """KL video autoencoder with a causal first frame; see the module docstring for the design."""
 
     kind = "causal_vae"
+    # methods besides forward that run the network (FSDP gathers the weights for them)
+    entry_points = ("encode_dist", "encode", "decode_raw", "decode")
 
     def __init__(self, config: VAEModelConfig):
         super().__init__()

@@ -43,13 +43,14 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from mvdit import MvditError
+from mvdit import MvditError, distributed
 from mvdit.build import build_dataset
 from mvdit.compress.slicing import slice_dit
 from mvdit.config import DataConfig, FlowConfig, OptimConfig, RunConfig, Strict, load_config
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache
 from mvdit.eval.evaluate import read_prompts
 from mvdit.flow import interpolate, sample_timesteps
+from mvdit.io import load_state_strict
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
 from mvdit.stages.teacher import flow_inputs
@@ -254,7 +255,7 @@ def make_distill_loss(
         t = sched[i].to(x0)
         x_t = interpolate(x0, noise, t)
         roll = (torch.rand(b, generator=gen) < ds.rollout) & (i > 0)
-        if bool(roll.any()):
+        if ds.rollout > 0:  # not roll.any(): every rank must run the same forwards under FSDP
             t_prev = sched[(i - 1).clamp_min(0)].to(x0)
             x_prev = interpolate(x0, noise, t_prev)
             with torch.no_grad():
@@ -345,6 +346,7 @@ def mixed_batch_fn(cfg: DistillConfig, pipe: Pipeline):
 
 def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> dict:
     """Distil the teacher into an N-step, guidance-free student; export it to OUT/model."""
+    distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
     ds = cfg.distill
     teacher_pipe = Pipeline.from_pretrained(ds.teacher)
     # one text encoder: the teacher and the discriminator read the student's text states
@@ -377,14 +379,13 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     student_config = pipe.config.model_copy(update={"sampler": sampler})
 
     def export(path: Path, state: dict[str, torch.Tensor]) -> None:
-        Pipeline(student, pipe.vae, pipe.text_encoder, student_config).save_pretrained(
-            path, dit_state=state
-        )
-        ema = copy.deepcopy(student).eval()  # the weights just written, without reading them back
-        ema.load_state_dict(state)
-        sample_grid(
-            Pipeline(ema, pipe.vae, pipe.text_encoder, student_config), out_dir, ds.sample_prompts
-        )
+        # a fresh module holds the weights (the student itself stays in training mode and, under
+        # torchrun, sharded or replicated): saved, then sampled without reading them back
+        ema = VideoDiT(student.config, init=False)
+        load_state_strict(ema, state, "the student's EMA", assign=True)
+        exported = Pipeline(ema, pipe.vae, pipe.text_encoder, student_config)
+        exported.save_pretrained(path)
+        sample_grid(exported, out_dir, ds.sample_prompts)
         # the two players beside loss.png: discriminator accuracy, gradient norms, rollout share
         plot_losses(out_dir / "metrics.jsonl", out_dir / "players.png", ("disc_acc", "grad_norm"))
 

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mvdit import MvditError
+from mvdit import MvditError, distributed
 from mvdit.build import build_dataset
 from mvdit.config import DataConfig, FlowConfig, OptimConfig, RunConfig, Strict, load_config
 from mvdit.flow import interpolate
@@ -170,6 +170,7 @@ def make_kd_loss(wrapped: KDStudent, teacher: VideoDiT, pipe: Pipeline, cfg: KDC
 
 def train_kd(cfg: KDConfig, resume: bool = False, progress: bool = True) -> dict:
     """Distil the teacher into the pruned student; export a pipeline to OUT/model."""
+    distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
     student_pipe = Pipeline.from_pretrained(cfg.kd.student)
     teacher_path = resolve_teacher(cfg.kd)
     teacher = VideoDiT.from_pretrained(teacher_path / "dit")  # its VAE and text are the student's

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mvdit import distributed
 from mvdit.build import build_autoencoder, build_dataset, build_dit_config, cache_from_config
 from mvdit.config import FlowConfig, TrainConfig
 from mvdit.data.cache import LatentCacheDataset
@@ -85,7 +86,16 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
     dit = VideoDiT(build_dit_config(cfg.model, vae.latent_channels, text.dim))
     if d.cache_clips and d.kind != "cache":
         cache_dir = Path(cfg.run.out_dir) / "latents"
-        cache_from_config(cfg, cache_dir, limit=d.cache_clips, batch_size=32, vae=vae, text=text)
+        with distributed.main_first():  # under torchrun rank 0 writes it, the others read it
+            cache_from_config(
+                cfg,
+                cache_dir,
+                d.cache_clips,
+                batch_size=32,
+                vae=vae,
+                text=text,
+                progress=distributed.is_main(),
+            )
         dataset = LatentCacheDataset(cache_dir, autoencoder=vae, text_encoder=text)
     else:
         dataset = build_dataset(cfg.data, "train", vae, text)
@@ -107,6 +117,7 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
 
 def train_teacher(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     check_fresh_run(cfg.run.out_dir, resume)  # before the latent cache is built
+    distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
     parts = build_teacher(cfg)
     batch_fn = make_batch_fn(
         parts.dataset, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from mvdit import distributed
 from mvdit.build import build_video_dataset
 from mvdit.config import DataConfig, OptimConfig, RunConfig, Strict, load_config
 from mvdit.eval.faithfulness import score_clip, summarize
@@ -354,7 +355,9 @@ def format_faithfulness(scores: dict) -> str:
 
 
 def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train, export OUT/model (weights + latent stats) and score it on held-out clips."""
+    """Train, export OUT/model (weights + latent stats) and score it on held-out clips (under
+    torchrun: rank 0 scores it)."""
+    distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
     torch.manual_seed(cfg.run.seed)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -386,6 +389,8 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
         progress=progress,
         frozen=frozen,
     )
+    if not distributed.is_main():
+        return summary
     trained = CausalVideoVAE.from_pretrained(out / "model")
     summary["eval"] = evaluate_reconstruction(
         trained, build_video_dataset(cfg.data, "val"), cfg.eval.clips, cfg.eval.batch_size

@@ -22,7 +22,7 @@ import torch
 
 from mvdit import MvditError
 from mvdit.compress.importance import LEVELS, Calibration, reference_outputs
-from mvdit.compress.prune import parse_budget
+from mvdit.compress.prune import BudgetUnreachable, parse_budget
 from mvdit.eval.evaluate import read_prompts
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
@@ -108,9 +108,15 @@ def run_prune_study(
         levels, criterion = VARIANTS[name]
         t0 = time.perf_counter()
         if not (vdir / "pruned" / "prune.json").is_file():
-            run_prune(
-                teacher_dir, vdir / "pruned", b, levels, criterion, calib_prompts, progress=progress
-            )
+            try:
+                run_prune(teacher_dir, vdir / "pruned", b, levels, criterion, calib_prompts,
+                          progress=progress)  # fmt: skip
+            except BudgetUnreachable as e:  # a row saying so; the other variants go on
+                row = {"variant": name, "levels": levels, "criterion": criterion,
+                       "budget": str(b), "unreachable": str(e)}  # fmt: skip
+                write_json(done, row)
+                results.append(row)
+                continue
         prune_s = time.perf_counter() - t0
         before = _measure(teacher, vdir / "pruned", calib, rows, eval_seeds)
         t0 = time.perf_counter()
@@ -169,6 +175,9 @@ def study_markdown(report: dict) -> str:
         "| teacher | – | " + " | ".join(_cell(t.get(c)) for c in COLUMNS) + " | – | – |",
     ]
     for r in report["rows"]:
+        if "unreachable" in r:
+            lines.append(f"| {r['variant']} | not reachable: {r['unreachable']} |" + " |" * 11)
+            continue
         for when in ("before", "after"):
             m = r[when]
             label = "pruned" if when == "before" else f"after {r['recovery_steps']} KD steps"
@@ -192,6 +201,9 @@ def _write_csv(path: Path, report: dict) -> None:
         w.writerow(["variant", "when", *COLUMNS])
         w.writerow(["teacher", "", *(report["teacher_scores"].get(c) for c in COLUMNS)])
         for r in report["rows"]:
+            if "unreachable" in r:
+                w.writerow([r["variant"], "unreachable", *([None] * len(COLUMNS))])
+                continue
             for when in ("before", "after"):
                 w.writerow([r["variant"], when, *(r[when].get(c) for c in COLUMNS)])
     tmp.replace(path)
@@ -205,7 +217,7 @@ def plot_study(report: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["rows"]
+    rows = [r for r in report["rows"] if "unreachable" not in r]
     names = [r["variant"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     x = range(len(rows))
