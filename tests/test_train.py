@@ -64,9 +64,9 @@ def test_tiny_model_overfits_one_batch(tmp_path, tiny_dit_config):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
 
 
-def _run(out_dir, cfg, steps=6, crash_at=None, resume=False, accum=2):
+def _run(out_dir, cfg, steps=6, crash_at=None, resume=False, accum=2, model=None, **run_options):
     torch.manual_seed(0)
-    model = VideoDiT(cfg)
+    model = model or VideoDiT(cfg)
     stage = flow_stage(model)
 
     def loss_fn(step, batch, gen):
@@ -77,7 +77,7 @@ def _run(out_dir, cfg, steps=6, crash_at=None, resume=False, accum=2):
     optim = OptimConfig(
         lr=2e-3, warmup_steps=2, steps=steps, batch_size=3, grad_accum=accum, ema_decay=0.9
     )
-    run = RunConfig(checkpoint_every=2, log_every=1, seed=3)
+    run = RunConfig(checkpoint_every=2, log_every=1, seed=3, **run_options)
     batch_fn = make_batch_fn(RandomClips(), optim.batch_size, optim.grad_accum, run.seed)
     return train_loop(
         {"model": model}, loss_fn, batch_fn, optim, run, out_dir, resume=resume, progress=False
@@ -169,3 +169,32 @@ def test_config_overrides_and_yaml(tmp_path):
     assert cfg.optim.steps == 12 and cfg.optim.lr == 0.5 and cfg.run.out_dir == "somewhere"
     assert cfg.data.holdout == ["red circle left"]
     assert isinstance(TrainConfig().optim, OptimConfig)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"activation_checkpointing": True},
+        {"attention": "math"},
+        {"attention": "flash"},
+        pytest.param({"compile": True}, marks=pytest.mark.slow),  # ~1 min of inductor on CPU
+    ],
+    ids=["activation-checkpointing", "math-attention", "flash-attention", "compile"],
+)
+def test_gpu_path_options_train_the_same_model(tmp_path, tiny_dit_config, option):
+    """run.activation_checkpointing recomputes each block in the backward (its forward runs twice
+    per micro-batch) and run.attention forces an SDPA kernel; neither changes what is learned."""
+    from safetensors.torch import load_file
+
+    _run(tmp_path / "plain", tiny_dit_config, steps=3)
+    torch.manual_seed(0)
+    model = VideoDiT(tiny_dit_config)
+    calls = []
+    model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))  # recompute stops early
+    _run(tmp_path / "option", tiny_dit_config, steps=3, model=model, **option)
+    recompute = option.get("activation_checkpointing", False)
+    assert len(calls) == 3 * 2 * (2 if recompute else 1)  # steps x micro-batches (x recompute)
+    assert losses(tmp_path / "option")[1] == pytest.approx(losses(tmp_path / "plain")[1], rel=1e-5)
+    a = load_file(tmp_path / "plain" / "checkpoints" / "step_0000003" / "model.safetensors")
+    b = load_file(tmp_path / "option" / "checkpoints" / "step_0000003" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
