@@ -55,6 +55,9 @@ def folder(tmp_path):
     data = (tmp_path / "full.mp4").read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])  # the moov atom is gone
     (tmp_path / "full.mp4").unlink()
+    (tmp_path / "empty.mp4").write_bytes(b"")  # zero-length
+    audio_only(tmp_path / "audio.mp4")
+    still_image(tmp_path / "image.mp4")  # a PNG under a video's name
     rows = [
         ("good.mp4", "a grey fade"),
         ("good.webm", "the same fade, vp9"),
@@ -62,8 +65,34 @@ def folder(tmp_path):
         ("corrupt.mp4", "random bytes"),
         ("truncated.mp4", "half a file"),
         ("missing.mp4", "never written"),
+        ("empty.mp4", "zero bytes"),
+        ("audio.mp4", "sound only"),
+        ("image.mp4", "one still picture"),
     ]
     return tmp_path, rows
+
+
+def audio_only(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), "fltp", "mono")
+        frame.sample_rate = 16000
+        for _ in range(20):
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def still_image(path):
+    png = path.with_suffix(".png")
+    with av.open(str(png), "w", format="image2") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = 32, 24, "rgb24"
+        img = av.VideoFrame.from_ndarray(np.zeros((24, 32, 3), np.uint8), format="rgb24")
+        for p in [*s.encode(img), *s.encode()]:
+            c.mux(p)
+    png.rename(path)
 
 
 def test_csv_captions_and_skips(folder, caplog):
@@ -78,11 +107,16 @@ def test_csv_captions_and_skips(folder, caplog):
         "corrupt.mp4": "unreadable",
         "truncated.mp4": "unreadable",
         "missing.mp4": "missing",
+        "empty.mp4": "unreadable",
+        "audio.mp4": "not a video",
+        "image.mp4": "not a video",
     }
     text = caplog.text
-    for name in ("short.mp4", "corrupt.mp4", "truncated.mp4", "missing.mp4"):
+    for name in ("short.mp4", "corrupt.mp4", "truncated.mp4", "missing.mp4", "empty.mp4"):
         assert name in text
-    assert "skipped 4 of 6 videos" in text and "2 unreadable, 1 too short, 1 missing" in text
+    assert "no video stream" in text and "a still image (png_pipe)" in text
+    assert "skipped 7 of 9 videos" in text
+    assert "3 unreadable, 2 not a video, 1 too short, 1 missing" in text
 
     item = ds[1]
     assert set(item) == {"video", "caption", "path"}
@@ -199,7 +233,7 @@ def test_nothing_readable_is_an_error(folder):
     (root / "captions.jsonl").write_text(
         "\n".join(json.dumps({"path": p, "caption": c}) for p, c in bad)
     )
-    with pytest.raises(MvditError, match="no usable videos .* all 4 were skipped"):
+    with pytest.raises(MvditError, match="no usable videos .* all 7 were skipped"):
         VideoFolderDataset(root, frames=9, height=8, width=8, fps=8)
 
 

@@ -246,7 +246,7 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path, tiny_dit_config):
     _run(run, tiny_dit_config, steps=4)
     for d in (run / "checkpoints").glob("step_*"):
         (d / "state.json").write_text("not json")
-    with pytest.raises(MvditError, match="no readable checkpoint.*state.json is unreadable"):
+    with pytest.raises(MvditError, match="no readable checkpoint.*state.json is not valid JSON"):
         _run(run, tiny_dit_config, steps=6, resume=True)
 
 

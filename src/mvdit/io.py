@@ -102,11 +102,63 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
         raise
 
 
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+def check_safetensors(path: str | Path) -> Path:
+    """Refuse, naming the file, anything offered as weights that is not a well-formed safetensors
+    file: a pickle or a torch.save zip (`.pt`, `.bin`, `.ckpt`: unpickling runs code), another
+    suffix, or a header that is not what the format says (8-byte length, then that much JSON)."""
     path = Path(path)
     if not path.is_file():
         raise MvditError(f"{path} not found")
-    return load_file(str(path))
+    convert = "mvdit reads weights only as safetensors: convert it with safetensors.torch.save_file"
+    if path.suffix != ".safetensors":
+        raise MvditError(f"{path} is not a .safetensors file; {convert}")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+            kind = "a pickle" if head[:1] == b"\x80" else "a torch.save zip archive"
+            raise MvditError(f"{path} is {kind}, not safetensors; {convert}")
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= size - 8:
+            raise MvditError(
+                f"{path} has no valid safetensors header (the file is cut or not safetensors)"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+        if not isinstance(header, dict):
+            raise MvditError(f"{path} has a corrupt safetensors header (not a JSON object)")
+    return path
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def only_safetensors_weights(directory: str | Path) -> list[Path]:
+    """The .safetensors files of a model directory, each checked; refused, naming the file, when
+    the directory holds pickled weights (`pytorch_model.bin`, `model.pt`...) in their place."""
+    directory = Path(directory)
+    found = sorted(directory.glob("*.safetensors"))
+    pickled = sorted(p for p in directory.iterdir() if p.suffix in PICKLED_WEIGHTS)
+    if not found:
+        if pickled:
+            raise MvditError(
+                f"{pickled[0]} is a pickled checkpoint and mvdit loads only safetensors: convert "
+                "it (safetensors.torch.save_file) and remove the pickle"
+            )
+        raise MvditError(f"{directory} has no .safetensors weights")
+    return [check_safetensors(p) for p in found]
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (check_safetensors first); an error naming the file."""
+    path = check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise MvditError(f"{path} is unreadable ({why})") from None
 
 
 def load_state_strict(

@@ -153,6 +153,8 @@ def read_checkpoint(ckpt: Path, modules, optimizers, ema, device: torch.device) 
     for f in files:
         try:
             loaded[f.name] = read_json(f) if f.suffix == ".json" else load_tensors(f)
+        except MvditError:
+            raise  # it names the file already
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
             why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise MvditError(f"{f} is unreadable ({why})") from None

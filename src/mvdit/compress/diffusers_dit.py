@@ -43,7 +43,7 @@ from torch import nn
 
 from mvdit import MvditError
 from mvdit.compress.importance import ffn_groups
-from mvdit.io import atomic_dir, read_json, write_json
+from mvdit.io import atomic_dir, load_tensors, only_safetensors_weights, read_json, write_json
 from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask
 
 FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
@@ -502,11 +502,10 @@ def load_transformer(path: str | Path) -> DiffusersDiT:
     rec_path = path / RECORD
     record = read_json(rec_path) if rec_path.is_file() else None
     if record is None or record["loader"] == "stock":
-        model = cls.from_pretrained(path)
+        only_safetensors_weights(path)
+        model = cls.from_pretrained(path, use_safetensors=True)
         sources = record["sources"] if record is not None else None
         return DiffusersDiT(model.eval(), sources)
-    from safetensors.torch import load_file
-
     model = cls.from_config(cls.load_config(path))
     full = DiffusersDiT(model)
     # cut a freshly built model to the recorded widths (any indices: the weights come next)
@@ -516,12 +515,9 @@ def load_transformer(path: str | Path) -> DiffusersDiT:
                          ("ffn", spec["ffn_dim"])):  # fmt: skip
             getattr(mask, level)[b][n:] = 0
     shaped = full.slice(mask)
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise MvditError(f"{path} has no .safetensors weights")
     state = {}
-    for w in weights:
-        state.update(load_file(w))
+    for w in only_safetensors_weights(path):
+        state.update(load_tensors(w))
     try:
         shaped.transformer.load_state_dict(state, strict=True)
     except RuntimeError as e:

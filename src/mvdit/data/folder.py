@@ -15,8 +15,8 @@ Each item is resampled by timestamp to `frames` frames at `fps`, resized (aspect
 "caption": str, "path": str}`, the same items the shapes dataset yields.
 
 Files are checked when the dataset is built by reading their headers only (about 1 ms a file):
-an unreadable, too-short or missing file is skipped with a warning naming it, and a summary
-counts the skips by reason.
+an unreadable (corrupt, truncated, empty), too-short, missing or non-video (audio only, a still
+image) file is skipped with a warning naming it, and a summary counts the skips by reason.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ EPS = 1e-3  # seconds of slack for container timestamps rounded to milliseconds 
 
 class DecodeError(Exception):
     """A file that passed the header check but could not deliver the clip."""
+
+
+class NotAVideo(DecodeError):
+    """A readable file that holds no moving pictures: audio only, or a still image."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,9 @@ def probe_video(file: Path) -> tuple[float | None, float]:
     """(duration in seconds or None, frame rate) from the container header; no frame is decoded."""
     with av.open(str(file), metadata_errors="ignore") as c:
         if not c.streams.video:
-            raise DecodeError("no video stream")
+            raise NotAVideo("no video stream")
+        if c.format.name == "image2" or c.format.name.endswith("_pipe"):
+            raise NotAVideo(f"a still image ({c.format.name}), not a video")
         s = c.streams.video[0]
         rate = s.average_rate or s.guessed_rate or s.base_rate
         if not rate or s.codec_context.width <= 0:
@@ -292,6 +298,8 @@ class VideoFolderDataset(Dataset):
             return "missing", "listed in the captions but the file does not exist"
         try:
             duration, rate = probe_video(file)
+        except NotAVideo as e:
+            return "not a video", str(e)
         except (DecodeError, av.FFmpegError, OSError) as e:
             return "unreadable", f"not a readable video ({getattr(e, 'strerror', None) or e})"
         need = (self.frames - 1) / self.fps

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mvdit import MvditError
-from mvdit.io import read_json, write_json
+from mvdit.io import only_safetensors_weights, read_json, write_json
 from mvdit.models.autoencoder import VideoAutoencoder
 
 _CLASS_NAMES = {"diffusers_ltx": "AutoencoderKLLTXVideo", "diffusers_wan": "AutoencoderKLWan"}
@@ -190,10 +190,12 @@ class DiffusersVideoVAE(VideoAutoencoder):
         if not (target / "config.json").is_file():
             raise MvditError(f"{path}: the diffusers VAE directory {target} has no config.json")
         model_cls = getattr(_diffusers(), _CLASS_NAMES[kind])
+        only_safetensors_weights(target)
         try:
             vae = model_cls.from_pretrained(
-                str(target), torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
-            )
+                str(target), torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False,
+                use_safetensors=True,
+            )  # fmt: skip
         except (OSError, ValueError) as e:
             raise MvditError(
                 f"cannot load {_CLASS_NAMES[kind]} from {target}: {str(e).splitlines()[0]}"

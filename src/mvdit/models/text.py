@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.io import read_json
+from mvdit.io import load_tensors, only_safetensors_weights, read_json
 from mvdit.tokenizer import fixed_length_tokenizer
 
 TextKind = Literal["minilm", "clip", "t5", "auto"]
@@ -161,8 +161,6 @@ class MiniLM(nn.Module):
 
 def _minilm(path: Path, config: TextConfig) -> TextEncoder:
     """The BERT-architecture encoder in `path` through MiniLM and the `tokenizers` library."""
-    from safetensors.torch import load_file
-
     cfg = read_json(path / "config.json")
     if cfg.get("model_type") != "bert":
         raise MvditError(
@@ -178,7 +176,7 @@ def _minilm(path: Path, config: TextConfig) -> TextEncoder:
             f"text.max_length = {config.max_length} exceeds the {limit} positions of the text encoder in {path}"
         )
     model = MiniLM(cfg, device="meta")  # no random init: the weights are assigned below
-    state = {k: v.float() for k, v in load_file(path / "model.safetensors").items()}
+    state = {k: v.float() for k, v in load_tensors(path / "model.safetensors").items()}
     state.pop("embeddings.position_ids", None)  # a buffer older checkpoints saved
     if not any(k.startswith("pooler.") for k in state):
         del model.pooler  # a checkpoint saved without BERT's pooling layer
@@ -262,7 +260,8 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
     transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar at every load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = model_cls.from_pretrained(path, local_files_only=True)
+        only_safetensors_weights(path)
+        model = model_cls.from_pretrained(path, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MvditError(f"could not load text encoder from {path}: {first}") from None
