@@ -22,7 +22,13 @@ from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
 from mvdit.compress.diffusers_dit import is_diffusers_transformer
 from mvdit.compress.importance import CRITERIA, LEVELS
 from mvdit.compress.prune import parse_budget
-from mvdit.config import PRESETS, default_config_path, load_train_config, preset_config
+from mvdit.config import (
+    PRESETS,
+    check_device,
+    default_config_path,
+    load_train_config,
+    preset_config,
+)
 from mvdit.data.shapes import write_examples
 from mvdit.eval.curve import checkpoint_curve
 from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
@@ -54,7 +60,7 @@ app = typer.Typer(
 
 
 def fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {_one_line(msg)}", err=True)
     raise typer.Exit(2)
 
 
@@ -606,6 +612,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Generate clips for a prompt set and score them (faithfulness, VBench-style dimensions, FVD analogue)."""
+    check_device(device, "--device")
 
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
@@ -863,6 +870,7 @@ def eval_curve(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Prompt faithfulness of every kept checkpoint of a run: a table and a plot against the step."""
+    check_device(device, "--device")
 
     out = out or run / "curve"
     r = checkpoint_curve(
@@ -915,6 +923,8 @@ def study_vae(
 ) -> None:
     """Train one VAE per compression ratio on the same data and budget; tabulate quality vs. cost."""
 
+    if steps < 1 or width < 1 or (threads is not None and threads < 1):
+        fail(f"--steps, --width and --threads must be at least 1, got {steps}, {width}, {threads}")
     if quick:
         rows = run_vae_study(
             out,
@@ -991,6 +1001,9 @@ def study_prune(
         calib_prompts, heldout_prompts, eval_prompts or [Path("prompts/shapes-eval.txt")], seeds,
     )  # fmt: skip
     for r in rows:
+        if "unreachable" in r:
+            typer.echo(f"{r['variant']:>20}  not reachable: {r['unreachable']}")
+            continue
         b, a = r["before"], r["after"]
         typer.echo(
             f"{r['variant']:>20}  params {b['params']:>9,}  held-out KD {b['heldout_kd']:.4g} -> {a['heldout_kd']:.4g}"
@@ -1131,6 +1144,7 @@ def bench(
     ] = 4096,
 ) -> None:
     """Latency per stage, seconds per clip, memory, FLOPs and the DiT's share of the GEMM peak."""
+    check_device(device, "--device")
 
     if gemm_n < 64:
         fail(f"--gemm-n must be at least 64, got {gemm_n}")
@@ -1167,15 +1181,34 @@ def report(
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
 
 
+def _one_line(message: str) -> str:
+    """An error on one line, whatever line breaks a user's input put into it."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, not to click's own printer
+    except typer.TyperException as e:  # click's usage errors: unknown option, bad value, missing
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `mvdit study`: the help is the message
+            typer.echo(message, err=True)
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {_one_line(message)}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except MvditError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # typer.Exit(code) inside a command (fail())
 
 
 if __name__ == "__main__":

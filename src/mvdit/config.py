@@ -5,13 +5,14 @@ The config file is the documentation of every knob: see configs/*.toml.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvdit import MvditError
 from mvdit.io import validate
@@ -75,16 +76,16 @@ class DataConfig(Strict):
     kind: Literal["shapes", "folder", "cache"] = "shapes"
     path: str | None = None  # folder: video directory; cache: latent cache directory
     captions: str | None = None  # folder: CSV or JSONL of path,caption (default: PATH/captions.*)
-    frames: int = 8
-    height: int = 32
-    width: int = 32
-    fps: float = 8.0
+    frames: int = Field(default=8, ge=1)
+    height: int = Field(default=32, ge=1)
+    width: int = Field(default=32, ge=1)
+    fps: float = Field(default=8.0, gt=0, allow_inf_nan=False)
     seed: int = 0
     window: Literal["start", "center"] = "start"  # folder: where a longer video is cut
     # shapes: "colour shape motion" triples kept out of training
     holdout: list[str] = Field(default_factory=list)
     # shapes: the vocabulary drawn from (None: everything the generator knows)
-    max_objects: int = 2
+    max_objects: int = Field(default=2, ge=1)
     paraphrase: bool = True
     colours: list[str] | None = None
     shapes: list[str] | None = None
@@ -127,29 +128,47 @@ class FlowConfig(Strict):
 
 
 class OptimConfig(Strict):
-    lr: float = 1e-3
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    warmup_steps: int = Field(default=100, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    batch_size: int = 16
-    grad_accum: int = 1
-    steps: int = 1500
-    ema_decay: float = 0.999
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0)  # 0: no clipping
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    steps: int = Field(default=1500, ge=1)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
     # a step with a non-finite loss or gradient is skipped for that module; this many in a row stop
     max_nonfinite_steps: int = Field(default=3, ge=1)
 
 
+DEVICE = re.compile(r"(cpu|cuda)(:\d{1,3})?")
+
+
+def check_device(text: str, what: str = "device") -> str:
+    """A device string mvdit runs on ("cpu", "cuda", "cuda:N"); MvditError for anything else."""
+    if not isinstance(text, str) or not DEVICE.fullmatch(text):
+        raise MvditError(f"{what} {text!r} is not a device: use cpu, cuda or cuda:N")
+    return text
+
+
 class RunConfig(Strict):
     out_dir: str = "runs/tiny"
-    seed: int = 0
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    checkpoint_every: int = Field(default=250, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, ge=1)
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a device: use cpu, cuda or cuda:N")
+        return v
+
     # "bf16": autocast the loss to bfloat16 with fp32 master weights (GPU); fp32 on CPU is ~100x faster
     precision: Literal["fp32", "bf16"] = "fp32"
     # under torchrun: "ddp" replicates the trained modules, "fsdp" shards them (FSDP2); one
@@ -217,8 +236,13 @@ def load_config(cls: type[BaseModel], path: str | Path | None, overrides: list[s
         key, value = item.split("=", 1)
         node = raw
         *parents, leaf = key.split(".")
-        for p in parents:
+        if not all(parents) or not leaf:
+            raise MvditError(f"override '{item}': the key must look like section.key")
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise MvditError(f"override '{item}': '{where}' is a value, not a section")
         try:
             node[leaf] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:

@@ -94,12 +94,12 @@ class DiscSection(Strict):
     lr: float | None = None  # the discriminator's lr (None: optim.lr)
 
 
-class DistillOptimConfig(OptimConfig):
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    steps: int = 1000
-    batch_size: int = 16
-    ema_decay: float = 0.99
+class DistillOptimConfig(OptimConfig):  # other defaults, the same bounds
+    lr: float = Field(default=1e-4, gt=0, allow_inf_nan=False)
+    warmup_steps: int = Field(default=0, ge=0)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)
 
 
 class DistillRunConfig(RunConfig):

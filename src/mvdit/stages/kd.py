@@ -55,10 +55,10 @@ class KDRunConfig(RunConfig):
     out_dir: str = "runs/kd"
 
 
-class KDOptimConfig(OptimConfig):
-    lr: float = 3e-4
-    steps: int = 1000
-    batch_size: int = 32
+class KDOptimConfig(OptimConfig):  # other defaults, the same bounds
+    lr: float = Field(default=3e-4, gt=0, allow_inf_nan=False)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
 
 
 class KDConfig(Strict):

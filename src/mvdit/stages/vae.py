@@ -92,11 +92,11 @@ class VAEDataConfig(DataConfig):
     frames: int = 9  # 1 + 8k: a clip every causal ratio up to 8x in time accepts
 
 
-class VAEOptimConfig(OptimConfig):
-    lr: float = 3e-4
-    batch_size: int = 4
-    steps: int = 6000
-    ema_decay: float = 0.99
+class VAEOptimConfig(OptimConfig):  # other defaults, the same bounds
+    lr: float = Field(default=3e-4, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(default=4, ge=1)
+    steps: int = Field(default=6000, ge=1)
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)
 
 
 class VAERunConfig(RunConfig):
