@@ -249,3 +249,27 @@ def test_prune_command_on_a_diffusers_directory(tmp_path, capsys):
     )
     assert code != 0 and "kd or magnitude" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family", ["wan", "ltx"])
+def test_sensitivity_command_on_a_diffusers_directory(tmp_path, capsys, family):
+    (_wan if family == "wan" else _ltx)().save_pretrained(tmp_path / family)
+    out = tmp_path / "sens"
+    code, stdout, err = run_cli(
+        ["sensitivity", "-m", tmp_path / family, "-o", out, "--latent", "3,4,4",
+         "--n-prompts", 2, "--seeds", 1], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    r = json.loads((out / "sensitivity.json").read_text())
+    assert r["calibration"]["kind"] == "random" and r["calibration"]["items"] == 2
+    assert {u["level"] for u in r["units"]} == {"block", "head", "cross_head", "ffn"}
+    assert all(u["kd"] >= 0 and "magnitude" in u for u in r["units"])
+    assert set(r["rank_correlation_with_kd"]["all"]) == {"magnitude"}  # what an adapter supports
+    # the depth curves: the least sensitive units removed first, on the sliced diffusers model
+    blocks = r["curves"]["block"]
+    assert blocks[0]["params"] > blocks[-1]["params"] and "faithfulness" not in blocks[-1]
+    assert (out / "sensitivity.png").stat().st_size > 10_000
+    assert "Gaussian calibration items" in (out / "sensitivity.md").read_text()
+    code, _, err = run_cli(["sensitivity", "-m", tmp_path / family, "-o", tmp_path / "x",
+                            "--latent", "3,4"], capsys)  # fmt: skip
+    assert code == 2 and "--latent takes T,H,W" in err

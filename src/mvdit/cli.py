@@ -648,6 +648,20 @@ def _timesteps(text: str) -> list[float]:
     return ts
 
 
+def _latent(text: str) -> list[int]:
+    """--latent T,H,W: the Gaussian calibration latents of a diffusers transformer."""
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        fail(f"--latent takes T,H,W (three positive integers), got {text!r}")
+    return shape
+
+
+_LATENT_HELP = "T,H,W of the Gaussian calibration latents, for a diffusers transformer"
+
+
 def _levels(text: str) -> list[str]:
     names = {"block": "block", "head": "head", "cross_head": "cross_head", "ffn": "ffn"}
     out = []
@@ -668,7 +682,12 @@ _CALIB_HELP = "prompt file of the calibration set (text, one a line, or JSONL)"
 
 @app.command()
 def sensitivity(
-    model: Annotated[Path, typer.Option("--model", "-m", help="pipeline directory to analyse")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model", "-m", help="pipeline directory, or a diffusers Wan / LTX transformer"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (resumable)")],
     prompts: Annotated[Path, typer.Option(help=_CALIB_HELP)] = Path("prompts/shapes-eval.txt"),
     n_prompts: Annotated[int, typer.Option(help="calibration prompts (the file's first N)")] = 8,
@@ -682,6 +701,7 @@ def sensitivity(
     faith_prompts: Annotated[
         int, typer.Option(help="prompts generated per point of the depth curves (0: none)")
     ] = 16,
+    latent: Annotated[str, typer.Option(help=_LATENT_HELP)] = "3,8,8",
 ) -> None:
     """What removing each block, head and FFN group costs (KD sensitivity and cheap criteria), with the Figure-3 plot."""
 
@@ -696,6 +716,7 @@ def sensitivity(
         _timesteps(timesteps),
         group,
         faith_prompts=faith_prompts,
+        latent=_latent(latent),
     )
     typer.echo(
         f"{len(r['units'])} units scored on {r['calibration']['items']} calibration items in {r['seconds']['total']:.0f}s"
@@ -743,7 +764,7 @@ def prune(
     ] = None,
     latent: Annotated[
         str,
-        typer.Option(help="T,H,W of the Gaussian calibration latents, for a diffusers transformer"),
+        typer.Option(help=_LATENT_HELP),
     ] = "3,8,8",
 ) -> None:
     """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is physically smaller.
@@ -774,12 +795,7 @@ def prune(
     if model is None:
         fail("give --model PIPELINE_DIR (or --preset paper)")
     if is_diffusers_transformer(model):
-        try:
-            shape = [int(v) for v in latent.split(",")]
-        except ValueError:
-            shape = []
-        if len(shape) != 3 or min(shape) < 1:
-            fail(f"--latent takes T,H,W (three positive integers), got {latent!r}")
+        shape = _latent(latent)
         r = prune_stage.run_prune_diffusers(
             model, out, parse_budget(budget), _levels(levels), criterion, shape, group=group,
             rescore_every=rescore_every,

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.bench.measure import PeakMemory, timed
-from mvdit.compress.diffusers_dit import load_transformer, save_pruned
+from mvdit.compress.diffusers_dit import is_diffusers_transformer, load_transformer, save_pruned
 from mvdit.compress.importance import (
+    ADAPTER_CRITERIA,
     CRITERIA,
     LEVELS,
     Calibration,
@@ -38,7 +39,7 @@ from mvdit.compress.importance import (
     default_group,
     enumerate_units,
     kd_discrepancy,
-    mask_cost,
+    model_cost,
     random_calibration,
     rank_correlation,
     reference_outputs,
@@ -137,14 +138,29 @@ def run_sensitivity(
     depths: Sequence[float] = DEPTHS,
     faith_prompts: int = 16,
     progress: bool = True,
+    latent: Sequence[int] = (3, 8, 8),
+    text_len: int = 16,
 ) -> dict:
-    """Score every unit of MODEL_DIR's DiT; write OUT/sensitivity.json and OUT/sensitivity.png."""
+    """Score every unit of MODEL_DIR's DiT; write OUT/sensitivity.json and OUT/sensitivity.png.
+
+    MODEL_DIR is an mvdit pipeline directory, or a diffusers Wan / LTX-Video transformer
+    directory: that has no text encoder or VAE, so its calibration set is `n_prompts x seeds`
+    Gaussian latents of shape `latent` and Gaussian text features of `text_len` tokens, its cheap
+    criterion is magnitude alone (ADAPTER_CRITERIA) and its depth curves have no faithfulness."""
     out = Path(out)
     t_start = time.perf_counter()
-    pipe = Pipeline.from_pretrained(model_dir)  # a bad model directory leaves no OUT behind
-    dit = pipe.dit.eval()
+    if is_diffusers_transformer(model_dir):
+        pipe = None
+        dit = load_transformer(model_dir).eval()
+        calib = random_calibration(dit.config, tuple(latent), n_prompts * seeds, text_len)
+        rows: list[dict] = []
+        criteria = [c for c in ADAPTER_CRITERIA if c != "kd"]
+    else:
+        pipe = Pipeline.from_pretrained(model_dir)  # a bad model directory leaves no OUT behind
+        dit = pipe.dit.eval()
+        calib, rows = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
+        criteria = list(CRITERIA[1:])
     group = group or default_group(dit.config)
-    calib, rows = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
     record = calib.record | {"group": group, "model": str(Path(model_dir).resolve())}
     out.mkdir(parents=True, exist_ok=True)
     _check_calibration(out, record)
@@ -168,7 +184,7 @@ def run_sensitivity(
     bar.close()
     kd_s = time.perf_counter() - t_start
 
-    cheap = {c: criterion_scores(c, dit, calib, units, group, None, batch) for c in CRITERIA[1:]}
+    cheap = {c: criterion_scores(c, dit, calib, units, group, None, batch) for c in criteria}
     per_unit = []
     for u in units:
         row = {"unit": u.key, "level": u.level, "block": u.block, "index": u.index}
@@ -187,7 +203,7 @@ def run_sensitivity(
     }
 
     curves = depth_curves(
-        pipe, calib, rows[:faith_prompts], units, done, group, batch, depths, progress
+        dit, pipe, calib, rows[:faith_prompts], units, done, group, batch, depths, progress
     )
     result = {
         "model": str(model_dir),
@@ -208,13 +224,21 @@ def run_sensitivity(
 def sensitivity_markdown(result: dict) -> str:
     """The depth curves as a table, and the rank correlations of the cheap criteria."""
     cal = result["calibration"]
+    if cal.get("kind") == "random":  # a diffusers transformer: no text encoder to calibrate with
+        items = (
+            f"{cal['items']} Gaussian calibration items (latents {cal['latent']}, "
+            f"{cal['text_len']} text tokens)"
+        )
+    else:
+        items = (
+            f"{cal['items']} calibration items: {len(cal['prompts'])} prompts x "
+            f"{len(cal['seeds'])} noise seeds x timesteps {cal['timesteps']}"
+        )
     lines = [
         f"# Sensitivity of {_model_name(result['model'])}",
         "",
         f"{len(result['units'])} units (FFN groups of {result['group']} channels) scored on "
-        f"{cal['items']} calibration items: {len(cal['prompts'])} prompts x "
-        f"{len(cal['seeds'])} noise seeds x timesteps {cal['timesteps']}. "
-        f"{result['seconds']['total']:.0f} s at {result['threads']} thread(s).",
+        f"{items}. {result['seconds']['total']:.0f} s at {result['threads']} thread(s).",
         "",
         "## Each level pruned alone (least KD-sensitive units first)",
         "",
@@ -243,7 +267,8 @@ def sensitivity_markdown(result: dict) -> str:
 
 
 def depth_curves(
-    pipe: Pipeline,
+    dit,
+    pipe: Pipeline | None,
     calib: Calibration,
     rows: list[dict],
     units: list[Unit],
@@ -254,25 +279,25 @@ def depth_curves(
     progress: bool,
 ) -> dict[str, list[dict]]:
     """For each level alone: remove the least sensitive `depth` fraction of its units and measure
-    the pruned model (parameters, FLOPs, latency, peak memory, KD loss, faithfulness)."""
-    dit = pipe.dit
+    the pruned model (parameters, FLOPs, latency, peak memory, KD loss, and faithfulness when
+    `pipe` generates clips). `dit`: mvdit's DiT or an adapted diffusers transformer."""
     cfg = dit.config
     tokens, text_len = cfg.tokens(calib.x_t.shape[-3:]), calib.text.shape[1]
     reference = reference_outputs(dit, calib, None, batch)
     full = UnitMask.full(cfg)
 
     def measure(mask: UnitMask, depth: float, removed: int) -> dict:
-        small = slice_dit(dit, mask).eval()
+        small = (dit.slice(mask) if hasattr(dit, "slice") else slice_dit(dit, mask)).eval()
         lat, mem = latency_and_memory(small, calib)
         kd, kd_f = kd_discrepancy(dit, calib, mask, reference, batch)
-        point = {"depth": depth, "removed": removed, **mask_cost(cfg, mask, tokens, text_len)}
+        point = {"depth": depth, "removed": removed, **model_cost(dit, mask, tokens, text_len)}
         point |= {
             "latency_ms": round(1000 * lat, 3),
             "memory_bytes": int(mem),
             "kd": kd,
             "kd_features": kd_f,
         }
-        if rows:
+        if rows and pipe is not None:
             p = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
             f = sampled_faithfulness(p, rows, 1)
             if f is not None:
