@@ -3,23 +3,67 @@ the ExecuTorch runtime. int8: XNNPACK's dynamic quantization of the linears (pt2
 per channel, activations quantized per call.
 
 What XNNPACK does not take runs on ExecuTorch's portable kernels; `delegation` says which ops
-those are. XNNPACK has no 3-D convolution, so the causal VAE's convolutions stay portable; and
-its compiler refuses some of the decoder's 5-D subgraphs at load time, so a graph whose delegated
-program fails to load is lowered again without the delegate, and the manifest says so. On the
-shipped default that portable decoder then fails in ExecuTorch 1.5's convolution kernel
-(InvalidArgument): the export records it (`not_run`) and the runtime refuses the directory.
+those are. Neither has a 3-D convolution (the portable kernel checks for 3-D or 4-D inputs, i.e.
+1-D and 2-D convolutions), so before export every `Conv3d` (and the VAE's fixed channel
+shortcuts) is rewritten as one 2-D convolution over its temporal taps stacked into channels
+(`conv3d_as_conv2d`): the same numbers, and a graph both can run. A graph whose delegated program
+XNNPACK's compiler refuses at load is lowered again without the delegate, and the manifest says so.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mvdit import MvditError
+from mvdit.models.vae import ChannelShortcut
+
+
+class Conv3dAs2d(nn.Module):
+    """A stride-1 `Conv3d` without temporal padding as one `conv2d`: the kt frames each output
+    frame reads are stacked into channels (weight (Co, Ci, kt, kh, kw) -> (Co, Ci*kt, kh, kw)),
+    frames folded into the batch."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> None:
+        super().__init__()
+        co, ci, kt, kh, kw = weight.shape
+        self.kt, self.padding = kt, tuple(padding[1:])
+        self.register_buffer("weight", weight.detach().reshape(co, ci * kt, kh, kw).clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        frames = t - self.kt + 1
+        taps = torch.stack([x[:, :, i : i + frames] for i in range(self.kt)], dim=2)
+        taps = taps.permute(0, 3, 1, 2, 4, 5).reshape(b * frames, c * self.kt, h, w)
+        y = F.conv2d(taps, self.weight, self.bias, padding=self.padding)
+        return y.reshape(b, frames, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def conv3d_as_conv2d(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every Conv3d (stride 1, no temporal padding, one group) and every
+    ChannelShortcut as Conv3dAs2d; anything else 3-D is refused with its name."""
+    if not any(isinstance(m, nn.Conv3d | ChannelShortcut) for m in module.modules()):
+        return module  # no copy of a large DiT
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.Conv3d):
+            if child.stride != (1, 1, 1) or child.groups != 1 or child.padding[0] != 0:
+                raise MvditError(f"{name}: only stride-1, ungrouped, time-unpadded Conv3d export")
+            new = Conv3dAs2d(child.weight, child.bias, child.padding)
+        elif isinstance(child, ChannelShortcut):
+            new = Conv3dAs2d(child.weight, None, (0, 0, 0))
+        else:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, new)
+    return module
 
 
 def _quiet() -> None:
@@ -79,6 +123,7 @@ def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, prec
     import warnings
 
     _quiet()
+    module = conv3d_as_conv2d(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
