@@ -93,17 +93,26 @@ def test_two_ranks_train_the_teacher_as_one_process_does(tmp_path, one_process_t
 
 
 def test_two_ranks_distil_with_both_players_as_one_process_does(tmp_path):
-    # the GAN step: two losses through one forward, routed to their own modules, under FSDP2
+    # the GAN step: two losses through one forward, routed to their own modules, under FSDP2;
+    # the R1 penalty's double backward is refused under torchrun with one line
     teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=4.0)
     smoke = ROOT / "configs" / "distill-smoke.toml"
     sets = [f"distill.student={teacher}", f"distill.teacher={teacher}", "optim.batch_size=2",
             "run.threads=1"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
-    _mvdit(["distill", smoke, *_sets([*sets, "optim.grad_accum=2", f"run.out_dir={one}"])], 1)
-    _mvdit(["distill", smoke, *_sets([*sets, "run.parallel=fsdp", f"run.out_dir={two}"])], 2)
+    # 2 micro-batches per rank: the discriminator's gradient must add up over both (the
+    # generator loss's share set aside each time), as in one process with 4
+    _mvdit(["distill", smoke, *_sets([*sets, "optim.grad_accum=4", f"run.out_dir={one}"])], 1)
+    _mvdit(["distill", smoke, *_sets([*sets, "optim.grad_accum=2", "run.parallel=fsdp",
+                                      f"run.out_dir={two}"])], 2)  # fmt: skip
     files = ("model.safetensors", "disc.safetensors", "optim_disc.safetensors", "ema.safetensors")
     _same_run(one, two, 4, files)
     assert (two / "samples" / "latest.png").is_file()
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mvdit.cli", "distill", smoke, *_sets([*sets, "run.parallel=ddp", "disc.r1=1",
+           f"run.out_dir={tmp_path / 'r1'}"])]  # fmt: skip
+    proc = subprocess.run(list(map(str, run)), env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "error: disc.r1 > 0 differentiates" in proc.stderr
 
 
 def test_two_ranks_recover_a_pruned_model_and_train_a_vae_as_one_process_does(tmp_path, capsys):

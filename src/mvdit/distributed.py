@@ -210,15 +210,18 @@ def wrap(module: nn.Module, par: Parallel, device: torch.device) -> nn.Module:
     return module
 
 
-def full_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def full_tensors(state: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
     """A state dict with every sharded or replicated tensor gathered whole, on the CPU (a
-    collective: every rank calls it)."""
+    collective: every rank calls it). keep=False (the ranks that write nothing): each tensor is
+    gathered and dropped at once, so only rank 0 holds a whole copy."""
     from torch.distributed.tensor import DTensor
 
-    return {
-        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
-        for k, v in state.items()
-    }
+    out = {}
+    for k, v in state.items():
+        whole = v.full_tensor() if isinstance(v, DTensor) else v
+        if keep:
+            out[k] = whole.detach().cpu()
+    return out
 
 
 def like(full: dict[str, torch.Tensor], current: dict[str, torch.Tensor], device) -> dict:

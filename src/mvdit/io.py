@@ -115,21 +115,25 @@ def check_safetensors(path: str | Path) -> Path:
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
-        if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-            kind = "a pickle" if head[:1] == b"\x80" else "a torch.save zip archive"
-            raise MvditError(f"{path} is {kind}, not safetensors; {convert}")
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= n <= size - 8:
-            raise MvditError(
-                f"{path} has no valid safetensors header (the file is cut or not safetensors)"
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-        if not isinstance(header, dict):
-            raise MvditError(f"{path} has a corrupt safetensors header (not a JSON object)")
-    return path
+        header = None
+        if 2 <= n <= size - 8:
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                header = None
+    if isinstance(header, dict):
+        return path
+    # not safetensors: name what it is when its signature shows it (a valid header's length can
+    # begin with a pickle's first byte, so only a file that failed above is asked)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        kind = "a pickle" if head[:1] == b"\x80" else "a torch.save zip archive"
+        raise MvditError(f"{path} is {kind}, not safetensors; {convert}")
+    if not 2 <= n <= size - 8:
+        raise MvditError(
+            f"{path} has no valid safetensors header (the file is cut or not safetensors)"
+        )
+    raise MvditError(f"{path} has a corrupt safetensors header (not a JSON object)")
 
 
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

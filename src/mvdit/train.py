@@ -187,15 +187,19 @@ def _optimizer_layout(opt: torch.optim.Optimizer, tensors: dict, device) -> dict
     return out
 
 
-def gather_training_state(modules, optimizers, ema) -> tuple[dict, dict, dict | None]:
+def gather_training_state(
+    modules, optimizers, ema, keep: bool = True
+) -> tuple[dict, dict, dict | None]:
     """Whole tensors of every module, optimizer and the EMA, in the one-process layout (a
-    collective under torchrun: every rank calls it; rank 0 writes what it returns)."""
-    states = {k: distributed.full_tensors(m.state_dict()) for k, m in modules.items()}
+    collective under torchrun: every rank calls it; rank 0, keep=True, writes what it returns,
+    the others keep nothing)."""
+    states = {k: distributed.full_tensors(m.state_dict(), keep) for k, m in modules.items()}
     optims = {}
     for k, opt in optimizers.items():
         tensors, groups = _flatten_optimizer(opt)
-        optims[k] = (distributed.full_tensors(tensors), groups)
-    return states, optims, distributed.full_tensors(ema.state) if ema is not None else None
+        optims[k] = (distributed.full_tensors(tensors, keep), groups)
+    full_ema = distributed.full_tensors(ema.state, keep) if ema is not None else None
+    return states, optims, full_ema
 
 
 def save_checkpoint(
@@ -372,7 +376,8 @@ def train_loop(
             continue
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
-        was = state.get("micro_batches", optim.grad_accum)
+        saved = ((state.get("config") or {}).get("optim") or {}).get("grad_accum")
+        was = state.get("micro_batches", saved or optim.grad_accum)
         if was != optim.grad_accum * par.world:
             say(
                 f"the checkpoint's steps had {was} micro-batches of {optim.batch_size}; these have "
@@ -397,7 +402,7 @@ def train_loop(
     distributed.barrier()
 
     def checkpoint(step: int) -> None:
-        states, optims, ema_state = gather_training_state(modules, optimizers, ema)
+        states, optims, ema_state = gather_training_state(modules, optimizers, ema, par.main)
         error = None
         if par.main:
             extra = {"config": config_dump, "world": par.world}
@@ -411,6 +416,10 @@ def train_loop(
                 plot_losses(metrics_path, out_dir / "loss.png")
             except MvditError as e:
                 error = str(e)
+            except Exception as e:  # noqa: BLE001 - under torchrun the other ranks must hear of it
+                if not par.active:
+                    raise
+                error = f"rank 0 failed while checkpointing step {step}: {type(e).__name__}: {e}"
         distributed.agree(error)
 
     bar = tqdm(
@@ -443,7 +452,7 @@ def train_loop(
                         skipped.setdefault(k, why or f"{_loss_key(k)} not finite on another rank")
                 active = [k for k, v in losses.items() if v.requires_grad and k not in skipped]
                 if par.active:
-                    _backward_routed(losses, active, modules, optim.grad_accum)
+                    _backward_routed(losses, active, params, optim.grad_accum)
                 else:
                     _grad_routed(losses, active, params, optim.grad_accum)
                 for k, v in [*((_loss_key(k), v) for k, v in losses.items()), *extra.items()]:
@@ -531,19 +540,21 @@ def _grad_routed(losses, active: list[str], params, grad_accum: int) -> None:
                 p.grad = g if p.grad is None else p.grad.add_(g)
 
 
-def _backward_routed(losses, active: list[str], modules, grad_accum: int) -> None:
+def _backward_routed(losses, active: list[str], params, grad_accum: int) -> None:
     """Under torchrun: the same routing through backward(), whose hooks are where FSDP2 and
     replicate reduce gradients over ranks (sharded parameters are not leaves of the graph, so
     autograd.grad cannot reach them). While one module's loss goes back, the other modules'
-    gradients are set aside and restored after, dropping what that loss gave them."""
+    gradients are set aside and restored after, dropping what that loss gave them. `params` are
+    the optimizers' (sharded) parameters, where FSDP2 accumulates: after a forward a module may
+    still show its unsharded ones, whose .grad is not the gradient so far."""
     for i, k in enumerate(active):
-        others = {o: [p.grad for p in m.parameters()] for o, m in modules.items() if o != k}
+        others = {o: [p.grad for p in ps] for o, ps in params.items() if o != k}
         for o in others:
-            for p in modules[o].parameters():
+            for p in params[o]:
                 p.grad = None
         (losses[k] / grad_accum).backward(retain_graph=i < len(active) - 1)
         for o, saved in others.items():
-            for p, g in zip(modules[o].parameters(), saved, strict=True):
+            for p, g in zip(params[o], saved, strict=True):
                 p.grad = g
 
 

@@ -346,7 +346,12 @@ def mixed_batch_fn(cfg: DistillConfig, pipe: Pipeline):
 
 def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> dict:
     """Distil the teacher into an N-step, guidance-free student; export it to OUT/model."""
-    distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
+    par, _ = distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join first
+    if par.active and cfg.disc.r1 > 0:
+        raise MvditError(
+            "disc.r1 > 0 differentiates the discriminator twice, which FSDP2 and replicate do not "
+            "support: set disc.r1 = 0 under torchrun, or train in one process"
+        )
     ds = cfg.distill
     teacher_pipe = Pipeline.from_pretrained(ds.teacher)
     # one text encoder: the teacher and the discriminator read the student's text states

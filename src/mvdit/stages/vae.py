@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mvdit import distributed
+from mvdit import MvditError, distributed
 from mvdit.build import build_video_dataset
 from mvdit.config import DataConfig, OptimConfig, RunConfig, Strict, load_config
 from mvdit.eval.faithfulness import score_clip, summarize
@@ -357,7 +357,12 @@ def format_faithfulness(scores: dict) -> str:
 def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train, export OUT/model (weights + latent stats) and score it on held-out clips (under
     torchrun: rank 0 scores it)."""
-    distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
+    par, _ = distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join first
+    if par.active and cfg.loss.adv > 0 and cfg.loss.adv_adaptive:
+        raise MvditError(
+            "loss.adv_adaptive differentiates by the decoder's last weight, which FSDP2 and "
+            "replicate do not expose: set loss.adv_adaptive = false under torchrun"
+        )
     torch.manual_seed(cfg.run.seed)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
