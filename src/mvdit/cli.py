@@ -535,7 +535,7 @@ def eval_vae(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="VAE training config whose [data] section (clip size, vocabulary) picks the clips"
+            help="VAE training config whose data section (clip size, vocabulary) picks the clips"
         ),
     ] = None,
     set_: Annotated[
@@ -979,7 +979,7 @@ def study_prune(
     kd_config: Annotated[
         Path,
         typer.Option(
-            help="KD config of the recovery ([data], [optim]; kd.student is set per variant)"
+            help="KD config of the recovery (its data and optim sections; kd.student is set per variant)"
         ),
     ] = Path("configs/kd-tiny.toml"),
     budget: Annotated[
