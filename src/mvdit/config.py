@@ -9,7 +9,7 @@ import re
 import tomllib
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -127,18 +127,26 @@ class FlowConfig(Strict):
     caption_dropout: float = 0.1  # share of captions replaced by "" so CFG works at sampling
 
 
+# the bounds of optimizer settings, in their types: a stage's OptimConfig subclass that changes a
+# default keeps the bound by writing the same type
+LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=1)]
+CountOrZero = Annotated[int, Field(ge=0)]
+Decay = Annotated[float, Field(ge=0, lt=1)]
+
+
 class OptimConfig(Strict):
-    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    lr: LearningRate = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    warmup_steps: int = Field(default=100, ge=0)
+    warmup_steps: CountOrZero = 100
     schedule: Literal["constant", "cosine"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     grad_clip: float = Field(default=1.0, ge=0)  # 0: no clipping
-    batch_size: int = Field(default=16, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    steps: int = Field(default=1500, ge=1)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    batch_size: Count = 16
+    grad_accum: Count = 1
+    steps: Count = 1500
+    ema_decay: Decay = 0.999
     # a step with a non-finite loss or gradient is skipped for that module; this many in a row stop
     max_nonfinite_steps: int = Field(default=3, ge=1)
 

@@ -429,7 +429,6 @@ def train_loop(
         dynamic_ncols=True,
         desc=out_dir.name,
     )
-    names = list(modules)
     t0, last, streak = time.perf_counter(), {}, 0
     with open(metrics_path if par.main else os.devnull, "a") as log:
         for step in range(start, optim.steps):
@@ -462,8 +461,7 @@ def train_loop(
                     )
             sums = distributed.mean_over_ranks(sums, device)
             stepped = set()
-            for k in names:
-                opt = optimizers[k]
+            for k, opt in optimizers.items():
                 grads = [p for p in params[k] if p.grad is not None]
                 if not grads:
                     continue

@@ -46,7 +46,18 @@ from torch.utils.data import Dataset
 from mvdit import MvditError, distributed
 from mvdit.build import build_dataset
 from mvdit.compress.slicing import slice_dit
-from mvdit.config import DataConfig, FlowConfig, OptimConfig, RunConfig, Strict, load_config
+from mvdit.config import (
+    Count,
+    CountOrZero,
+    DataConfig,
+    Decay,
+    FlowConfig,
+    LearningRate,
+    OptimConfig,
+    RunConfig,
+    Strict,
+    load_config,
+)
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache
 from mvdit.eval.evaluate import read_prompts
 from mvdit.flow import interpolate, sample_timesteps
@@ -95,11 +106,11 @@ class DiscSection(Strict):
 
 
 class DistillOptimConfig(OptimConfig):  # other defaults, the same bounds
-    lr: float = Field(default=1e-4, gt=0, allow_inf_nan=False)
-    warmup_steps: int = Field(default=0, ge=0)
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    lr: LearningRate = 1e-4
+    warmup_steps: CountOrZero = 0
+    steps: Count = 1000
+    batch_size: Count = 16
+    ema_decay: Decay = 0.99
 
 
 class DistillRunConfig(RunConfig):

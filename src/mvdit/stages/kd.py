@@ -30,7 +30,16 @@ from torch import nn
 
 from mvdit import MvditError, distributed
 from mvdit.build import build_dataset
-from mvdit.config import DataConfig, FlowConfig, OptimConfig, RunConfig, Strict, load_config
+from mvdit.config import (
+    Count,
+    DataConfig,
+    FlowConfig,
+    LearningRate,
+    OptimConfig,
+    RunConfig,
+    Strict,
+    load_config,
+)
 from mvdit.flow import interpolate
 from mvdit.io import read_json
 from mvdit.models.dit import VideoDiT
@@ -56,9 +65,9 @@ class KDRunConfig(RunConfig):
 
 
 class KDOptimConfig(OptimConfig):  # other defaults, the same bounds
-    lr: float = Field(default=3e-4, gt=0, allow_inf_nan=False)
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    lr: LearningRate = 3e-4
+    steps: Count = 1000
+    batch_size: Count = 32
 
 
 class KDConfig(Strict):

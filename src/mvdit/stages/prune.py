@@ -46,7 +46,7 @@ from mvdit.compress.importance import (
     remove,
 )
 from mvdit.compress.prune import Budget, greedy_prune, prune_to_shape
-from mvdit.compress.slicing import keep_sets, slice_dit
+from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
 from mvdit.config import preset_config
 from mvdit.eval.evaluate import faithfulness, read_prompts, sample_prompts
 from mvdit.io import atomic_dir, atomic_write_text, read_json, save_figure, write_json
@@ -287,7 +287,7 @@ def depth_curves(
     full = UnitMask.full(cfg)
 
     def measure(mask: UnitMask, depth: float, removed: int) -> dict:
-        small = (dit.slice(mask) if hasattr(dit, "slice") else slice_dit(dit, mask)).eval()
+        small = slice_model(dit, mask).eval()
         lat, mem = latency_and_memory(small, calib)
         kd, kd_f = kd_discrepancy(dit, calib, mask, reference, batch)
         point = {"depth": depth, "removed": removed, **model_cost(dit, mask, tokens, text_len)}

@@ -27,7 +27,16 @@ from torch import nn
 
 from mvdit import MvditError, distributed
 from mvdit.build import build_video_dataset
-from mvdit.config import DataConfig, OptimConfig, RunConfig, Strict, load_config
+from mvdit.config import (
+    Count,
+    DataConfig,
+    Decay,
+    LearningRate,
+    OptimConfig,
+    RunConfig,
+    Strict,
+    load_config,
+)
 from mvdit.eval.faithfulness import score_clip, summarize
 from mvdit.eval.features import MEAN as FEATURE_MEAN
 from mvdit.eval.features import STD as FEATURE_STD
@@ -93,10 +102,10 @@ class VAEDataConfig(DataConfig):
 
 
 class VAEOptimConfig(OptimConfig):  # other defaults, the same bounds
-    lr: float = Field(default=3e-4, gt=0, allow_inf_nan=False)
-    batch_size: int = Field(default=4, ge=1)
-    steps: int = Field(default=6000, ge=1)
-    ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    lr: LearningRate = 3e-4
+    batch_size: Count = 4
+    steps: Count = 6000
+    ema_decay: Decay = 0.99
 
 
 class VAERunConfig(RunConfig):
