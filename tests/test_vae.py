@@ -389,13 +389,18 @@ def test_study_writes_one_table_and_resumes(tmp_path):
         progress=False,
     )
     rows = run_vae_study(
-        tmp_path, generation_quality=lambda vae_dir, row: float(row["latent_channels"]), **kw
+        tmp_path,
+        generation_quality=lambda vae_dir, row: {"gen_shape": float(row["latent_channels"])},
+        generate=["8x32x32"],
+        **kw,
     )
     assert [r["ratio"] for r in rows] == ["4x8x8", "8x32x32"]
     assert [r["tokens_49x384x512"] for r in rows] == [13 * 48 * 64, 7 * 12 * 16]
     assert [r["tokens_9x32x32"] for r in rows] == [3 * 4 * 4, 2 * 1 * 1]
     assert rows[0]["dit_tflops_per_step"] > 10 * rows[1]["dit_tflops_per_step"]  # ~30x the tokens
-    assert [r["gen_quality"] for r in rows] == [16.0, 128.0]  # the evaluation hook fills its column
+    # the hook fills its columns for the ratios asked for, and only those
+    assert [r["gen_shape"] for r in rows] == [None, 128.0]
+    assert "| 8x32x32 |" in (tmp_path / "study.md").read_text()
     for name in ("study.md", "study.csv", "study.json", "study.png"):
         assert (tmp_path / name).is_file()
     assert len((tmp_path / "study.csv").read_text().splitlines()) == 3
@@ -403,9 +408,53 @@ def test_study_writes_one_table_and_resumes(tmp_path):
     stamp = weights.stat().st_mtime_ns
     again = run_vae_study(tmp_path, **kw)  # finished ratios are read back, not retrained
     assert weights.stat().st_mtime_ns == stamp
-    assert [r["psnr"] for r in again] == [r["psnr"] for r in rows] and again[0][
-        "gen_quality"
-    ] is None
+    assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
+    assert again[1]["gen_shape"] is None  # no hook, no generation column
+
+
+def test_study_generation_column_trains_and_scores_a_dit(tmp_path, capsys):
+    # the real hook through the CLI: a VAE, then the default's DiT on its latents, scored by the
+    # detector; a rerun reads the DiT and its scores back
+    code, out, err = run_cli(
+        [
+            "study",
+            "vae",
+            "--quick",
+            "-o",
+            str(tmp_path),
+            "--ratio",
+            "8x16x16",
+            "--generate",
+            "8x16x16",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    row = json.loads((tmp_path / "study.json").read_text())["rows"][0]
+    assert row["dit_tokens"] == 2 * 2 * 2 and row["dit_steps"] == 2 and row["dit_s_per_step"] > 0
+    assert 0 <= row["gen_overall"] <= 1 and "generated: overall" in out
+    scores = tmp_path / "8x16x16" / "dit" / "eval" / "eval.json"
+    stamp = scores.stat().st_mtime_ns
+    code, _, err = run_cli(
+        [
+            "study",
+            "vae",
+            "--quick",
+            "-o",
+            str(tmp_path),
+            "--ratio",
+            "8x16x16",
+            "--generate",
+            "8x16x16",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert scores.stat().st_mtime_ns == stamp
+    code, _, err = run_cli(
+        ["study", "vae", "--quick", "-o", str(tmp_path), "--generate", "9x9"], capsys
+    )
+    assert code == 2 and "--generate '9x9' is not in the study" in err
 
 
 def test_bench_times_decode_beside_dit_steps(tmp_path):

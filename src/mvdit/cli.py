@@ -48,7 +48,7 @@ from mvdit.studies.distill import ROWS as DISTILL_ROWS
 from mvdit.studies.distill import run_distill_study
 from mvdit.studies.distill import study_markdown as study_distill_markdown
 from mvdit.studies.prune_ablation import VARIANTS, run_prune_study
-from mvdit.studies.vae_ratios import run_vae_study
+from mvdit.studies.vae_ratios import STUDY_CHANNELS, DiTGenerationQuality, run_vae_study
 from mvdit.video import contact_sheet, save_png, write_mp4
 
 app = typer.Typer(
@@ -936,14 +936,43 @@ def study_vae(
     threads: Annotated[
         int, typer.Option(help="CPU threads (1 is steadiest on a shared machine)")
     ] = 1,
+    ratio: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ratio",
+            help=f"only these ratios (repeatable; default all: {', '.join(STUDY_CHANNELS)}); "
+            "two processes can each take some, and a last run with all tabulates them",
+        ),
+    ] = None,
+    generate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--generate",
+            help="train the default's tiny DiT on these ratios' latents and score what it draws "
+            "(repeatable; the gen. columns, and the DiT's seconds per step)",
+        ),
+    ] = None,
+    dit_steps: Annotated[int, typer.Option(help="--generate: DiT training steps")] = 1500,
+    dit_clips: Annotated[
+        int, typer.Option(help="--generate: clips encoded once for the DiT to train on")
+    ] = 4000,
 ) -> None:
     """Train one VAE per compression ratio on the same data and budget; tabulate quality vs. cost."""
 
     if steps < 1 or width < 1 or (threads is not None and threads < 1):
         fail(f"--steps, --width and --threads must be at least 1, got {steps}, {width}, {threads}")
+    for flag, names in (("--ratio", ratio), ("--generate", generate)):
+        unknown = [r for r in names or [] if r not in STUDY_CHANNELS]
+        if unknown:
+            fail(
+                f"{flag} {unknown[0]!r} is not in the study: use one of {', '.join(STUDY_CHANNELS)}"
+            )
+    if dit_steps < 1 or dit_clips < 1:
+        fail(f"--dit-steps and --dit-clips must be at least 1, got {dit_steps} and {dit_clips}")
     if quick:
         rows = run_vae_study(
             out,
+            ratios=ratio,
             clip=(9, 32, 32),
             steps=2,
             batch_size=2,
@@ -951,6 +980,12 @@ def study_vae(
             eval_clips=2,
             timing_repeats=1,
             threads=threads,
+            generation_quality=DiTGenerationQuality(
+                (9, 32, 32), steps=2, cache_clips=4, prompts=1, seeds=1, progress=False
+            )
+            if generate
+            else None,
+            generate=generate,
             progress=False,
         )
     else:
@@ -958,12 +993,26 @@ def study_vae(
             fail(
                 f"--frames must be 1 + 8k and --size a multiple of 32 so every ratio applies, got {frames} and {size}"
             )
+        clip = (frames, size, size)
+        quality = DiTGenerationQuality(clip, steps=dit_steps, cache_clips=dit_clips)
         rows = run_vae_study(
-            out, clip=(frames, size, size), steps=steps, width=width, threads=threads
+            out,
+            ratios=ratio,
+            clip=clip,
+            steps=steps,
+            width=width,
+            threads=threads,
+            generation_quality=quality if generate else None,
+            generate=generate,
         )
     for r in rows:
         typer.echo(
             f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms"
+            + (
+                ""
+                if r["gen_overall"] is None
+                else f"  generated: overall {r['gen_overall']:.2f} shape {r['gen_shape']:.2f}"
+            )
         )
     typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
 

@@ -9,28 +9,34 @@ Latent channels follow the published VAE at each ratio (Wan 2.1: 4x8x8 with 16; 
 4x16x16 with 48; 8x16x16 with 64; LTX-Video: 8x32x32 with 128), so the study compares real
 design points rather than one channel count stretched over every ratio.
 
-Generation quality of a DiT trained on each latent space is the column `gen_quality`: pass
-`generation_quality(vae_dir, row) -> float` to `run_vae_study` (the evaluation stage does), and
-it is filled in; without it the column reads "n/a".
+Generation quality is what a DiT trained on each latent space draws: `dit_generation_quality`
+trains the embedded default's DiT (the tiny preset, its vocabulary) on one ratio's latents of the
+study's clips and scores its samples with the shapes detector; `run_vae_study(...,
+generation_quality=..., generate=[ratios])` fills the `gen_*` columns of those ratios (the
+others read "n/a"), with the DiT's seconds per training step beside them.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mvdit.bench.measure import timed
-from mvdit.config import preset_config
+from mvdit.config import default_train_config, preset_config
+from mvdit.eval.evaluate import evaluate, write_prompt_files
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.models.dit import dit_flops
 from mvdit.models.vae import CausalVideoVAE, vae_preset
+from mvdit.stages.teacher import train_teacher
 from mvdit.stages.vae import (
     VAEArchConfig,
     VAEDataConfig,
     VAEEvalConfig,
+    VAELossConfig,
     VAEOptimConfig,
     VAERunConfig,
     VAETrainConfig,
@@ -41,8 +47,11 @@ STUDY_CHANNELS: dict[str, int] = {"4x8x8": 16, "4x16x16": 48, "8x16x16": 64, "8x
 PAPER_CLIP = (49, 384, 512)
 CPU_CLIP = (9, 32, 32)
 TEXT_TOKENS = 77  # CLIP's context, the paper's text encoder
+EDGE_WEIGHT = 10.0  # configs/vae-cpu-4x4x4.toml's loss.edge_weight
+STUDY_LR = 1e-3  # and its learning rate
 
-GenerationQuality = Callable[[Path, dict], float]
+GenerationQuality = Callable[[Path, dict], dict]
+GEN_KEYS = ("overall", "colour", "shape", "motion")  # the detector's columns of generated clips
 
 
 def tokens(ratio_cfg, clip: tuple[int, int, int]) -> int:
@@ -72,6 +81,8 @@ def study_train_config(
             latent_channels=STUDY_CHANNELS[ratio],
             widths=[width] + [2 * width] * (stages - 1),
         ),
+        # the recipe that keeps shape (docs/vae.md, "The fix"): L1/MSE 11x on the outlines
+        loss=VAELossConfig(edge_weight=EDGE_WEIGHT),
         optim=VAEOptimConfig(
             lr=lr,
             batch_size=batch_size,
@@ -98,15 +109,17 @@ def run_vae_study(
     steps: int = 300,
     batch_size: int = 4,
     width: int = 32,
-    lr: float = 3e-4,
-    eval_clips: int = 32,
+    lr: float = STUDY_LR,
+    eval_clips: int = 64,
     timing_repeats: int = 20,
     threads: int | None = 1,
     generation_quality: GenerationQuality | None = None,
+    generate: list[str] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Train, score and time one VAE per ratio; write study.{md,csv,json,png}. Resumable: a
-    ratio whose run finished is read back, an interrupted one continues from its checkpoint."""
+    ratio whose run finished is read back, an interrupted one continues from its checkpoint.
+    `generation_quality` is called for the ratios in `generate` (default: every ratio)."""
     out_dir = Path(out_dir)
     ratios = ratios or list(STUDY_CHANNELS)
     if threads:
@@ -123,6 +136,7 @@ def run_vae_study(
         if not done:
             train_vae(cfg, resume=True, progress=progress)
         scores = read_json(run_dir / "eval.json")
+        faith = scores.get("faithfulness") or {}
         seconds = read_json(run_dir / "summary.json")["seconds"]
         vae = CausalVideoVAE.from_pretrained(run_dir / "model")
         x = torch.rand(1, 3, *clip) * 2 - 1
@@ -143,16 +157,18 @@ def run_vae_study(
             "ssim": scores["ssim"],
             "edge_f1": scores.get("edge_f1"),
             # the shapes detector on the reconstructions: what a DiT on this latent can draw
-            "shape": (scores.get("faithfulness") or {}).get("shape"),
+            "shape": faith.get("shape"),
+            "colour": faith.get("colour"),
+            "motion": faith.get("motion"),
             "encode_ms": round(enc_ms, 2),
             "decode_ms": round(dec_ms, 2),
             "dit_tflops_per_step": round(dit_flops(student, paper_tokens, TEXT_TOKENS) / 1e12, 3),
             "vae_params_m": round(vae.param_count()["total"] / 1e6, 2),
             "train_seconds": seconds,
-            "gen_quality": None,
+            **dict.fromkeys(GEN_COLUMNS),
         }
-        if generation_quality is not None:
-            row["gen_quality"] = generation_quality(run_dir / "model", row)
+        if generation_quality is not None and (generate is None or ratio in generate):
+            row |= generation_quality(run_dir / "model", row)
         rows.append(row)
     meta = {
         "clip": "x".join(map(str, clip)),
@@ -160,12 +176,91 @@ def run_vae_study(
         "batch_size": batch_size,
         "width": width,
         "lr": lr,
+        "edge_weight": EDGE_WEIGHT,
         "eval_clips": eval_clips,
         "threads": threads,
         "timing_repeats": timing_repeats,
+        "dit": getattr(generation_quality, "note", None) if generation_quality else None,
     }
     write_study(out_dir, rows, meta)
     return rows
+
+
+GEN_COLUMNS = (*(f"gen_{k}" for k in GEN_KEYS), "dit_tokens", "dit_s_per_step", "dit_steps")
+
+
+@dataclass(frozen=True)
+class DiTGenerationQuality:
+    """`generation_quality` for `run_vae_study`: train the embedded default's DiT config (tiny
+    preset, its one-object vocabulary, batch 32, 20-step CFG sampling) for `steps` on a VAE's
+    latents of `cache_clips` clips of size `clip` (encoded once), at patch 1 unless that gives
+    more than 96 tokens (then patch 2), and score it with the shapes detector on the vocabulary's
+    three prompt sets (`prompts` per set, `seeds` clips per prompt). Resumable: a finished DiT and
+    its scores are read back."""
+
+    clip: tuple[int, int, int]
+    steps: int = 1500
+    cache_clips: int = 4000
+    prompts: int = 24
+    seeds: int = 2
+    progress: bool = True
+
+    @property
+    def note(self) -> str:
+        return (
+            f"{self.steps} steps of batch 32 on {self.cache_clips:,} cached clips; "
+            f"{3 * self.prompts} prompts x {self.seeds} seeds, 20 steps, CFG 4"
+        )
+
+    def __call__(self, vae_dir: Path, row: dict) -> dict:
+        latent = [int(v) for v in row["latent_shape"].split("x")]  # C x T x H x W
+        cells = latent[1] * latent[2] * latent[3]
+        patch = 1 if cells <= 96 else 2
+        frames, height, width = self.clip
+        base = default_train_config()
+        cfg = base.model_copy(
+            update={
+                "data": base.data.model_copy(
+                    update={
+                        "frames": frames,
+                        "height": height,
+                        "width": width,
+                        "cache_clips": self.cache_clips,
+                    }
+                ),
+                "vae": base.vae.model_copy(update={"path": str(vae_dir)}),
+                "model": base.model.model_copy(update={"patch_size": patch}),
+                "optim": base.optim.model_copy(
+                    update={
+                        "steps": self.steps,
+                        "warmup_steps": min(base.optim.warmup_steps, self.steps),
+                    }
+                ),
+                "run": base.run.model_copy(
+                    update={
+                        "out_dir": str(Path(vae_dir).parent / "dit"),
+                        "checkpoint_every": max(1, self.steps // 4),
+                    }
+                ),
+            }
+        )
+        run = Path(cfg.run.out_dir)
+        summary = run / "summary.json"
+        if not (summary.is_file() and read_json(summary)["steps"] == self.steps):
+            train_teacher(cfg, resume=True, progress=self.progress)
+        done = read_json(summary)
+        trained = done["steps"] - (done.get("resumed_from") or 0)
+        result = run / "eval" / "eval.json"
+        if not result.is_file():
+            files = write_prompt_files(None, run / "prompts", n=self.prompts)
+            evaluate(run / "model", files, run / "eval", seeds=self.seeds)
+        f = read_json(result)["faithfulness"]["all"]
+        return {
+            **{f"gen_{k}": f.get(k) for k in GEN_KEYS},
+            "dit_tokens": cells // patch**2,
+            "dit_s_per_step": round(done["seconds"] / max(1, trained), 3),
+            "dit_steps": self.steps,
+        }
 
 
 def write_study(out_dir: Path, rows: list[dict], meta: dict) -> None:
@@ -181,24 +276,44 @@ def write_study(out_dir: Path, rows: list[dict], meta: dict) -> None:
 
 
 def _cell(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f}"
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+STUDY_COLUMNS = (  # header, row -> cell
+    ("ratio", lambda r: r["ratio"]),
+    ("latent ch", lambda r: str(r["latent_channels"])),
+    ("DiT tokens 49x384x512", lambda r: f"{r['tokens_49x384x512']:,}"),
+    ("PSNR (dB)", lambda r: f"{r['psnr']:.2f}"),
+    ("SSIM", lambda r: f"{r['ssim']:.4f}"),
+    ("edge F1", lambda r: _cell(r.get("edge_f1"))),
+    ("recon. shape", lambda r: _cell(r.get("shape"))),
+    ("recon. colour", lambda r: _cell(r.get("colour"))),
+    ("recon. motion", lambda r: _cell(r.get("motion"))),
+    ("encode ms", lambda r: f"{r['encode_ms']:.1f}"),
+    ("decode ms", lambda r: f"{r['decode_ms']:.1f}"),
+    ("DiT TFLOPs/step (0.9B student)", lambda r: f"{r['dit_tflops_per_step']:.2f}"),
+    ("tiny DiT tokens", lambda r: str(r.get("dit_tokens") or "n/a")),
+    ("tiny DiT s/step", lambda r: _cell(r.get("dit_s_per_step"))),
+    *((f"gen. {k}", lambda r, k=k: _cell(r.get(f"gen_{k}"))) for k in GEN_KEYS),
+)
 
 
 def study_markdown(rows: list[dict], meta: dict) -> str:
     head = (
-        "| ratio | latent ch | DiT tokens 49x384x512 | DiT tokens 9x32x32 | PSNR (dB) | SSIM | edge F1 | shape | encode ms | decode ms "
-        "| DiT TFLOPs/step (0.9B student) | gen. quality |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| "
+        + " | ".join(h for h, _ in STUDY_COLUMNS)
+        + " |\n"
+        + "|---" * len(STUDY_COLUMNS)
+        + "|\n"
     )
-    body = "".join(
-        f"| {r['ratio']} | {r['latent_channels']} | {r['tokens_49x384x512']:,} | {r['tokens_9x32x32']} | {r['psnr']:.2f} | {r['ssim']:.4f} "
-        f"| {_cell(r.get('edge_f1'))} | {_cell(r.get('shape'))} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} | {r['dit_tflops_per_step']:.2f} | {'n/a' if r['gen_quality'] is None else r['gen_quality']} |\n"
-        for r in rows
-    )
+    body = "".join("| " + " | ".join(cell(r) for _, cell in STUDY_COLUMNS) + " |\n" for r in rows)
     note = (
         f"\nClips {meta['clip']} (shapes, held-out 'val' split, {meta['eval_clips']} clips); every ratio trained "
-        f"{meta['steps']} steps, batch {meta['batch_size']}, base width {meta['width']}, lr {meta['lr']}; "
-        f"encode/decode: best of {meta['timing_repeats']} per clip, {meta['threads']} thread(s), this machine. "
-        f"DiT TFLOPs: paper-student config, {TEXT_TOKENS} text tokens.\n"
+        f"{meta['steps']} steps, batch {meta['batch_size']}, base width {meta['width']}, lr {meta['lr']}, "
+        f"edge weight {meta.get('edge_weight', 0)}; encode/decode: best of {meta['timing_repeats']} per clip, "
+        f"{meta['threads']} thread(s), this machine. DiT TFLOPs: paper-student config, {TEXT_TOKENS} text tokens. "
+        "gen.: the shapes detector on clips of the embedded default's DiT trained on that ratio's latents "
+        f"({meta.get('dit') or 'not run'}).\n"
     )
     return head + body + note
 
