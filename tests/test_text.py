@@ -38,6 +38,13 @@ def test_bundled_minilm_offline(minilm):
     assert all(mask[i, : n[i]].all() and not mask[i, n[i] :].any() for i in range(2))
     assert torch.isfinite(hidden).all()
     assert not torch.allclose(hidden[0, 1], hidden[1, 1])  # different words, different states
+    # padding is not encoded: zeros where the mask is False; the tokens' states are those of an
+    # encoder run over the whole padded length
+    assert not hidden[~mask].any()
+    ids, full_mask = minilm.tokenize(PROMPTS)
+    with torch.no_grad():
+        whole = minilm.model(ids, full_mask)
+    torch.testing.assert_close(hidden[mask], whole[mask], atol=1e-5, rtol=1e-5)
 
 
 def test_minilm_truncates_to_max_length(minilm):
@@ -130,9 +137,9 @@ def _reference(model, tokenizer, prompts, max_length):
         prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
     )
     with torch.no_grad():
-        return model(
-            input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
-        ).last_hidden_state
+        hidden = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+    # TextEncoder.encode leaves the padded positions zero (they are masked everywhere)
+    return hidden.last_hidden_state * tok["attention_mask"][..., None]
 
 
 def test_tiny_clip_from_directory(tmp_path):

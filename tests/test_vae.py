@@ -9,7 +9,7 @@ from conftest import run_cli
 
 from mvdit import MvditError
 from mvdit.build import load_autoencoder
-from mvdit.models.vae import CausalVideoVAE, Tiling, latent_stats, vae_preset
+from mvdit.models.vae import CausalVideoVAE, Tiling, latent_stats, shipped_vae_path, vae_preset
 
 
 @pytest.fixture(autouse=True)
@@ -611,3 +611,45 @@ def test_shipped_vaes_load_by_name():
     assert cfg.vae.path == "cpu-4x4x4" and cfg.model.patch_size == 2  # 3x4x4 = 48 tokens
     with pytest.raises(MvditError, match="cpu-4x4x4"):
         build_autoencoder(VAEConfig(kind="pretrained", path="vae-cpu-9"))
+
+
+def test_inference_decode_runs_onednn_and_equals_the_reference_kernel():
+    # at batch 1 PyTorch routes these small 3-D convolutions to its slow reference kernel; the
+    # VAE's inference path goes through oneDNN instead, with the same numbers as training's path
+    vae = load_autoencoder(shipped_vae_path("default"))
+    z = torch.randn(1, *vae.latent_shape(9, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fast = vae.decode(z)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops
+    with torch.enable_grad():
+        reference = vae.decode(z).detach()  # grad mode: plain F.conv3d
+    assert (fast - reference).abs().max().item() < 1e-5
+
+
+def test_folds_equal_the_one_permute_form_in_at_most_six_dimensions():
+    # the folds run in steps of <= 6 dimensions (XNNPACK loads no 8-D tensor); they must stay the
+    # one 8-D permute they replace, bit for bit
+    from mvdit.models.vae import depth_to_space, space_to_depth
+
+    def s2d_8d(x, ft, fs):
+        if ft > 1:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, ft - 1, -1, -1), x], dim=2)
+        b, c, t, h, w = x.shape
+        x = x.reshape(b, c, t // ft, ft, h // fs, fs, w // fs, fs).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        return x.reshape(b, c * ft * fs * fs, t // ft, h // fs, w // fs)
+
+    def d2s_8d(x, ft, fs, first):
+        b, c, t, h, w = x.shape
+        c //= ft * fs * fs
+        x = x.reshape(b, c, ft, fs, fs, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        x = x.reshape(b, c, t * ft, h * fs, w * fs)
+        return x[:, :, ft - 1 :] if first and ft > 1 else x
+
+    g = torch.Generator().manual_seed(0)
+    for ft, fs in [(1, 1), (1, 2), (2, 1), (2, 2), (2, 4)]:
+        x = torch.randn(2, 3, 5 if ft > 1 else 3, 8, 8, generator=g)
+        assert torch.equal(space_to_depth(x, ft, fs), s2d_8d(x, ft, fs))
+        z = torch.randn(2, 3 * ft * fs * fs, 3, 4, 4, generator=g)
+        for first in (True, False):
+            assert torch.equal(depth_to_space(z, ft, fs, first), d2s_8d(z, ft, fs, first))

@@ -155,6 +155,9 @@ def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, prec
 def _program(module: nn.Module, args: tuple[torch.Tensor, ...], precision: str):
     program = torch.export.export(module, args)
     if precision == "int8":
+        from executorch.backends.transforms.duplicate_dynamic_quant_chain import (
+            DuplicateDynamicQuantChainPass,
+        )
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
             get_symmetric_quantization_config,
@@ -166,7 +169,12 @@ def _program(module: nn.Module, args: tuple[torch.Tensor, ...], precision: str):
         )
         prepared = prepare_pt2e(program.module(), quantizer)
         prepared(*args)  # dynamic quantization needs no calibration; one call fixes shapes
-        program = torch.export.export(convert_pt2e(prepared), args)
+        converted = convert_pt2e(prepared)
+        # one choose_qparams chain per consumer: linears sharing an input (every block's
+        # cross-attention keys and values read the same text) otherwise share one chain, and
+        # XNNPACK's partitioner then finds dependency cycles between its subgraphs
+        DuplicateDynamicQuantChainPass()(converted)
+        program = torch.export.export(converted, args)
     return program
 
 

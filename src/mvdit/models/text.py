@@ -67,11 +67,22 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return hidden states (B, max_length, dim) and a boolean key mask (B, max_length)."""
+        """Return hidden states (B, max_length, dim) and a boolean key mask (B, max_length).
+
+        Padded positions are zeros (as Wan's pipeline pads its T5 states): the encoder's attention
+        and every consumer's (through the mask) ignore them, so the encoder runs on the longest
+        prompt's tokens only."""
         device = next(self.model.parameters()).device
         ids, mask = self.tokenize(list(prompts))
-        hidden = self.model(ids.to(device), mask.to(device))
-        return hidden.float(), mask.to(device).bool()
+        full = ids.shape[1]
+        n = max(1, int(mask.sum(1).max()))
+        if mask[:, n:].any():  # padded on the left: nothing to skip
+            n = full
+        mask = mask.to(device)
+        hidden = self.model(ids[:, :n].to(device), mask[:, :n]).float() * mask[:, :n, None]
+        if n < full:
+            hidden = F.pad(hidden, (0, 0, 0, full - n))
+        return hidden, mask.bool()
 
     @torch.no_grad()
     def encode_cached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
