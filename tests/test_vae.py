@@ -415,40 +415,16 @@ def test_study_writes_one_table_and_resumes(tmp_path):
 def test_study_generation_column_trains_and_scores_a_dit(tmp_path, capsys):
     # the real hook through the CLI: a VAE, then the default's DiT on its latents, scored by the
     # detector; a rerun reads the DiT and its scores back
-    code, out, err = run_cli(
-        [
-            "study",
-            "vae",
-            "--quick",
-            "-o",
-            str(tmp_path),
-            "--ratio",
-            "8x16x16",
-            "--generate",
-            "8x16x16",
-        ],
-        capsys,
-    )
+    args = ["study", "vae", "--quick", "-o", str(tmp_path), "--ratio", "8x16x16"]
+    args += ["--generate", "8x16x16"]
+    code, out, err = run_cli(args, capsys)
     assert code == 0, err
     row = json.loads((tmp_path / "study.json").read_text())["rows"][0]
     assert row["dit_tokens"] == 2 * 2 * 2 and row["dit_steps"] == 2 and row["dit_s_per_step"] > 0
     assert 0 <= row["gen_overall"] <= 1 and "generated: overall" in out
     scores = tmp_path / "8x16x16" / "dit" / "eval" / "eval.json"
     stamp = scores.stat().st_mtime_ns
-    code, _, err = run_cli(
-        [
-            "study",
-            "vae",
-            "--quick",
-            "-o",
-            str(tmp_path),
-            "--ratio",
-            "8x16x16",
-            "--generate",
-            "8x16x16",
-        ],
-        capsys,
-    )
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert scores.stat().st_mtime_ns == stamp
     code, _, err = run_cli(

@@ -119,37 +119,51 @@ def delegation(edge) -> dict:
 
 
 def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, precision: str) -> dict:
-    """Export, (quantize,) lower and save; returns the delegation report."""
+    """Export, (quantize,) lower and save; returns the delegation report. A graph XNNPACK cannot
+    take (its lowering passes fail, or its compiler refuses a subgraph at load) is lowered again
+    with portable kernels only, and the report says why under "xnnpack_refused"."""
     import warnings
 
     _quiet()
     module = conv3d_as_conv2d(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        refused = None
         try:
             edge = _lower(_program(module, args, precision), delegate=True)
         except AssertionError as e:
-            # seen on the int8 DiT step: XNNPACK's partitioner groups the quantized ops into
-            # subgraphs that depend on each other; its one-subgraph-per-op mode ran > 8 min
+            # XNNPACK's partitioner found subgraphs that depend on each other (seen on the int8
+            # DiT step before each linear had its own quantization chain)
             raise MvditError(
                 f"XNNPACK's partitioner failed on the {precision} graph of {path.stem} ({e}); "
                 "export it in fp32 for executorch, or in int8 for onnx"
             ) from None
-        path.write_bytes(edge.to_executorch().buffer)
-        report = delegation(edge)
-        try:
-            _load(path)
-        except RuntimeError as e:
-            # XNNPACK accepted the subgraphs at lowering but its compiler refuses one at load.
-            # Exported again: lowering rewrites the program it is given (dim orders, for one),
-            # so the first program would not run on portable kernels.
-            edge = _lower(_program(module, args, precision), delegate=False)
+        except Exception as e:  # noqa: BLE001 - a backend pass failing: report it, go portable
+            # seen on the shipped VAE decoder: ChannelsLastTaggedReshapePass tags a 5-D tensor
+            # for channels-last ("required rank 4 tensor to use channels_last format")
+            refused = f"XNNPACK's lowering failed ({_last_line(e)})"
+        if refused is None:
             path.write_bytes(edge.to_executorch().buffer)
-            report = delegation(edge) | {
-                "xnnpack_refused": f"XNNPACK's compiler rejected a delegated subgraph at load ({e}); "
-                "lowered with portable kernels only"
-            }
-    return report
+            try:
+                _load(path)
+            except RuntimeError as e:
+                refused = f"XNNPACK's compiler rejected a delegated subgraph at load ({e})"
+        if refused is None:
+            return delegation(edge)
+        # Exported again: lowering rewrites the program it is given (dim orders, for one), so
+        # the first program would not run on portable kernels.
+        edge = _lower(_program(module, args, precision), delegate=False)
+        path.write_bytes(edge.to_executorch().buffer)
+        return delegation(edge) | {
+            "xnnpack_refused": f"{refused}; lowered with portable kernels only"
+        }
+
+
+def _last_line(e: BaseException) -> str:
+    """The innermost cause's message, first line: what a pass manager's wrapper hides."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _program(module: nn.Module, args: tuple[torch.Tensor, ...], precision: str):
