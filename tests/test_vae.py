@@ -441,6 +441,7 @@ def test_bench_times_decode_beside_dit_steps(tmp_path):
     r = bench_cpu_default(tmp_path / "vae", repeats=2)
     assert r["latent"] == "16x3x4x4" and "48 tokens" in r["dit"]
     assert r["decode_ms_median"] > 0 and r["dit_4_steps_ms_median"] > 0
+    assert r["decode_reference_kernel_ms_median"] > 0  # PyTorch's own kernel, timed beside it
     assert r["decode_faster"] == (r["decode_ms_median"] < r["dit_4_steps_ms_median"])
 
 
