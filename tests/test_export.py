@@ -128,10 +128,10 @@ def test_executorch_export_runs_in_the_executorch_runtime(student, tmp_path, cap
         assert a["max_abs_error_vs_eager"] <= 1e-3, name
         d = a["delegation"]
         assert d["delegated_subgraphs"] + sum(d["portable_ops"].values()) > 0
-    # the DiT step's linears run in XNNPACK; the decoder's 3-D convolutions cannot
+    # the DiT step's linears run in XNNPACK; XNNPACK takes every graph (a causal VAE's
+    # convolutions: test_a_causal_vae_decoder_runs_in_executorch_as_2d_convolutions)
     assert m["artefacts"]["dit_step"]["delegation"]["delegated_subgraphs"] >= 1
-    dec = m["artefacts"]["vae_decoder"]["delegation"]
-    assert "convolution" in dec["portable_ops"] or "xnnpack_refused" in dec
+    assert not any("xnnpack_refused" in a for a in m["artefacts"].values())
     # a clip from the .pte files in ExecuTorch's runtime, beside eager
     code, stdout, err = run_cli(["run-exported", out, PROMPT, "-o", tmp_path / "x.mp4"], capsys)
     assert code == 0, err
@@ -210,6 +210,9 @@ def test_a_causal_vae_decoder_runs_in_executorch_as_2d_convolutions(tmp_path):
         ref = vae.decoder(z)
         scale = float(ref.abs().max())
         assert (flat(z) - ref).abs().max() <= 1e-5 * scale
-    save_pte(vae.decoder, (z,), tmp_path / "dec.pte", "fp32")
+    report = save_pte(vae.decoder, (z,), tmp_path / "dec.pte", "fp32")
+    # XNNPACK runs the convolutions (no fold has more than 6 dimensions, its limit)
+    assert "xnnpack_refused" not in report and report["delegated_ops"]["convolution"] >= 5
+    assert "convolution" not in report["portable_ops"]
     got = run_pte(tmp_path / "dec.pte", (z,))
     assert got.shape == tuple(ref.shape) and np.abs(got - ref.numpy()).max() <= 1e-4 * scale

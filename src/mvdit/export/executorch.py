@@ -178,8 +178,11 @@ def _program(module: nn.Module, args: tuple[torch.Tensor, ...], precision: str):
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        quantizer = XNNPACKQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+        # the linears only: dynamic quantization is XNNPACK's int8 linear (its global config
+        # would quantize convolutions too, which then have no portable kernels to fall back to)
+        quantizer = XNNPACKQuantizer().set_operator_type(
+            torch.ops.aten.linear.default,
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True),
         )
         prepared = prepare_pt2e(program.module(), quantizer)
         prepared(*args)  # dynamic quantization needs no calibration; one call fixes shapes
