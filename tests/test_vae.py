@@ -9,6 +9,8 @@ from conftest import run_cli
 
 from mvdit import MvditError
 from mvdit.build import load_autoencoder
+from mvdit.config import default_train_config
+from mvdit.eval.evaluate import shapes_prompt_sets
 from mvdit.models.vae import CausalVideoVAE, Tiling, latent_stats, shipped_vae_path, vae_preset
 
 
@@ -422,6 +424,10 @@ def test_study_generation_column_trains_and_scores_a_dit(tmp_path, capsys):
     row = json.loads((tmp_path / "study.json").read_text())["rows"][0]
     assert row["dit_tokens"] == 2 * 2 * 2 and row["dit_steps"] == 2 and row["dit_s_per_step"] > 0
     assert 0 <= row["gen_overall"] <= 1 and "generated: overall" in out
+    # scored on prompts of the vocabulary the DiT trained on (the embedded default's)
+    written = (tmp_path / "8x16x16" / "dit" / "prompts" / "shapes-eval.txt").read_text()
+    wanted = shapes_prompt_sets(default_train_config().data, n=1)["shapes-eval"]
+    assert [ln for ln in written.splitlines() if not ln.startswith("#")] == wanted
     scores = tmp_path / "8x16x16" / "dit" / "eval" / "eval.json"
     stamp = scores.stat().st_mtime_ns
     code, _, err = run_cli(args, capsys)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mvdit.bench.measure import timed
-from mvdit.config import default_train_config, preset_config
+from mvdit.config import default_config_path, default_train_config, preset_config
 from mvdit.eval.evaluate import evaluate, write_prompt_files
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.models.dit import dit_flops
@@ -252,7 +252,7 @@ class DiTGenerationQuality:
         trained = done["steps"] - (done.get("resumed_from") or 0)
         result = run / "eval" / "eval.json"
         if not result.is_file():
-            files = write_prompt_files(None, run / "prompts", n=self.prompts)
+            files = write_prompt_files(default_config_path(), run / "prompts", n=self.prompts)
             evaluate(run / "model", files, run / "eval", seeds=self.seeds)
         f = read_json(result)["faithfulness"]["all"]
         return {
