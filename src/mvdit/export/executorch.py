@@ -6,8 +6,9 @@ What XNNPACK does not take runs on ExecuTorch's portable kernels; `delegation` s
 those are. Neither has a 3-D convolution (the portable kernel checks for 3-D or 4-D inputs, i.e.
 1-D and 2-D convolutions), so before export every `Conv3d` (and the VAE's fixed channel
 shortcuts) is rewritten as one 2-D convolution over its temporal taps stacked into channels
-(`conv3d_as_conv2d`): the same numbers, and a graph both can run. A graph whose delegated program
-XNNPACK's compiler refuses at load is lowered again without the delegate, and the manifest says so.
+(`conv3d_as_conv2d`): the same numbers, and a graph both can run. A graph XNNPACK cannot take
+(its lowering passes fail, or its compiler refuses the delegated program at load) is lowered
+again without the delegate, and the manifest says so.
 """
 
 from __future__ import annotations
