@@ -325,7 +325,7 @@ def plot_study(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
     x = [r["tokens_49x384x512"] for r in rows]
     a.plot(x, [r["psnr"] for r in rows], "o-", color="tab:blue")
     for r in rows:
@@ -353,4 +353,22 @@ def plot_study(rows: list[dict], path: Path) -> None:
     b2.set_ylabel("VAE decode ms per clip", color="tab:green")
     b2.set_ylim(bottom=0)
     b.set_title("what each ratio costs")
+    # what survives the latent: edges and the detector on reconstructions, and on what a DiT
+    # trained on the latent draws (where the study trained one)
+    bars = [
+        ("edge F1", lambda r: r.get("edge_f1")),
+        ("recon. colour", lambda r: r.get("colour")),
+        ("recon. shape", lambda r: r.get("shape")),
+        ("gen. colour", lambda r: r.get("gen_colour")),
+        ("gen. shape", lambda r: r.get("gen_shape")),
+    ]
+    width = 0.8 / len(bars)
+    for i, (label, get) in enumerate(bars):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
+        c.bar(xs, [get(r) or 0 for r in rows], width, label=label)
+    c.set_xticks(range(len(rows)), names)
+    c.set_ylim(0, 1)
+    c.set_ylabel("score (gen.: 0 where not trained)")
+    c.set_title("what the latent keeps")
+    c.legend(fontsize=7, ncol=2)
     save_figure(fig, path, dpi=110)
