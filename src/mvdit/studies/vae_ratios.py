@@ -9,7 +9,7 @@ Latent channels follow the published VAE at each ratio (Wan 2.1: 4x8x8 with 16; 
 4x16x16 with 48; 8x16x16 with 64; LTX-Video: 8x32x32 with 128), so the study compares real
 design points rather than one channel count stretched over every ratio.
 
-Generation quality is what a DiT trained on each latent space draws: `dit_generation_quality`
+Generation quality is what a DiT trained on each latent space draws: `DiTGenerationQuality`
 trains the embedded default's DiT (the tiny preset, its vocabulary) on one ratio's latents of the
 study's clips and scores its samples with the shapes detector; `run_vae_study(...,
 generation_quality=..., generate=[ratios])` fills the `gen_*` columns of those ratios (the
