@@ -77,8 +77,13 @@ def bench_cpu_default(
     def reference_decode() -> None:
         # oneDNN off: the kernel PyTorch itself picks for a batch-1 clip this small
         # (slow_conv3d), which models/vae.py:conv3d routes around at inference
-        with torch.backends.mkldnn.flags(enabled=False):
+        # (set directly: the flags() context also sets oneDNN's TF32 switch, which warns on CPU)
+        before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
             vae.decode(z)
+        finally:
+            torch.backends.mkldnn.enabled = before
 
     dec, den, ref = [], [], []
     vae.decode(z), dit_steps(), reference_decode()  # warm-up
