@@ -140,8 +140,8 @@ def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, prec
                 "export it in fp32 for executorch, or in int8 for onnx"
             ) from None
         except Exception as e:  # noqa: BLE001 - a backend pass failing: report it, go portable
-            # seen on the shipped VAE decoder: ChannelsLastTaggedReshapePass tags a 5-D tensor
-            # for channels-last ("required rank 4 tensor to use channels_last format")
+            # seen on the VAE decoder when int8 quantized its convolutions as well:
+            # ChannelsLastTaggedReshapePass tagged a 5-D tensor for channels-last
             refused = f"XNNPACK's lowering failed ({_last_line(e)})"
         if refused is None:
             path.write_bytes(edge.to_executorch().buffer)

@@ -152,9 +152,9 @@ def conv3d(
     """F.conv3d at stride 1, through oneDNN whenever the CPU runs inference in fp32.
 
     For one small clip (batch 1 and N*C*T*H under 20,480) PyTorch's heuristic picks its reference
-    kernel, slow_conv3d, which decodes the default 9x32x32 clip 2-3x slower than oneDNN does
-    (`mvdit bench-vae`). The arithmetic is the same up to float rounding. Training (grad enabled),
-    other devices and dtypes, and graphs being traced for export keep F.conv3d."""
+    kernel, slow_conv3d, which decodes the default 9x32x32 clip about 2x slower than oneDNN does
+    (`mvdit bench-vae` times both). The arithmetic is the same up to float rounding. Training
+    (grad enabled), other devices and dtypes, and graphs being traced for export keep F.conv3d."""
     if (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -168,6 +168,14 @@ def conv3d(
     return F.conv3d(x, weight, bias, padding=padding)
 
 
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d (same parameters, same state dict) that convolves through `conv3d`; stride 1,
+    one group, zero padding only."""
+
+    def _conv_forward(self, x, weight, bias):
+        return conv3d(x, weight, bias, self.padding)
+
+
 class CausalConv3d(nn.Module):
     """3x3x3 convolution that sees the current and earlier frames only (front padding in time).
 
@@ -178,7 +186,7 @@ class CausalConv3d(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int = 3):
         super().__init__()
         self.pad_t = kernel - 1
-        self.conv = nn.Conv3d(cin, cout, kernel, padding=(0, kernel // 2, kernel // 2))
+        self.conv = Conv3d(cin, cout, kernel, padding=(0, kernel // 2, kernel // 2))
         self.stream = False
         self.cache: torch.Tensor | None = None
 
@@ -193,10 +201,7 @@ class CausalConv3d(nn.Module):
             x = torch.cat([front, x], dim=2)
             if self.stream:
                 self.cache = x[:, :, -self.pad_t :]
-        c = self.conv
-        if type(c) is nn.Conv3d:  # export swaps in other modules (export/executorch.py)
-            return conv3d(x, c.weight, c.bias, c.padding)
-        return c(x)
+        return self.conv(x)
 
 
 class ResBlock(nn.Module):

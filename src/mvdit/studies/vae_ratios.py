@@ -207,9 +207,11 @@ class DiTGenerationQuality:
 
     @property
     def note(self) -> str:
+        base = default_train_config()
         return (
-            f"{self.steps} steps of batch 32 on {self.cache_clips:,} cached clips; "
-            f"{3 * self.prompts} prompts x {self.seeds} seeds, 20 steps, CFG 4"
+            f"{self.steps} steps of batch {base.optim.batch_size} on {self.cache_clips:,} cached "
+            f"clips; {3 * self.prompts} prompts x {self.seeds} seeds, {base.sample.steps} steps, "
+            f"CFG {base.sample.cfg:g}"
         )
 
     def __call__(self, vae_dir: Path, row: dict) -> dict:
