@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mvdit import MvditError
-from mvdit.config import OptimConfig, RunConfig, TrainConfig, load_train_config
+from mvdit.config import OptimConfig, RunConfig, TrainConfig, check_device, load_train_config
 from mvdit.flow import flow_loss
 from mvdit.models.dit import VideoDiT
 from mvdit.train import latest_checkpoint, make_batch_fn, train_loop
@@ -160,6 +160,14 @@ def test_config_rejects_unknown_key_by_name(tmp_path):
     p.write_text("[optim]\nsteps = 'many'\n")
     with pytest.raises(MvditError, match=r"optim.steps"):
         load_train_config(p)
+    # the config and the CLI's --device share one check and one message
+    with pytest.raises(MvditError, match=r"run.device.*'gpu' is not a device: use cpu, cuda or cuda:N"):
+        load_train_config(None, ["run.device=gpu"])
+    with pytest.raises(MvditError, match=r"--device 'gpu' is not a device: use cpu, cuda or cuda:N"):
+        check_device("gpu", "--device")
+    with pytest.raises(MvditError, match=r"run.parallel"):
+        load_train_config(None, ["run.parallel=horovod"])
+    assert load_train_config(None, ["run.device=cuda:1"]).run.device == check_device("cuda:1")
 
 
 def test_config_overrides_and_yaml(tmp_path):

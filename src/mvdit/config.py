@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvdit import MvditError
+from mvdit.distributed import ParallelKind
 from mvdit.io import validate
 from mvdit.models.dit import DiTConfig
 from mvdit.models.text import TextConfig
@@ -154,10 +155,16 @@ class OptimConfig(Strict):
 DEVICE = re.compile(r"(cpu|cuda)(:\d{1,3})?")
 
 
+def _device_problem(text: object, what: str = "") -> str | None:
+    if isinstance(text, str) and DEVICE.fullmatch(text):
+        return None
+    return f"{what + ' ' if what else ''}{text!r} is not a device: use cpu, cuda or cuda:N"
+
+
 def check_device(text: str, what: str = "device") -> str:
     """A device string mvdit runs on ("cpu", "cuda", "cuda:N"); MvditError for anything else."""
-    if not isinstance(text, str) or not DEVICE.fullmatch(text):
-        raise MvditError(f"{what} {text!r} is not a device: use cpu, cuda or cuda:N")
+    if problem := _device_problem(text, what):
+        raise MvditError(problem)
     return text
 
 
@@ -173,15 +180,15 @@ class RunConfig(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not DEVICE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a device: use cpu, cuda or cuda:N")
+        if problem := _device_problem(v):
+            raise ValueError(problem)  # pydantic reports a ValueError as this field's error
         return v
 
     # "bf16": autocast the loss to bfloat16 with fp32 master weights (GPU); fp32 on CPU is ~100x faster
     precision: Literal["fp32", "bf16"] = "fp32"
     # under torchrun: "ddp" replicates the trained modules, "fsdp" shards them (FSDP2); one
     # process ignores it (docs/training.md, "Many processes")
-    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    parallel: ParallelKind = "none"
     # recompute each DiT block in the backward instead of storing its activations (GPU memory)
     activation_checkpointing: bool = False
     # torch.compile each trained DiT block in place (worth it on a GPU; minutes of compiling)

@@ -24,13 +24,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from mvdit import MvditError
 
-PARALLEL_KINDS = ("none", "ddp", "fsdp")
+ParallelKind = Literal["none", "ddp", "fsdp"]  # run.parallel's values (config.RunConfig)
+PARALLEL_KINDS = get_args(ParallelKind)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def bench_paper_decode(max_tile_bytes: int | None, seed: int = 0) -> dict:
         "vae": "paper (8x32x32, 128 ch, widths 128/256/512/512)",
         "params_m": round(vae.param_count()["total"] / 1e6, 1),
         "latent": "x".join(map(str, latent.shape[1:])),
-        "video": "x".join(map(str, video.shape[2:])),
+        "video": "x".join(map(str, video.shape[1:])),
         "max_tile_bytes": max_tile_bytes,
         "tiling": tiling.model_dump() if tiling else None,
         "estimated_tile_bytes": vae.decode_bytes(tile),

@@ -170,6 +170,20 @@ class MiniLM(nn.Module):
         return x
 
 
+def input_major_weights(model: nn.Module) -> None:
+    """Store every Linear's weight input-major: the same (out, in) parameter, values and names,
+    as the transposed view of an (in, out) contiguous tensor.
+
+    A prompt is a dozen tokens, and for so few rows the CPU GEMM reads an (in, out) matrix about
+    twice as fast as the transposed (out, in) one `nn.Linear` keeps (MiniLM's 384x1536 layers at
+    13 tokens: 0.15 against 0.29 ms at one thread); the text encoder is a fixed cost of every
+    clip. Outputs move by float rounding only (tests/test_text.py)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.weight.is_contiguous():
+            w = m.weight.detach()
+            m.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=m.weight.requires_grad)
+
+
 def _minilm(path: Path, config: TextConfig) -> TextEncoder:
     """The BERT-architecture encoder in `path` through MiniLM and the `tokenizers` library."""
     cfg = read_json(path / "config.json")
@@ -198,6 +212,7 @@ def _minilm(path: Path, config: TextConfig) -> TextEncoder:
         raise MvditError(
             f"could not load text encoder from {path}: its weights do not fit its config.json ({lines[-1][:200]})"
         ) from None
+    input_major_weights(model)
     tokenizer = fixed_length_tokenizer(
         path / "tokenizer.json", config.max_length, int(cfg.get("pad_token_id", 0))
     )
