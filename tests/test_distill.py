@@ -149,9 +149,16 @@ def test_study_distill_trains_evaluates_and_times_each_row(tmp_path, capsys):
     assert all(r["clips"] == 3 and r["end_to_end_s"] > r["dit_s"] > 0 for r in rows.values())
     assert (out / "students" / "student-4" / "model" / "pipeline.json").is_file()
     assert (out / "study.png").is_file() and "distilled student, 4 steps" in stdout
-    # a rerun reuses the trained student and the evaluations
+    assert report["timing"]["reps"] == 5 and report["timing"]["threads"] >= 1
+    # a rerun reuses the trained student and the evaluations; --threads sets the timing pass's
+    # threads only (recorded, and the process's own restored after)
     stamp = (out / "rows" / "student-4" / "eval.json").stat().st_mtime
-    assert run_cli(args, capsys)[0] == 0
+    before = torch.get_num_threads()
+    assert run_cli([*args, "--threads", "1", "--reps", "2"], capsys)[0] == 0
     assert (out / "rows" / "student-4" / "eval.json").stat().st_mtime == stamp
+    timing = json.loads((out / "study.json").read_text())["timing"]
+    assert timing["threads"] == 1 and timing["reps"] == 2 and torch.get_num_threads() == before
+    assert "at 1 CPU thread," in (out / "study.md").read_text()
+    assert run_cli([*args, "--reps", "0"], capsys)[0] != 0
     code, _, err = run_cli([*args[:-4], "--rows", "nope"], capsys)
     assert code != 0 and "unknown study row" in err

@@ -161,9 +161,13 @@ def test_config_rejects_unknown_key_by_name(tmp_path):
     with pytest.raises(MvditError, match=r"optim.steps"):
         load_train_config(p)
     # the config and the CLI's --device share one check and one message
-    with pytest.raises(MvditError, match=r"run.device.*'gpu' is not a device: use cpu, cuda or cuda:N"):
+    with pytest.raises(
+        MvditError, match=r"run.device.*'gpu' is not a device: use cpu, cuda or cuda:N"
+    ):
         load_train_config(None, ["run.device=gpu"])
-    with pytest.raises(MvditError, match=r"--device 'gpu' is not a device: use cpu, cuda or cuda:N"):
+    with pytest.raises(
+        MvditError, match=r"--device 'gpu' is not a device: use cpu, cuda or cuda:N"
+    ):
         check_device("gpu", "--device")
     with pytest.raises(MvditError, match=r"run.parallel"):
         load_train_config(None, ["run.parallel=horovod"])

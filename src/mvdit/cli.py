@@ -1100,17 +1100,24 @@ def study_distill(
         list[str] | None,
         typer.Option("--set", help="override a distillation key for every student"),
     ] = None,
+    reps: Annotated[int, typer.Option(help="timed clips per row (the median is reported)")] = 5,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads of the timing pass (default: torch's; 1 is steadiest)"),
+    ] = None,
 ) -> None:
     """Teacher at 40/4/2 steps with and without CFG against the distilled students and their ablations."""
 
-    if seeds < 1:
-        fail(f"--seeds must be at least 1, got {seeds}")
+    if seeds < 1 or reps < 1 or (threads is not None and threads < 1):
+        fail(f"--seeds, --reps and --threads must be at least 1, got {seeds}, {reps}, {threads}")
     chosen = [r.strip() for r in rows.split(",")] if rows else None
     files = eval_prompts or [
         Path("prompts/shapes-eval.txt"), Path("prompts/shapes-holdout.txt"),
         Path("prompts/shapes-paraphrase.txt"),
     ]  # fmt: skip
-    report = run_distill_study(teacher, config, out, files, seeds, chosen, set_ or [])
+    report = run_distill_study(
+        teacher, config, out, files, seeds, chosen, set_ or [], reps=reps, threads=threads
+    )
     typer.echo(study_distill_markdown(report), nl=False)
     typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
 

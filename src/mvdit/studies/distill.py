@@ -17,11 +17,14 @@ study.csv, study.json) and the figure of sample grids side by side (study.png) a
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from mvdit import MvditError
 from mvdit.eval.evaluate import evaluate
@@ -70,8 +73,27 @@ def _student(cfg_path: str | Path, name: str, row: Row, out: Path, base: list[st
     return run / "model"
 
 
-def _end_to_end(models: dict[str, tuple[str, int | None, float | None]], reps: int) -> dict:
-    """Median seconds per clip (total and DiT) of every row, repeats interleaved across rows."""
+def _end_to_end(
+    models: dict[str, tuple[str, int | None, float | None]], reps: int, threads: int | None
+) -> tuple[dict, dict]:
+    """Median seconds per clip (total and DiT) of every row, repeats interleaved across rows, at
+    `threads` CPU threads (None: those in effect); and how it was timed (threads, load)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        load_start = os.getloadavg()
+        rows = _time_rows(models, reps)
+        how = {
+            "threads": torch.get_num_threads(), "reps": reps,
+            "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        }  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    return rows, how
+
+
+def _time_rows(models: dict[str, tuple[str, int | None, float | None]], reps: int) -> dict:
     loaded: dict[str, Pipeline] = {}  # the teacher rows share one teacher
     for m, _, _ in models.values():
         if m not in loaded:
@@ -105,8 +127,10 @@ def run_distill_study(
     rows: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
     reps: int = 5,
+    threads: int | None = None,
 ) -> dict:
-    """Train the students, evaluate every row, time them side by side; write the study files."""
+    """Train the students, evaluate every row, time them side by side (at `threads` CPU threads,
+    None: those in effect); write the study files."""
     names = list(rows) if rows else list(ROWS)
     bad = [n for n in names if n not in ROWS]
     if bad:
@@ -128,7 +152,7 @@ def run_distill_study(
         ev = out / "rows" / name
         if not (ev / "eval.json").is_file():
             evaluate(path, prompt_files, ev, seeds=seeds, steps=row.steps, cfg=row.cfg)
-    timing = _end_to_end(models, reps)
+    timing, timed = _end_to_end(models, reps, threads)
     table = []
     for name in names:
         ev = read_json(out / "rows" / name / "eval.json")
@@ -148,6 +172,7 @@ def run_distill_study(
         "overrides": list(overrides),
         "prompt_files": [str(p) for p in prompt_files],
         "seeds": seeds,
+        "timing": timed,
         "rows": table,
     }
     write_json(out / "study.json", report)
@@ -170,6 +195,7 @@ def study_markdown(report: dict) -> str:
         f"Teacher `{report['teacher']}`, students from `{report['config']}`; "
         f"{', '.join(report['prompt_files'])}, {report['seeds']} seeds "
         f"({rows[0]['clips'] if rows else 0} clips a row). Accuracy with a bootstrap 95% interval over prompts.",
+        *_timing_note(report.get("timing")),
         "",
         "| row | NFE | DiT ms/clip | end-to-end ms/clip | speed-up | "
         + " | ".join(ATTRS)
@@ -186,6 +212,17 @@ def study_markdown(report: dict) -> str:
             + f" | {fvd} | {kid} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _timing_note(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    a, b = t["loadavg_start"][0], t["loadavg_end"][0]
+    return [
+        f"Times: the median of {t['reps']} interleaved single-clip generations (text + sampling + "
+        f"decode) at {t['threads']} CPU thread{'s' if t['threads'] != 1 else ''}, load average "
+        f"{a:.2f} before and {b:.2f} after."
+    ]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
