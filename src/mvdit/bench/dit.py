@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.bench.measure import PeakMemory, seconds, si, time_once, timed
+from mvdit.bench.measure import PeakMemory, load_average, seconds, si, time_once, timed
 from mvdit.build import build_autoencoder
 from mvdit.config import PRESETS, default_train_config, preset_config
 from mvdit.flow import euler_sample
@@ -486,7 +486,7 @@ def run_bench(
             raise MvditError(
                 f"'{spec}' is neither a preset ({', '.join(PRESETS)}) nor a model directory"
             )
-    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_start = load_average()
 
     text_cache: dict = {}
     peaks = [gemm_peak(dev, dtype, gemm_n)]
@@ -522,7 +522,7 @@ def run_bench(
             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
             "torch": torch.__version__, "gemm_peak_flops": peak, "gemm_peak_samples": peaks, "gemm_n": gemm_n,
             "gemm_peak_source": "square" if max(peaks) >= max(linear, default=0.0) else "model linear shapes",
-            "loadavg_start": load_start, "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "loadavg_start": load_start, "loadavg_end": load_average(),
         },
         "targets": rows,
     }  # fmt: skip

@@ -48,6 +48,12 @@ def timed(
     return times
 
 
+def load_average() -> tuple[float, float, float] | None:
+    """The machine's 1/5/15-minute load (os.getloadavg), None where the platform has none:
+    benchmarks record it before and after they time, so a reader can tell a loaded run."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def current_rss() -> int:
     """Resident set size of this process in bytes (Linux /proc; elsewhere the peak so far)."""
     try:

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
-from mvdit.bench.measure import seconds, time_once
+from mvdit.bench.measure import load_average, seconds, time_once
 from mvdit.config import PRESETS
 from mvdit.export.onnx import ort_session, save_onnx
 from mvdit.export.tiling import TiledLinear
@@ -67,7 +67,7 @@ def run_tiling_bench(
         raise MvditError(f"unknown preset {bad[0]!r}; choose from {', '.join(PRESETS)}")
     if threads is not None:
         torch.set_num_threads(threads)
-    load_start = os.getloadavg()
+    load_start = load_average()
     rows = []
     shapes = ffn_shapes(presets)
     bar = tqdm(
@@ -120,7 +120,7 @@ def run_tiling_bench(
         "machine": {
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+            "loadavg_start": load_start, "loadavg_end": load_average(),
         },
         "rows": rows,
     }  # fmt: skip

@@ -17,7 +17,6 @@ study.csv, study.json) and the figure of sample grids side by side (study.png) a
 from __future__ import annotations
 
 import csv
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from mvdit import MvditError
+from mvdit.bench.measure import load_average
 from mvdit.eval.evaluate import evaluate
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
@@ -82,11 +82,11 @@ def _end_to_end(
     if threads:
         torch.set_num_threads(threads)
     try:
-        load_start = os.getloadavg()
+        load_start = load_average()
         rows = _time_rows(models, reps)
         how = {
             "threads": torch.get_num_threads(), "reps": reps,
-            "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+            "loadavg_start": load_start, "loadavg_end": load_average(),
         }  # fmt: skip
     finally:
         torch.set_num_threads(before)
@@ -217,11 +217,11 @@ def study_markdown(report: dict) -> str:
 def _timing_note(t: dict | None) -> list[str]:
     if not t:
         return []
-    a, b = t["loadavg_start"][0], t["loadavg_end"][0]
+    a, b = t["loadavg_start"], t["loadavg_end"]
+    load = f", load average {a[0]:.2f} before and {b[0]:.2f} after" if a and b else ""
     return [
         f"Times: the median of {t['reps']} interleaved single-clip generations (text + sampling + "
-        f"decode) at {t['threads']} CPU thread{'s' if t['threads'] != 1 else ''}, load average "
-        f"{a:.2f} before and {b:.2f} after."
+        f"decode) at {t['threads']} CPU thread{'s' if t['threads'] != 1 else ''}{load}."
     ]
 
 
