@@ -345,12 +345,24 @@ def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
         "faithfulness",
     }
     assert "prompt faithfulness of the reconstructions" in stdout
+    held = [json.loads(line) for line in (out / "held_out.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in held] == [2, 3]  # every checkpoint, the last included
+    assert {"psnr", "edge_f1", "shape", "colour", "motion"} <= set(held[0])
+    assert (out / "held_out.png").stat().st_size > 0
     code, stdout, err = run_cli(
         ["eval-vae", out / "model", "--config", cfg, "--clips", 2, "--json", tmp_path / "e.json"],
         capsys,
     )
     assert code == 0, err
-    assert json.loads((tmp_path / "e.json").read_text())["clip"] == "5x16x16"
+    clean = json.loads((tmp_path / "e.json").read_text())
+    assert clean["clip"] == "5x16x16" and clean["latent_noise"] == 0
+    noisy_args = ["eval-vae", out / "model", "--config", cfg, "--clips", 2, "--latent-noise", 1.0]
+    code, stdout, err = run_cli([*noisy_args, "--json", tmp_path / "n.json"], capsys)
+    assert code == 0, err
+    assert "(latent noise 1)" in stdout
+    assert json.loads((tmp_path / "n.json").read_text())["psnr"] != clean["psnr"]
+    code, _, err = run_cli([*noisy_args[:-1], -0.5], capsys)
+    assert code != 0 and "--latent-noise must be 0 or more" in err
 
     code, stdout, err = run_cli(
         ["train-vae", cfg, "--set", f"run.out_dir={out}", "--set", "optim.steps=5", "--resume"],
@@ -359,6 +371,8 @@ def test_train_vae_runs_exports_and_resumes(tmp_path, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    held = [json.loads(line) for line in (out / "held_out.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in held] == [2, 3, 4, 5]  # resumed from 3: its row rewritten once
 
 
 def test_train_vae_rejects_bad_clip_and_keys(tmp_path, capsys):
@@ -577,6 +591,29 @@ def test_edge_weight_counts_the_outline_not_the_background():
     )
     assert edged[1]["l1"] != pytest.approx(plain[1]["l1"])  # the weighted mean differs
     assert edged[1]["psnr"] == plain[1]["psnr"]  # and the reconstruction is the same
+
+
+def test_latent_noise_is_relative_to_each_channel_and_varies_per_clip():
+    from mvdit.stages.vae import VAELossConfig, latent_noise, make_vae_loss
+
+    mean = torch.randn(64, 2, 1, 4, 4) * torch.tensor([1.0, 100.0]).view(1, 2, 1, 1, 1)
+    noise = latent_noise(mean, 0.5, torch.Generator().manual_seed(0))
+    ratio = noise.std(dim=(0, 2, 3, 4)) / mean.std(dim=(0, 2, 3, 4))
+    assert float(ratio[0]) == pytest.approx(
+        float(ratio[1]), rel=0.2
+    )  # a larger latent gets larger noise
+    assert 0.2 < float(ratio[0]) < 0.4  # E[s^2] = 0.5^2 / 3 for s ~ U[0, 0.5]
+    per_clip = noise.flatten(1).std(dim=1)
+    assert per_clip.min() < 0.3 * per_clip.max()  # levels drawn per clip, from about zero up
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(vae_preset("4x8x8", latent_channels=4, widths=[8, 16, 16]))
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    clean = make_vae_loss(vae, None, VAELossConfig(sample_posterior=False))(0, {"video": x}, gen())
+    noisy = make_vae_loss(vae, None, VAELossConfig(sample_posterior=False, latent_noise=1.0))(
+        0, {"video": x}, gen()
+    )
+    assert noisy[1]["psnr"] != clean[1]["psnr"]  # the decoder saw another latent
 
 
 def test_shipped_vaes_load_by_name():

@@ -550,21 +550,33 @@ def eval_vae(
         Path | None,
         typer.Option(help="also write a PNG of 8 held-out clips, each above its reconstruction"),
     ] = None,
+    latent_noise: Annotated[
+        float,
+        typer.Option(
+            help="add this much N(0,1) noise to the unit-scale latent before decoding (a DiT's "
+            "error): how forgiving the decoder is"
+        ),
+    ] = 0.0,
 ) -> None:
     """Reconstruction PSNR / SSIM of an autoencoder on held-out clips (the data's 'val' split)."""
 
     if clips < 1:
         fail(f"--clips must be positive, got {clips}")
+    if latent_noise < 0:
+        fail(f"--latent-noise must be 0 or more, got {latent_noise}")
     path = shipped_vae_path(model) if model in SHIPPED_VAES else Path(model)
     if not path.is_dir():
         fail(f"autoencoder directory {path} does not exist")
     data = vae_stage.load_vae_config(config, set_).data
     vae = load_autoencoder(path)
     vae.check_clip(data.frames, data.height, data.width)
-    scores = vae_stage.evaluate_reconstruction(vae, build_video_dataset(data, "val"), clips)
+    scores = vae_stage.evaluate_reconstruction(
+        vae, build_video_dataset(data, "val"), clips, latent_noise=latent_noise
+    )
     clip = f"{data.frames}x{data.height}x{data.width}"
+    noise = f" (latent noise {latent_noise:g})" if latent_noise else ""
     typer.echo(
-        f"{path}: {scores['clips']} held-out {clip} clips: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}, edge F1 {scores['edge_f1']:.3f}"
+        f"{path}: {scores['clips']} held-out {clip} clips{noise}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}, edge F1 {scores['edge_f1']:.3f}"
     )
     if "faithfulness" in scores:
         typer.echo(
@@ -577,7 +589,13 @@ def eval_vae(
     if json_out is not None:
         write_json(
             json_out,
-            {"model": str(path), "config": str(config) if config else None, "clip": clip, **scores},
+            {
+                "model": str(path),
+                "config": str(config) if config else None,
+                "clip": clip,
+                "latent_noise": latent_noise,
+                **scores,
+            },
         )
 
 

@@ -261,9 +261,12 @@ class EMA:
                 self.state[k].copy_(v)
 
 
-def plot_losses(metrics_path: Path, png_path: Path, prefixes: tuple[str, ...] = ("loss",)) -> None:
+def plot_losses(
+    metrics_path: Path, png_path: Path, prefixes: tuple[str, ...] = ("loss",), log: bool = True
+) -> None:
     """Render every metric of metrics.jsonl whose name starts with one of `prefixes` (default:
-    the losses; raw, light; moving average, dark) to one PNG, one panel each."""
+    the losses; raw, light; moving average, dark) to one PNG, one panel each; `log`: a log scale
+    for metrics that stay positive."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +287,7 @@ def plot_losses(metrics_path: Path, png_path: Path, prefixes: tuple[str, ...] = 
         ]
         ax.plot(steps, vals, color="tab:blue", alpha=0.25, lw=0.8)
         ax.plot(steps, smooth, color="tab:blue", lw=1.6)
-        ax.set_yscale("log" if min(vals) > 0 else "linear")
+        ax.set_yscale("log" if log and min(vals) > 0 else "linear")
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
@@ -323,7 +326,7 @@ def train_loop(
     config_dump: dict | None = None,
     ema_module: str | None = "model",
     optim_overrides: dict[str, dict[str, Any]] | None = None,
-    on_export: Callable[[Path, dict[str, torch.Tensor]], None] | None = None,
+    on_export: Callable[[Path, dict[str, torch.Tensor], int], None] | None = None,
     progress: bool = True,
     frozen: dict[str, nn.Module] | None = None,
 ) -> dict:
@@ -332,7 +335,8 @@ def train_loop(
     `frozen`: helpers the loss uses but never trains (a teacher, an autoencoder, a text encoder, a
     frozen discriminator backbone): moved to run.device, kept in eval mode, given no optimizer and
     not checkpointed. `optim_overrides[name]`: that module's own optimizer settings (any
-    OptimConfig field: lr, betas, warm-up, schedule, grad_clip).
+    OptimConfig field: lr, betas, warm-up, schedule, grad_clip). `on_export(path, state, step)`:
+    called after each checkpoint with OUT/model and the EMA (or raw) weights of "model".
 
     A step whose loss or gradients are not finite for a module is skipped for that module (no
     optimizer step, no EMA update) and logged; `optim.max_nonfinite_steps` such steps in a row stop
@@ -412,7 +416,8 @@ def train_loop(
                     out_dir, step, states, optims, ema_state, extra, run.keep_checkpoints
                 )
                 if on_export is not None:
-                    on_export(out_dir / "model", ema_state if ema is not None else states["model"])
+                    state = ema_state if ema is not None else states["model"]
+                    on_export(out_dir / "model", state, step)
                 plot_losses(metrics_path, out_dir / "loss.png")
             except MvditError as e:
                 error = str(e)

@@ -394,7 +394,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     sampler = SamplerConfig(schedule=schedule, guidance=1.0)
     student_config = pipe.config.model_copy(update={"sampler": sampler})
 
-    def export(path: Path, state: dict[str, torch.Tensor]) -> None:
+    def export(path: Path, state: dict[str, torch.Tensor], _step: int) -> None:
         # a fresh module holds the weights (the student itself stays in training mode and, under
         # torchrun, sharded or replicated): saved, then sampled without reading them back
         ema = VideoDiT(student.config, init=False)

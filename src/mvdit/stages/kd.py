@@ -193,7 +193,7 @@ def train_kd(cfg: KDConfig, resume: bool = False, progress: bool = True) -> dict
     dataset = build_dataset(cfg.data, "train", student_pipe.vae, student_pipe.text_encoder)
     batch_fn = make_batch_fn(dataset, cfg.optim.batch_size, cfg.optim.grad_accum, cfg.run.seed)
 
-    def export(path: Path, state: dict[str, torch.Tensor]) -> None:
+    def export(path: Path, state: dict[str, torch.Tensor], _step: int) -> None:
         own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
         student_pipe.save_pretrained(path, dit_state=own)
 

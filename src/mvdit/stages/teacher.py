@@ -131,7 +131,7 @@ def train_teacher(cfg: TrainConfig, resume: bool = False, progress: bool = True)
         cfg.run.out_dir,
         resume=resume,
         config_dump=cfg.model_dump(mode="json"),
-        on_export=lambda path, state: parts.pipeline.save_pretrained(path, dit_state=state),
+        on_export=lambda path, state, _step: parts.pipeline.save_pretrained(path, dit_state=state),
         progress=progress,
         frozen={"vae": parts.vae, "text": parts.text},
     )

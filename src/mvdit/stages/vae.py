@@ -18,6 +18,7 @@ mean/std measured on training clips; at the end the export is scored on held-out
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -42,10 +43,10 @@ from mvdit.eval.features import MEAN as FEATURE_MEAN
 from mvdit.eval.features import STD as FEATURE_STD
 from mvdit.eval.features import load_efficientnet_lite0
 from mvdit.eval.metrics import edge_f1, psnr, ssim
-from mvdit.io import atomic_dir, write_json
+from mvdit.io import atomic_dir, atomic_write_text, write_json
 from mvdit.models.autoencoder import to_uint8
 from mvdit.models.vae import CausalVideoVAE, VAEModelConfig, latent_stats, vae_preset
-from mvdit.train import make_batch_fn, train_loop
+from mvdit.train import make_batch_fn, plot_losses, train_loop
 from mvdit.video import contact_sheet, save_png
 
 
@@ -78,6 +79,11 @@ class VAELossConfig(Strict):
     edge_scale: float = 0.2
     kl: float = 1e-4
     sample_posterior: bool = True  # decode a posterior sample (False: the mean, a plain AE)
+    # decoder robustness: decode z + s * std(z) * noise, s uniform in [0, latent_noise] per clip and
+    # std(z) the batch's per-channel spread (detached, so scaling the latent cannot shrink it). A
+    # DiT's latents are never exactly the encoder's; a decoder trained only on clean latents turns
+    # small errors into stray blobs (docs/vae.md, "Generation needs a decoder that forgives")
+    latent_noise: float = Field(default=0.0, ge=0.0)
     # L1 between early EfficientNet-Lite0 feature maps (the ImageNet network `mvdit eval` ships)
     # of original and reconstructed frames, upsampled to perceptual_size: an LPIPS stand-in
     perceptual: float = 0.0
@@ -93,6 +99,9 @@ class VAELossConfig(Strict):
 
 class VAEEvalConfig(Strict):
     clips: int = 64  # held-out clips scored after training
+    # held-out clips scored at every checkpoint (PSNR, edge F1, the detector's shape, ...) into
+    # OUT/held_out.jsonl and OUT/held_out.png: when shape is learned, not only whether; 0: off
+    track_clips: int = Field(default=64, ge=0)
     stats_clips: int = 256  # training clips the latent mean/std are measured on
     batch_size: int = 16
 
@@ -159,6 +168,15 @@ def edge_map(x: torch.Tensor, scale: float) -> torch.Tensor:
     gy = F.pad((f[..., 1:, :] - f[..., :-1, :]).abs().sum(1, keepdim=True), (0, 0, 0, 1))
     e = F.max_pool2d((gx + gy) / scale, 3, stride=1, padding=1).clamp(max=1)
     return e.view(x.shape[0], x.shape[2], 1, *x.shape[-2:]).transpose(1, 2)
+
+
+def latent_noise(mean: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Noise for a batch of latents (B, C, T, H, W): per clip a level s ~ U[0, scale], times each
+    channel's spread over the batch (detached), times N(0, 1)."""
+    b, c = mean.shape[:2]
+    spread = mean.detach().transpose(0, 1).reshape(c, -1).std(dim=1).view(1, c, 1, 1, 1)
+    level = torch.rand(b, generator=generator).to(mean).view(b, 1, 1, 1, 1) * scale
+    return level * spread * torch.randn(mean.shape, generator=generator).to(mean)
 
 
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -231,6 +249,8 @@ def make_vae_loss(
         z = mean
         if cfg.sample_posterior:
             z = mean + torch.randn(mean.shape, generator=generator).to(mean) * (0.5 * logvar).exp()
+        if cfg.latent_noise:
+            z = z + latent_noise(mean, cfg.latent_noise, generator)
         y = vae.decode_raw(z)
         err = y - x
         if cfg.edge_weight:
@@ -307,10 +327,16 @@ def export_vae(
 
 
 @torch.no_grad()
-def evaluate_reconstruction(vae, dataset, n: int, batch_size: int = 16) -> dict:
+def evaluate_reconstruction(
+    vae, dataset, n: int, batch_size: int = 16, latent_noise: float = 0.0
+) -> dict:
     """Encode -> decode (posterior mean) the first n clips of a dataset, in one pass: PSNR, SSIM
     and edge F1 (mvdit.eval.metrics) averaged over clips and, when the clips are captioned `shapes` clips, "faithfulness": the
     prompt-faithfulness detector (mvdit.eval.faithfulness) on the reconstructions.
+
+    `latent_noise` > 0 adds that much N(0, 1) noise (seeded) to the normalised latent before
+    decoding: latents are unit-scale, so 0.3 is an error of 30% of the latent's spread, the kind
+    of error a DiT's sample carries. How much the scores fall measures how forgiving the decoder is.
 
     A DiT generates in this VAE's latent space, so what the detector no longer sees after a round
     trip (a star blurred into a blob, a rotation too small to survive) no DiT on this VAE can
@@ -320,10 +346,14 @@ def evaluate_reconstruction(vae, dataset, n: int, batch_size: int = 16) -> dict:
     n = min(n, len(dataset))
     sums, scores = {"psnr": 0.0, "ssim": 0.0, "edge_f1": 0.0}, []
     captioned = True
+    gen = torch.Generator().manual_seed(0)
     for s in range(0, n, batch_size):
         items = [dataset[i] for i in range(s, min(s + batch_size, n))]
         x = torch.stack([it["video"] for it in items])
-        y = vae.decode(vae.encode(x))
+        z = vae.encode(x)
+        if latent_noise:
+            z = z + latent_noise * torch.randn(z.shape, generator=gen)
+        y = vae.decode(z)
         for key, metric in (("psnr", psnr), ("ssim", ssim), ("edge_f1", edge_f1)):
             sums[key] += metric(y, x) * len(x)  # each a mean over the batch's clips
         captioned = captioned and all("caption" in it and "spec" in it for it in items)
@@ -358,6 +388,24 @@ def reconstruction_sheet(vae, dataset, path: str | Path, n: int = 8) -> Path:
     return save_png(path, contact_sheet(videos, labels))
 
 
+TRACKED = ("psnr", "edge_f1", "shape", "colour", "motion")
+
+
+def track_held_out(out: Path, step: int, scores: dict) -> None:
+    """Append a checkpoint's held-out scores (evaluate_reconstruction) to OUT/held_out.jsonl as
+    one flat row, dropping rows from this step on (a resumed run rewrites them), and redraw
+    OUT/held_out.png."""
+    path = out / "held_out.jsonl"
+    rows = (
+        [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.exists() else []
+    )
+    row = {"step": step} | {k: scores[k] for k in ("psnr", "ssim", "edge_f1")}
+    row |= {k: v for k, v in scores.get("faithfulness", {}).items() if k != "clips"}
+    rows = [r for r in rows if r["step"] < step] + [row]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    plot_losses(path, out / "held_out.png", prefixes=TRACKED, log=False)
+
+
 def format_faithfulness(scores: dict) -> str:
     keys = ("colour", "shape", "motion", "speed", "background", "overall")
     return ", ".join(f"{k} {scores[k]:.2f}" for k in keys if scores.get(k) is not None)
@@ -388,6 +436,15 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
     )
     stats_clips = clip_batches(train_set, cfg.eval.stats_clips, cfg.eval.batch_size)
     out = Path(cfg.run.out_dir)
+    val_set = build_video_dataset(cfg.data, "val")
+
+    def on_export(path: Path, state: dict[str, torch.Tensor], step: int) -> None:
+        vae = export_vae(arch, state, stats_clips, path)
+        if cfg.eval.track_clips:
+            scores = evaluate_reconstruction(
+                vae, val_set, cfg.eval.track_clips, cfg.eval.batch_size
+            )
+            track_held_out(out, step, scores)
 
     summary = train_loop(
         modules,
@@ -399,16 +456,14 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
         resume=resume,
         config_dump=cfg.model_dump(mode="json"),
         optim_overrides={"disc": {"lr": cfg.loss.disc_lr, "betas": (0.5, 0.9)}},
-        on_export=lambda path, state: export_vae(arch, state, stats_clips, path),
+        on_export=on_export,
         progress=progress,
         frozen=frozen,
     )
     if not distributed.is_main():
         return summary
     trained = CausalVideoVAE.from_pretrained(out / "model")
-    summary["eval"] = evaluate_reconstruction(
-        trained, build_video_dataset(cfg.data, "val"), cfg.eval.clips, cfg.eval.batch_size
-    )
+    summary["eval"] = evaluate_reconstruction(trained, val_set, cfg.eval.clips, cfg.eval.batch_size)
     write_json(out / "eval.json", summary["eval"])
-    reconstruction_sheet(trained, build_video_dataset(cfg.data, "val"), out / "reconstructions.png")
+    reconstruction_sheet(trained, val_set, out / "reconstructions.png")
     return summary
