@@ -82,7 +82,7 @@ class VAELossConfig(Strict):
     # decoder robustness: decode z + s * std(z) * noise, s uniform in [0, latent_noise] per clip and
     # std(z) the batch's per-channel spread (detached, so scaling the latent cannot shrink it). A
     # DiT's latents are never exactly the encoder's; a decoder trained only on clean latents turns
-    # small errors into stray blobs (docs/vae.md, "Generation needs a decoder that forgives")
+    # small errors into stray blobs (docs/vae.md, "Wider latents, a decoder that forgives")
     latent_noise: float = Field(default=0.0, ge=0.0)
     # L1 between early EfficientNet-Lite0 feature maps (the ImageNet network `mvdit eval` ships)
     # of original and reconstructed frames, upsampled to perceptual_size: an LPIPS stand-in
@@ -335,8 +335,8 @@ def evaluate_reconstruction(
     prompt-faithfulness detector (mvdit.eval.faithfulness) on the reconstructions.
 
     `latent_noise` > 0 adds that much N(0, 1) noise (seeded) to the normalised latent before
-    decoding: latents are unit-scale, so 0.3 is an error of 30% of the latent's spread, the kind
-    of error a DiT's sample carries. How much the scores fall measures how forgiving the decoder is.
+    decoding: latents are unit-scale, so 0.3 is an error of 30% of the latent's spread. How much
+    the scores fall measures how forgiving the decoder is of a DiT's errors.
 
     A DiT generates in this VAE's latent space, so what the detector no longer sees after a round
     trip (a star blurred into a blob, a rotation too small to survive) no DiT on this VAE can
