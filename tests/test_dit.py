@@ -211,3 +211,31 @@ def test_explicit_attention_equals_sdpa(nonuniform_dit_config):
                 m.fused = False
         got = model(x, t, text, mask)
     assert (got - ref).abs().max() <= 1e-5
+
+
+def test_sample_prediction_turns_the_clean_latent_into_a_velocity(tmp_path, tiny_dit_config):
+    """prediction="sample": the output layer predicts x0 and forward returns (x_t - x0) / t, with
+    t floored at SAMPLE_T_FLOOR; the same weights as a velocity model give that model's raw output
+    as x0. An Euler step from t to 0 then lands on x0 exactly."""
+    from mvdit.build import build_dit_config
+    from mvdit.config import ModelConfig
+    from mvdit.models.dit import SAMPLE_T_FLOOR
+
+    torch.manual_seed(0)
+    vel = VideoDiT(tiny_dit_config)
+    torch.nn.init.normal_(vel.out.weight)
+    smp = VideoDiT(tiny_dit_config.model_copy(update={"prediction": "sample"}))
+    smp.load_state_dict(vel.state_dict())
+    x, _, text, mask = _inputs(tiny_dit_config)
+    t = torch.tensor([0.7, 0.01])
+    x0 = vel(x, t, text, mask)
+    v = smp(x, t, text, mask)
+    floor = t.clamp_min(SAMPLE_T_FLOOR).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(v, (x - x0) / floor)
+    torch.testing.assert_close(x[:1] - 0.7 * v[:1], x0[:1])
+    # the config records it, a saved model reloads it, the training config sets it
+    smp.save_pretrained(tmp_path / "m")
+    assert VideoDiT.from_pretrained(tmp_path / "m").config.prediction == "sample"
+    built = build_dit_config(ModelConfig(preset="tiny", prediction="sample"), 32, 384)
+    assert built.prediction == "sample" and built.in_channels == 32
+    assert build_dit_config(ModelConfig(preset="tiny"), 32, 384).prediction == "velocity"

@@ -154,10 +154,12 @@ def cache_from_config(
 
 def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTConfig:
     base = preset_config(cfg.preset, in_channels, text_dim, cfg.patch_size)
+    if cfg.prediction is not None:
+        base = base.model_copy(update={"prediction": cfg.prediction})
     over = {
         k: v
         for k, v in cfg.model_dump().items()
-        if k not in ("preset", "patch_size") and v is not None
+        if k not in ("preset", "patch_size", "prediction") and v is not None
     }
     if not over:
         return base
@@ -169,6 +171,7 @@ def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTCo
         hidden_size=over.get("hidden_size", base.hidden_size),
         head_dim=over.get("head_dim", base.head_dim),
         patch_size=base.patch_size,
+        prediction=base.prediction,
         in_channels=in_channels,
         text_dim=text_dim,
     )

@@ -119,6 +119,9 @@ class ModelConfig(Strict):
     # latent voxels per token along height and width: 2 over a VAE that compresses space 4x
     # gives the tokens of an 8x VAE at patch 1 (None: the preset's, 1)
     patch_size: int | None = None
+    # what the network's output layer predicts (models/dit.py: DiTConfig.prediction); None: the
+    # preset's, "velocity"
+    prediction: Literal["velocity", "sample"] | None = None
 
 
 class FlowConfig(Strict):

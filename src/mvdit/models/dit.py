@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,11 +52,21 @@ class DiTConfig(BaseModel):
     qk_norm: bool = True
     rope_theta: float = 10000.0
     freq_dim: int = 256
+    # what the output layer predicts. "velocity": v = noise - x0 directly. "sample": the clean
+    # latent x0, turned into v = (x_t - x0) / max(t, SAMPLE_T_FLOOR) inside forward, so the loss,
+    # the samplers, KD, distillation and export all still see a velocity. With many latent numbers
+    # per token (patch 2 over a 32-channel latent: 128, as many as the tiny preset's width) a
+    # velocity is mostly noise the narrow network must carry through; the clean latent lies on
+    # a low-dimensional manifold it can reach (Li & He 2025, "Back to Basics: Let Denoising
+    # Generative Models Denoise"; measured in docs/vae.md)
+    prediction: Literal["velocity", "sample"] = "velocity"
 
     @model_validator(mode="after")
     def _check(self) -> DiTConfig:
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.prediction == "sample" and self.out_ch != self.in_channels:
+            raise ValueError("prediction 'sample' needs out_channels equal to in_channels")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for the rotary embedding, got {self.head_dim}")
         for i, b in enumerate(self.blocks):
@@ -97,6 +108,11 @@ class DiTConfig(BaseModel):
     def tokens(self, latent: Sequence[int]) -> int:
         """Sequence length of a latent grid (T, H, W)."""
         return math.prod(self.token_grid(latent))
+
+
+# the smallest t a "sample" prediction divides by: below it the velocity (x_t - x0) / t would
+# amplify the network's error without bound (the last Euler step from t to 0 still lands on x0)
+SAMPLE_T_FLOOR = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +498,7 @@ class VideoDiT(nn.Module):
         return self._run(x, t, text, text_mask, unit_mask, keep=tuple(keep), stop_after=stop_after)
 
     def _run(self, x, t, text, text_mask, unit_mask, keep, stop_after) -> DiTFeatures:
+        x_in = x
         b, c, T, H, W = x.shape
         if c != self.config.in_channels:
             raise MvditError(f"DiT expects {self.config.in_channels} latent channels, got {c}")
@@ -525,6 +542,9 @@ class VideoDiT(nn.Module):
             if p > 1:
                 v = v.reshape(b, p, p, self.config.out_ch, T, h, w).permute(0, 3, 4, 5, 1, 6, 2)
             velocity = v.reshape(b, self.config.out_ch, T, H, W)
+            if self.config.prediction == "sample":
+                tt = (t.expand(b) if t.dim() == 0 else t).view(b, 1, 1, 1, 1)
+                velocity = (x_in - velocity) / tt.clamp_min(SAMPLE_T_FLOOR).to(velocity.dtype)
         return DiTFeatures(out, t_emb, ctx.text, ctx.mask, (T, h, w), velocity)
 
     # -- accounting ----------------------------------------------------------------------------
