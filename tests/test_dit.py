@@ -151,8 +151,9 @@ def test_rope_tables_are_cached_fp32():
     assert model.rope((3, 4, 4), torch.device("cpu"))[0] is cos  # built once per grid
 
 
-def test_an_exported_step_has_no_float64(tiny_dit_config):
-    model = _trained_like(tiny_dit_config)
+@pytest.mark.parametrize("prediction", ["velocity", "sample"])
+def test_an_exported_step_has_no_float64(tiny_dit_config, prediction):
+    model = _trained_like(tiny_dit_config.model_copy(update={"prediction": prediction}))
     x, t, text, mask = _inputs(tiny_dit_config, b=1)
     ep = torch.export.export(model, (x, t, text, mask))
     dtypes = [

@@ -223,7 +223,8 @@ def preset_target(name: str, paper_decode: bool) -> Target:
     vae = build_autoencoder(tc.vae)
     latent = vae.latent_shape(frames, height, width)
     dit_cfg = preset_config(name, latent[0], 384, tc.model.patch_size)
-    note = f"random weights; {tc.vae.kind} VAE {tc.vae.temporal_factor}x{tc.vae.spatial_factor}x{tc.vae.spatial_factor} and text encoder of configs/tiny.toml"
+    tf, sf = vae.temporal_factor, vae.spatial_factor
+    note = f"random weights; the {tf}x{sf}x{sf} VAE and text encoder of configs/tiny.toml"
     return Target(
         name,
         "preset",

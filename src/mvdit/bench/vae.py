@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from mvdit.bench.measure import PeakMemory, time_once
-from mvdit.build import load_autoencoder
+from mvdit.build import build_autoencoder, load_autoencoder
 from mvdit.config import default_train_config, preset_config
 from mvdit.io import atomic_write_text, write_json
 from mvdit.models.dit import VideoDiT
-from mvdit.models.vae import CausalVideoVAE, default_vae_path, vae_preset
+from mvdit.models.vae import CausalVideoVAE, vae_preset
 
 
 @torch.no_grad()
@@ -60,11 +60,12 @@ def bench_cpu_default(
     text_dim: int = 384,
     steps: int = 4,
 ) -> dict:
-    vae = load_autoencoder(vae_path or default_vae_path()).eval()
+    # the default config's VAE, read at its patch size; another VAE at patch 1
+    tc = default_train_config()
+    vae = (build_autoencoder(tc.vae) if vae_path is None else load_autoencoder(vae_path)).eval()
     frames, height, width = 9, 32, 32
     shape = vae.latent_shape(frames, height, width)
-    # the default VAE is read at the default config's patch size; another VAE at patch 1
-    patch = (default_train_config().model.patch_size or 1) if vae_path is None else 1
+    patch = (tc.model.patch_size or 1) if vae_path is None else 1
     dit = VideoDiT(preset_config("tiny", vae.latent_channels, text_dim, patch)).eval()
     z = torch.randn(1, *shape)
     text, mask = torch.randn(1, text_len, text_dim), torch.ones(1, text_len, dtype=torch.bool)
@@ -92,7 +93,7 @@ def bench_cpu_default(
         den.append(time_once(dit_steps))
         ref.append(time_once(reference_decode))
     return {
-        "vae": str(vae_path or default_vae_path()),
+        "vae": str(vae_path or tc.vae.path or tc.vae.kind),
         "clip": f"{frames}x{height}x{width}",
         "latent": "x".join(map(str, shape)),
         "dit": f"tiny preset, {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, {dit.config.tokens(shape)} tokens (patch {patch}), {text_len} text tokens",

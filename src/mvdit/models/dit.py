@@ -54,11 +54,10 @@ class DiTConfig(BaseModel):
     freq_dim: int = 256
     # what the output layer predicts. "velocity": v = noise - x0 directly. "sample": the clean
     # latent x0, turned into v = (x_t - x0) / max(t, SAMPLE_T_FLOOR) inside forward, so the loss,
-    # the samplers, KD, distillation and export all still see a velocity. With many latent numbers
-    # per token (patch 2 over a 32-channel latent: 128, as many as the tiny preset's width) a
-    # velocity is mostly noise the narrow network must carry through; the clean latent lies on
-    # a low-dimensional manifold it can reach (Li & He 2025, "Back to Basics: Let Denoising
-    # Generative Models Denoise"; measured in docs/vae.md)
+    # the samplers, KD, distillation and export all still see a velocity. Li & He 2025 ("Back to
+    # Basics: Let Denoising Generative Models Denoise") find it is what lets a network whose
+    # tokens carry about as many numbers as its width work at all; on the tiny preset at patch 2
+    # over the 32-channel CPU latent it did not repair generation (docs/vae.md)
     prediction: Literal["velocity", "sample"] = "velocity"
 
     @model_validator(mode="after")
