@@ -1,7 +1,7 @@
 """Which time shift puts a DiT's training on a new latent at the noise levels of a reference one?
 
-    mvdit cache configs/tiny-4x8x8.toml --limit 4096 --out runs/cache-4x8x8
-    mvdit cache configs/tiny.toml --limit 4096 --out runs/cache-4x4x4-32
+    mvdit cache configs/tiny.toml --limit 4096 --out runs/cache-4x8x8
+    mvdit cache configs/tiny-4x4x4-32.toml --limit 4096 --out runs/cache-4x4x4-32
     python scripts/latent_shift.py runs/cache-4x8x8 runs/cache-4x4x4-32 --plot shift.png
 
 Along the rectified-flow path x_t = (1 - t) x0 + t noise, a DiT learns to create what x_t no

@@ -58,8 +58,7 @@ def test_bench_tiny_preset_writes_every_field(tmp_path, capsys):
     m = r["machine"]
     assert m["threads"] == 1 and m["dtype"] == "float32" and m["gemm_peak_flops"] > 1e9
     (t,) = r["targets"]
-    # the default config's 32x3x8x8 latent read at patch 1
-    assert t["name"] == "tiny" and t["tokens"] == 3 * 8 * 8 and t["clip"]["frames"] == 9
+    assert t["name"] == "tiny" and t["tokens"] == 3 * 4 * 4 and t["clip"]["frames"] == 9
     assert set(t["latency_s"]) >= {"text", "dit_step", "decode"} and all(
         v > 0 for v in t["latency_s"].values()
     )

@@ -184,8 +184,7 @@ def test_a_presets_dit_step_exports_alone(tmp_path, capsys):
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
     a = m["artefacts"]["dit_step"]
-    # the default config's 32x3x8x8 latent read at patch 1
-    assert m["preset"] == "tiny" and m["tokens"] == 3 * 8 * 8 and m["params"] > 1_000_000
+    assert m["preset"] == "tiny" and m["tokens"] == 48 and m["params"] > 1_000_000
     assert a["max_abs_error_vs_eager"] <= 1e-4 and (out / a["file"]).stat().st_size == a["bytes"]
     assert m["peak_rss_bytes_during_export"] > 0 and "peak RSS" in stdout
     code, _, err = run_cli(["export", "--preset", "tiny", "-m", "x", "-o", tmp_path / "y"], capsys)
