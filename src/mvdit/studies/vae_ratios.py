@@ -232,8 +232,8 @@ class DiTGenerationQuality:
                 ),
                 "vae": base.vae.model_copy(update={"path": str(vae_dir)}),
                 "model": base.model.model_copy(update={"patch_size": patch}),
-                # the shift the study measured with (each ratio's latent would want its own:
-                # scripts/latent_shift.py), not the one the default's latent asks for
+                # the shift the study measured with, whatever the base config sets (each
+                # ratio's latent may want its own: scripts/latent_shift.py)
                 "flow": base.flow.model_copy(update={"shift": "auto"}),
                 "optim": base.optim.model_copy(
                     update={
