@@ -27,25 +27,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+import torch
+
+from mvdit.data.cache import LatentCacheDataset
 
 CELL_PX = 6.0  # "found": within this many pixels of the true cell's centre
 
 
 def load_latents(cache: Path, limit: int) -> tuple[np.ndarray, int]:
     """Latents (N, C, T, h, w) of a cache and its spatial factor (pixels per latent cell)."""
-    rows, n = [], 0
-    for shard in sorted(cache.glob("shard_*.safetensors")):
-        x = load_file(str(shard))["latents"].astype(np.float64)
-        rows.append(x)
-        n += len(x)
-        if n >= limit:
-            break
-    if not rows:
-        raise SystemExit(f"{cache}: no shard_*.safetensors; build it with `mvdit cache`")
-    index = json.loads((cache / "index.json").read_text())
-    x = np.concatenate(rows)[:limit]
-    return x, int(index["dataset"]["height"]) // x.shape[-2]
+    ds = LatentCacheDataset(cache)
+    x = torch.stack([ds[i]["latent"] for i in range(min(limit, len(ds)))]).double().numpy()
+    return x, int(ds.index["dataset"]["height"]) // x.shape[-2]
 
 
 def unexplained(lam: np.ndarray, t: np.ndarray) -> np.ndarray:
