@@ -222,6 +222,10 @@ def test_scoring_real_clips_and_noise():
     assert sum(r["clips"] for r in by_motion.values()) == 4
     assert all(r["accuracy"] == 1.0 and list(r["seen"]) == [m] for m, r in by_motion.items())
     assert all(r["accuracy"] == 0.0 for r in bad["faithfulness"]["by_motion"].values())
+    by_shape = good["faithfulness"]["by_shape"]
+    assert sum(r["clips"] for r in by_shape.values()) == 4
+    assert all(r["accuracy"] == 1.0 and list(r["seen"]) == [m] for m, r in by_shape.items())
+    assert all(r["accuracy"] == 0.0 for r in bad["faithfulness"]["by_shape"].values())
     assert (
         good["vbench"]["temporal_flickering"]["value"]
         > 0.95

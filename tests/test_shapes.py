@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -300,3 +301,20 @@ def test_a_bare_on_colour_before_a_shape_is_not_a_background():
 
     a = parse_caption("a red circle sits on a blue square")
     assert a.background is None and len(a.objects) == 2
+
+
+def test_upright_draws_the_same_clips_at_angle_zero():
+    """`upright` changes the angle alone: every other draw of the clip (and its caption) stays."""
+    free = ShapesDataset(size=50, frames=9, max_objects=1)
+    upright = ShapesDataset(size=50, frames=9, max_objects=1, upright=True)
+    turned = 0
+    for i in range(50):
+        a, b = free.spec(i)[0], upright.spec(i)[0]
+        o, u = a.objects[0], b.objects[0]
+        assert u.angle == 0.0 and u.turn == o.turn
+        assert b == ClipSpec(
+            (replace(o, angle=0.0),), a.background, a.background_style, a.shade_angle
+        )
+        assert free[i]["caption"] == upright[i]["caption"]
+        turned += o.angle != 0.0
+    assert turned > 25  # the default does draw random angles

@@ -75,6 +75,7 @@ _SHAPES_VOCABULARY = (
     "speeds",
     "backgrounds",
     "background_styles",
+    "upright",
 )
 
 

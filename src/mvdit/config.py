@@ -94,6 +94,8 @@ class DataConfig(Strict):
     speeds: list[str] | None = None
     backgrounds: list[str] | None = None
     background_styles: list[str] | None = None
+    # shapes: every shape drawn at angle 0 (a rotating one starts there) instead of a random angle
+    upright: bool = False
     # shapes/folder: encode the first N training clips (and captions) once into a latent cache in
     # run.out_dir/latents, then train on it: the encoder runs once per clip, not once per step
     # (None: encode every batch). A rerun or --resume reuses a complete cache.

@@ -157,9 +157,13 @@ class Vocabulary:
     speeds: tuple[str, ...] = SPEEDS
     backgrounds: tuple[str, ...] = tuple(COLOURS)
     background_styles: tuple[str, ...] = BACKGROUND_STYLES
+    # every shape drawn at angle 0 (a rotating one starts there): the caption then fixes how an
+    # object looks up to its place and size, where a random angle leaves a DiT the orientation to
+    # choose at high noise (docs/vae.md)
+    upright: bool = False
 
     @classmethod
-    def make(cls, **subsets: Sequence[str] | None) -> Vocabulary:
+    def make(cls, upright: bool = False, **subsets: Sequence[str] | None) -> Vocabulary:
         full = cls()
         kw = {}
         for name, values in subsets.items():
@@ -175,7 +179,7 @@ class Vocabulary:
                         f"unknown {name[:-1].replace('_', ' ')} '{v}'; choose from {', '.join(allowed)}"
                     )
             kw[name] = values
-        vocab = cls(**kw)
+        vocab = cls(**kw, upright=upright)
         if not any(
             compatible(c, b, s)
             for c in vocab.colours
@@ -240,6 +244,8 @@ def sample_object(
     colour = colour or _choice(rng, vocab.colours)
     speed = _choice(rng, vocab.speeds)
     angle = float(rng.uniform(0, 360)) if shape != "circle" else 0.0
+    if vocab.upright:
+        angle = 0.0  # drawn all the same, so the rest of the clip is the clip a random angle gets
     size = float(rng.uniform(*SIZE_RANGE))
     x, y = (float(v) for v in rng.uniform(0, 1, 2))
     dx = dy = turn = 0.0
@@ -681,6 +687,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         speeds: Sequence[str] | None = None,
         backgrounds: Sequence[str] | None = None,
         background_styles: Sequence[str] | None = None,
+        upright: bool = False,
     ):
         if split not in SPLITS:
             raise MvditError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
@@ -699,6 +706,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             speeds=speeds,
             backgrounds=backgrounds,
             background_styles=background_styles,
+            upright=upright,
         )
         self.holdout = parse_holdout(holdout)
         for combo in self.holdout:

@@ -110,7 +110,8 @@ def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | N
         out[split] = summarize(
             [s for s, r in zip(scores, rows, strict=True) if r["split"] == split]
         )
-    out["by_motion"] = motion_breakdown(scores, wants)
+    out["by_motion"] = attribute_breakdown(scores, wants, "motion")
+    out["by_shape"] = attribute_breakdown(scores, wants, "shape")
     out["per_clip"] = [bool(s["overall"]) for s in scores]
     out["per_clip_scores"] = [
         {a: None if s[a] is None else bool(s[a]) for a in CI_ATTRS} for s in scores
@@ -124,7 +125,7 @@ def faithfulness(videos: Sequence[np.ndarray], rows: Sequence[dict]) -> dict | N
 
 # keys of a faithfulness() result that are not per-split summaries
 FAITHFULNESS_META = (
-    "label", "note", "per_clip", "by_motion", "unscored", "per_clip_scores", "prompt_of_clip",
+    "label", "note", "per_clip", "by_motion", "by_shape", "unscored", "per_clip_scores", "prompt_of_clip",
     "ci95",
 )  # fmt: skip
 CI_ATTRS = ("overall", *ATTRIBUTES)
@@ -225,20 +226,20 @@ def faithfulness_splits(f: dict) -> dict[str, dict]:
     return {k: v for k, v in f.items() if k not in FAITHFULNESS_META}
 
 
-def motion_breakdown(scores: Sequence[dict], wants: Sequence) -> dict:
-    """Motion accuracy per asked motion over the one-object prompts, with what the detector saw
-    instead ("none": no object found; "2 objects": more than one)."""
+def attribute_breakdown(scores: Sequence[dict], wants: Sequence, attr: str) -> dict:
+    """Accuracy of `attr` ("motion" or "shape") per asked value over the one-object prompts, with
+    what the detector saw instead ("none": no object found; "2 objects": more than one)."""
     table: dict[str, dict] = {}
     for s, w in zip(scores, wants, strict=True):
-        if len(w.objects) != 1 or w.objects[0].motion is None:
+        if len(w.objects) != 1 or getattr(w.objects[0], attr) is None:
             continue
         objs = s["detected"]["objects"]
-        seen = (
-            objs[0]["motion"] if len(objs) == 1 else "none" if not objs else f"{len(objs)} objects"
+        seen = objs[0][attr] if len(objs) == 1 else "none" if not objs else f"{len(objs)} objects"
+        row = table.setdefault(
+            getattr(w.objects[0], attr), {"clips": 0, "right": 0, "seen": Counter()}
         )
-        row = table.setdefault(w.objects[0].motion, {"clips": 0, "right": 0, "seen": Counter()})
         row["clips"] += 1
-        row["right"] += bool(s["motion"])
+        row["right"] += bool(s[attr])
         row["seen"][str(seen)] += 1
     return {
         m: {
@@ -416,14 +417,16 @@ def eval_markdown(r: dict) -> str:
                 + ".",
             ]
         lines.append("")
-        if f.get("by_motion"):
+        for key, what in (("by_motion", "Motion"), ("by_shape", "Shape")):
+            if not f.get(key):
+                continue
             lines += [
-                "Motion by the motion asked for (one-object prompts, all splits):",
+                f"{what} by the {what.lower()} asked for (one-object prompts, all splits):",
                 "",
                 "| asked | clips | accuracy | what the detector saw |",
                 "|---|---:|---:|---|",
             ]
-            for m, row in f["by_motion"].items():
+            for m, row in f[key].items():
                 seen = ", ".join(f"{k} {v}" for k, v in row["seen"].items())
                 lines.append(f"| {m} | {row['clips']} | {row['accuracy']:.2f} | {seen} |")
             lines.append("")
