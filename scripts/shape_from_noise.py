@@ -16,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from mvdit import MvditError
 from mvdit.build import build_video_dataset
 from mvdit.config import load_train_config
 from mvdit.eval.faithfulness import score_clip, summarize
@@ -107,7 +107,12 @@ def main() -> None:
     times = [float(x) for x in a.times.split(",")]
     if any(not 0 <= x <= 1 for x in times):
         raise SystemExit(f"--times must lie in [0, 1], got {a.times}")
-    r = shape_from_noise(a.model, a.config, a.clips, times, a.batch, a.seed)
+    if a.clips < 1 or a.batch < 1:
+        raise SystemExit(f"--clips and --batch must be at least 1, got {a.clips} and {a.batch}")
+    try:
+        r = shape_from_noise(a.model, a.config, a.clips, times, a.batch, a.seed)
+    except MvditError as e:
+        raise SystemExit(f"error: {e}") from None
     if a.json:
         a.json.write_text(json.dumps(r, indent=2))
     if a.plot:
@@ -115,5 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()
