@@ -22,7 +22,7 @@ from mvdit import MvditError
 from mvdit.build import build_video_dataset
 from mvdit.config import load_train_config
 from mvdit.eval.faithfulness import score_clip, summarize
-from mvdit.flow import euler_sample, interpolate
+from mvdit.flow import interpolate
 from mvdit.models.autoencoder import to_uint8
 from mvdit.pipeline import Pipeline
 
@@ -35,33 +35,24 @@ def shape_from_noise(
     data = load_train_config(config).data
     dataset = build_video_dataset(data, "val")
     items = [dataset[i] for i in range(clips)]
-    sampling = pipe.sampling()
-    full = sampling.schedule
+    full = pipe.sampling().schedule
+    batches = []  # (captions, x0, noise) of each batch, encoded once for every t
+    for s in range(0, clips, batch):
+        part = items[s : s + batch]
+        x0 = pipe.vae.encode(torch.stack([it["video"] for it in part]))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + s))
+        batches.append(([it["caption"] for it in part], x0, noise))
     rows = []
     for t in times:
         scores = []
-        for s in range(0, clips, batch):
-            part = items[s : s + batch]
-            captions = [it["caption"] for it in part]
-            x0 = pipe.vae.encode(torch.stack([it["video"] for it in part]))
-            g = torch.Generator().manual_seed(seed + s)
-            noise = torch.randn(x0.shape, generator=g)
-            x = interpolate(x0, noise, torch.full((len(part),), t))
-            # the model's own steps below t, entered at t itself
-            schedule = [t] + [u for u in full if u < t] if t > 0 else [0.0]
-            if len(schedule) > 1:
-                text, mask = pipe.text_encoder.encode(captions)
-                ntext, nmask = pipe.text_encoder.encode([""] * len(part))
-                x, _ = euler_sample(
-                    pipe.dit,
-                    x,
-                    schedule,
-                    {"text": text, "text_mask": mask},
-                    {"text": ntext, "text_mask": nmask},
-                    sampling.guidance,
-                    prepare=pipe.dit.prepare_conditioning,
-                )
-            videos = to_uint8(pipe.vae.decode(x).float())
+        for captions, x0, noise in batches:
+            if t > 0:
+                # the model's own steps below t, entered at t itself
+                x = interpolate(x0, noise, torch.full((len(captions),), t))
+                schedule = [t] + [u for u in full if u < t]
+                videos = pipe.generate(captions, schedule=schedule, start=x).videos
+            else:
+                videos = to_uint8(pipe.vae.decode(x0).float())
             scores += [score_clip(v.numpy(), c) for v, c in zip(videos, captions, strict=True)]
         row = {"t": t, "steps": sum(u < t for u in full)} | summarize(scores)
         rows.append(row)

@@ -109,6 +109,24 @@ def test_sampling_with_a_precomputed_text_context_is_unchanged(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_sampling_from_given_latents(tmp_path):
+    """`start` replaces the seed's noise: the seed's own noise gives the seed's clip, and a
+    schedule that starts below 1 completes latents from there (what shape_from_noise.py does)."""
+    from mvdit.pipeline import start_noise
+
+    save_tiny_pipeline(tmp_path / "m", cfg=3.0)
+    pipe = Pipeline.from_pretrained(tmp_path / "m")
+    prompt = ["a red circle moves to the left on a black background"]
+    a = pipe.generate(prompt, seed=1, decode=False).latents
+    b = pipe.generate(prompt, start=start_noise(1, pipe.latent_shape, 1), decode=False).latents
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    x = torch.randn(1, *pipe.latent_shape)
+    part = pipe.generate(prompt, schedule=[0.5, 0.25, 0.0], start=x, decode=False)
+    assert part.nfe == 4 and not torch.equal(part.latents, x)
+    with pytest.raises(MvditError, match="one latent per prompt"):
+        pipe.generate(prompt * 2, start=x)
+
+
 def test_a_pipeline_saved_in_fp16_with_a_shipped_vae_reference_reloads(tmp_path):
     """What a shipped model is: fp16 DiT weights, and vae/ naming the package's VAE."""
     from mvdit.build import load_autoencoder

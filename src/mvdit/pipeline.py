@@ -211,11 +211,19 @@ class Pipeline:
         negative: str = "",
         progress: bool = False,
         decode: bool = True,
+        start: torch.Tensor | None = None,
     ) -> Generation:
         """Sample `prompts` with the model's sampler (or the overrides it allows); with
-        decode=False only the latents are returned (videos is None)."""
+        decode=False only the latents are returned (videos is None). `start`: the latents at the
+        schedule's first time, in place of the seed's noise (with a schedule that starts below 1,
+        clips noised along the flow path and completed by the model: SDEdit)."""
         if not prompts or any(not p.strip() for p in prompts):
             raise MvditError("the prompt is empty: give a text description of the video")
+        if start is not None and tuple(start.shape) != (len(prompts), *self.latent_shape):
+            raise MvditError(
+                f"start latents are {tuple(start.shape)}, this model samples "
+                f"{(len(prompts), *self.latent_shape)}: one latent per prompt"
+            )
         sampling = self.sampling(steps, cfg, schedule)
         device = next(self.dit.parameters()).device
         timings: dict[str, float] = {}
@@ -230,7 +238,9 @@ class Pipeline:
         timings["text"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        noise = start_noise(len(prompts), self.latent_shape, seed).to(device)
+        noise = (start_noise(len(prompts), self.latent_shape, seed) if start is None else start).to(
+            device
+        )
         bar = tqdm(total=sampling.steps, desc="denoise", leave=False, disable=not progress)
         latents, nfe = euler_sample(
             self.dit,
