@@ -11,6 +11,7 @@ import torch
 
 from mvdit import MvditError
 from mvdit.data.shapes import (
+    SIZE_RANGE,
     COLOURS,
     DIRECTIONS,
     MOTIONS,
@@ -318,3 +319,43 @@ def test_upright_draws_the_same_clips_at_angle_zero():
         assert free[i]["caption"] == upright[i]["caption"]
         turned += o.angle != 0.0
     assert turned > 25  # the default does draw random angles
+
+
+def test_object_size_sets_the_diameters_drawn_and_growth_still_fits():
+    """`object_size` is the range diameters are drawn from (a fraction of min(H, W)); the
+    default range leaves every clip as it was, and a growing object stays inside the frame."""
+    default = ShapesDataset(size=40, frames=9, max_objects=1)
+    same = ShapesDataset(size=40, frames=9, max_objects=1, object_size=SIZE_RANGE)
+    big = ShapesDataset(size=200, frames=9, max_objects=1, object_size=[0.4, 0.55])
+    for i in range(40):
+        assert default.spec(i)[0] == same.spec(i)[0]
+    grown = 0
+    for i in range(200):
+        o = big.spec(i)[0].objects[0]
+        truth = big[i]["truth"]
+        diameters = truth["size"][:, 0] / 32
+        if o.motion in ("growing", "shrinking"):
+            grown += 1
+            assert diameters.max() <= 0.95 + 1e-6
+        else:
+            assert 0.4 <= o.size <= 0.55
+            np.testing.assert_allclose(diameters, o.size, rtol=1e-6)
+        corners = truth["centre"][:, 0]
+        r = truth["size"][:, 0, None] / 2
+        assert (corners - r >= -1e-6).all() and (corners + r <= 32 + 1e-6).all()
+    assert grown > 0
+
+
+@pytest.mark.parametrize("size", [[0.3], [0.5, 0.4], [0.0, 0.3], [0.3, 0.9]])
+def test_object_size_out_of_range_is_one_clear_error(size):
+    with pytest.raises(MvditError, match="object_size must be"):
+        ShapesDataset(size=4, object_size=size)
+
+
+def test_data_config_carries_object_size_to_the_dataset():
+    from mvdit.build import build_dataset
+    from mvdit.config import DataConfig
+
+    ds = build_dataset(DataConfig(kind="shapes", max_objects=1, object_size=[0.4, 0.5]))
+    assert ds.vocab.object_size == (0.4, 0.5)
+    assert build_dataset(DataConfig(kind="shapes")).vocab.object_size == SIZE_RANGE

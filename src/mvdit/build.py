@@ -76,6 +76,7 @@ _SHAPES_VOCABULARY = (
     "backgrounds",
     "background_styles",
     "upright",
+    "object_size",
 )
 
 

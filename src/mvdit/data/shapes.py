@@ -73,7 +73,8 @@ TRAVEL = {"slow": 0.45, "fast": 0.85}  # straight motions
 BOUNCE_TRAVEL = {"slow": 1.0, "fast": 1.5}  # total path along the bouncing axis: one wall hit
 TURN = {"slow": 45.0, "fast": 90.0}  # degrees per clip
 GROWTH = {"slow": 1.5, "fast": 2.0}  # size ratio end / start
-SIZE_RANGE = (0.2, 0.35)  # object diameter / min(H, W)
+SIZE_RANGE = (0.2, 0.35)  # object diameter / min(H, W), unless the vocabulary sets object_size
+MAX_OBJECT_SIZE = 0.6  # larger leaves a moving object almost no room to move
 GROW_MIN_SIZE = (0.18, 0.24)  # smallest size of a growing/shrinking object
 SHADE = 0.35  # a gradient background darkens (or, for dark colours, lightens) by up to this much
 MIN_CONTRAST = 70.0  # RGB distance an object keeps from every shade of its background
@@ -161,9 +162,17 @@ class Vocabulary:
     # object looks up to its place and size, where a random angle leaves a DiT the orientation to
     # choose at high noise (docs/vae.md)
     upright: bool = False
+    # the range an object's diameter is drawn from, as a fraction of min(H, W); a growing or
+    # shrinking object's smallest size scales with its lower end
+    object_size: tuple[float, float] = SIZE_RANGE
 
     @classmethod
-    def make(cls, upright: bool = False, **subsets: Sequence[str] | None) -> Vocabulary:
+    def make(
+        cls,
+        upright: bool = False,
+        object_size: Sequence[float] | None = None,
+        **subsets: Sequence[str] | None,
+    ) -> Vocabulary:
         full = cls()
         kw = {}
         for name, values in subsets.items():
@@ -179,6 +188,8 @@ class Vocabulary:
                         f"unknown {name[:-1].replace('_', ' ')} '{v}'; choose from {', '.join(allowed)}"
                     )
             kw[name] = values
+        if object_size is not None:
+            kw["object_size"] = _object_size(object_size)
         vocab = cls(**kw, upright=upright)
         if not any(
             compatible(c, b, s)
@@ -194,6 +205,27 @@ class Vocabulary:
                 "a rotating circle looks still: add a shape other than circle or a motion other than rotating"
             )
         return vocab
+
+
+def _object_size(size: Sequence[float]) -> tuple[float, float]:
+    size = tuple(float(v) for v in size)
+    if len(size) != 2 or not 0.05 <= size[0] <= size[1] <= MAX_OBJECT_SIZE:
+        raise MvditError(
+            f"object_size must be [smallest, largest] diameter as a fraction of the frame, with "
+            f"0.05 <= smallest <= largest <= {MAX_OBJECT_SIZE}, got {list(size)}"
+        )
+    return size  # type: ignore[return-value]
+
+
+def grow_min_size(object_size: tuple[float, float]) -> tuple[float, float]:
+    """The range a growing object starts (a shrinking one ends) at: GROW_MIN_SIZE scaled with
+    the lower end of `object_size`, capped so that the fast growth still fits the frame."""
+    if object_size == SIZE_RANGE:
+        return GROW_MIN_SIZE
+    k = object_size[0] / SIZE_RANGE[0]
+    cap = 0.95 / max(GROWTH.values())
+    hi = min(GROW_MIN_SIZE[1] * k, cap)
+    return min(GROW_MIN_SIZE[0] * k, hi), hi
 
 
 def background_shades(background: str, style: str) -> np.ndarray:
@@ -246,7 +278,7 @@ def sample_object(
     angle = float(rng.uniform(0, 360)) if shape != "circle" else 0.0
     if vocab.upright:
         angle = 0.0  # drawn all the same, so the rest of the clip is the clip a random angle gets
-    size = float(rng.uniform(*SIZE_RANGE))
+    size = float(rng.uniform(*vocab.object_size))
     x, y = (float(v) for v in rng.uniform(0, 1, 2))
     dx = dy = turn = 0.0
     grow = 1.0
@@ -273,7 +305,7 @@ def sample_object(
         turn = TURN[speed] * (1 if rng.random() < 0.5 else -1)
     elif motion in ("growing", "shrinking"):
         g = GROWTH[speed]
-        small = float(rng.uniform(*GROW_MIN_SIZE))
+        small = float(rng.uniform(*grow_min_size(vocab.object_size)))
         size, grow = (small, g) if motion == "growing" else (small * g, 1 / g)
     return ObjectSpec(shape, colour, motion, speed, x, y, dx, dy, size, angle, turn, grow)
 
@@ -688,6 +720,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         backgrounds: Sequence[str] | None = None,
         background_styles: Sequence[str] | None = None,
         upright: bool = False,
+        object_size: Sequence[float] | None = None,
     ):
         if split not in SPLITS:
             raise MvditError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
@@ -707,6 +740,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             backgrounds=backgrounds,
             background_styles=background_styles,
             upright=upright,
+            object_size=object_size,
         )
         self.holdout = parse_holdout(holdout)
         for combo in self.holdout:
