@@ -11,10 +11,10 @@ import torch
 
 from mvdit import MvditError
 from mvdit.data.shapes import (
-    SIZE_RANGE,
     COLOURS,
     DIRECTIONS,
     MOTIONS,
+    SIZE_RANGE,
     ClipSpec,
     ShapesDataset,
     Vocabulary,
