@@ -97,8 +97,7 @@ class DataConfig(Strict):
     # shapes: every shape drawn at angle 0 (a rotating one starts there) instead of a random angle
     upright: bool = False
     # shapes: [smallest, largest] object diameter as a fraction of min(height, width) (None: the
-    # generator's 0.2-0.35). Larger objects span more latent cells, so their shape is more than a
-    # cell's worth of detail for the DiT (docs/vae.md)
+    # generator's 0.2-0.35). A tiny DiT trained on larger objects, measured: docs/vae.md
     object_size: list[float] | None = None
     # shapes/folder: encode the first N training clips (and captions) once into a latent cache in
     # run.out_dir/latents, then train on it: the encoder runs once per clip, not once per step

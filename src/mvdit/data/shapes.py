@@ -220,9 +220,7 @@ def _object_size(size: Sequence[float]) -> tuple[float, float]:
 def grow_min_size(object_size: tuple[float, float]) -> tuple[float, float]:
     """The range a growing object starts (a shrinking one ends) at: GROW_MIN_SIZE scaled with
     the lower end of `object_size`, capped so that the fast growth still fits the frame."""
-    if object_size == SIZE_RANGE:
-        return GROW_MIN_SIZE
-    k = object_size[0] / SIZE_RANGE[0]
+    k = object_size[0] / SIZE_RANGE[0]  # 1.0 for the default range: GROW_MIN_SIZE exactly
     cap = 0.95 / max(GROWTH.values())
     hi = min(GROW_MIN_SIZE[1] * k, cap)
     return min(GROW_MIN_SIZE[0] * k, hi), hi
