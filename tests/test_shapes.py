@@ -13,12 +13,14 @@ from mvdit import MvditError
 from mvdit.data.shapes import (
     COLOURS,
     DIRECTIONS,
+    GROW_MIN_SIZE,
     MOTIONS,
     SIZE_RANGE,
     ClipSpec,
     ShapesDataset,
     Vocabulary,
     caption,
+    grow_min_size,
     matches,
     parse_caption,
     parse_holdout,
@@ -329,6 +331,10 @@ def test_object_size_sets_the_diameters_drawn_and_growth_still_fits():
     big = ShapesDataset(size=200, frames=9, max_objects=1, object_size=[0.4, 0.55])
     for i in range(40):
         assert default.spec(i)[0] == same.spec(i)[0]
+    # the default draws exactly the numbers it drew before object_size: SIZE_RANGE, and for
+    # growth GROW_MIN_SIZE itself (not a rescaled copy that could differ in the last bit)
+    assert default.vocab.object_size == SIZE_RANGE
+    assert grow_min_size(SIZE_RANGE) == GROW_MIN_SIZE
     grown = 0
     for i in range(200):
         o = big.spec(i)[0].objects[0]
@@ -340,9 +346,9 @@ def test_object_size_sets_the_diameters_drawn_and_growth_still_fits():
         else:
             assert 0.4 <= o.size <= 0.55
             np.testing.assert_allclose(diameters, o.size, rtol=1e-6)
-        corners = truth["centre"][:, 0]
+        centres = truth["centre"][:, 0]
         r = truth["size"][:, 0, None] / 2
-        assert (corners - r >= -1e-6).all() and (corners + r <= 32 + 1e-6).all()
+        assert (centres - r >= -1e-6).all() and (centres + r <= 32 + 1e-6).all()
     assert grown > 0
 
 
