@@ -240,3 +240,46 @@ def test_sample_prediction_turns_the_clean_latent_into_a_velocity(tmp_path, tiny
     built = build_dit_config(ModelConfig(preset="tiny", prediction="sample"), 32, 384)
     assert built.prediction == "sample" and built.in_channels == 32
     assert build_dit_config(ModelConfig(preset="tiny"), 32, 384).prediction == "velocity"
+
+
+def test_pooled_text_starts_as_the_model_without_it_and_then_follows_the_caption(
+    tmp_path, tiny_dit_config
+):
+    """pooled_text adds an MLP of the caption's mean text state to the time embedding. Its last
+    layer starts at zero, so the same weights give the same velocity as the model without it; once
+    trained, the velocity depends on the caption through it, padding excluded from the mean."""
+    from mvdit.build import build_dit_config
+    from mvdit.compress.importance import dit_params
+    from mvdit.config import ModelConfig
+
+    plain = _trained_like(tiny_dit_config)
+    pooled_cfg = tiny_dit_config.model_copy(update={"pooled_text": True})
+    pooled = _trained_like(pooled_cfg)
+    missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("pooled_embed.") for k in missing)
+    x, t, text, mask = _inputs(tiny_dit_config)
+    torch.testing.assert_close(pooled(x, t, text, mask), plain(x, t, text, mask), rtol=0, atol=0)
+
+    torch.nn.init.normal_(pooled.pooled_embed[2].weight, std=0.5)
+    ctx = pooled.text_context(text, mask)
+    assert ctx.pooled is not None and ctx.pooled.shape == (2, pooled_cfg.hidden_size)
+    # the caption reaches the velocity through the modulation alone: with cross-attention's keys
+    # and values held fixed, another caption's pooled vector still changes it
+    other = pooled.text_context(torch.randn_like(text), mask)
+    swapped = type(ctx)(ctx.text, ctx.mask, ctx.kv, other.pooled)
+    assert (pooled(x, t, swapped) - pooled(x, t, ctx)).abs().max() > 1e-4
+    # padded positions (mask False) do not enter the mean
+    padded = text.clone()
+    padded[0, 4:] = 100.0
+    torch.testing.assert_close(pooled.text_context(padded, mask).pooled, ctx.pooled)
+    # counted, saved, reloaded and set from the training config
+    assert dit_params(pooled_cfg) == sum(p.numel() for p in pooled.parameters())
+    assert pooled.param_counts()["total"] == dit_params(pooled_cfg)
+    pooled.save_pretrained(tmp_path / "m")
+    back = VideoDiT.from_pretrained(tmp_path / "m")
+    assert back.config.pooled_text
+    torch.testing.assert_close(back(x, t, text, mask), pooled(x, t, text, mask))
+    for over in ({}, {"depth": 3}):
+        built = build_dit_config(ModelConfig(preset="tiny", pooled_text=True, **over), 32, 384)
+        assert built.pooled_text and len(built.blocks) == (3 if over else 6)
+    assert not build_dit_config(ModelConfig(preset="tiny"), 32, 384).pooled_text

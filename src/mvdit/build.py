@@ -158,10 +158,12 @@ def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTCo
     base = preset_config(cfg.preset, in_channels, text_dim, cfg.patch_size)
     if cfg.prediction is not None:
         base = base.model_copy(update={"prediction": cfg.prediction})
+    if cfg.pooled_text:
+        base = base.model_copy(update={"pooled_text": True})
     over = {
         k: v
         for k, v in cfg.model_dump().items()
-        if k not in ("preset", "patch_size", "prediction") and v is not None
+        if k not in ("preset", "patch_size", "prediction", "pooled_text") and v is not None
     }
     if not over:
         return base
@@ -174,6 +176,7 @@ def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTCo
         head_dim=over.get("head_dim", base.head_dim),
         patch_size=base.patch_size,
         prediction=base.prediction,
+        pooled_text=base.pooled_text,
         in_channels=in_channels,
         text_dim=text_dim,
     )

@@ -127,6 +127,8 @@ class ModelConfig(Strict):
     # what the network's output layer predicts (models/dit.py: DiTConfig.prediction); None: the
     # preset's, "velocity"
     prediction: Literal["velocity", "sample"] | None = None
+    # also modulate every block by the mean of the caption's text states (DiTConfig.pooled_text)
+    pooled_text: bool = False
 
 
 class FlowConfig(Strict):

@@ -142,6 +142,8 @@ def dit_params(config: DiTConfig) -> int:
     n += config.freq_dim * d + d + d * d + d  # t_embed
     n += d * 6 * d + 6 * d  # t_block
     n += config.text_dim * cap + cap + cap * cap + cap  # caption_proj
+    if config.pooled_text:
+        n += config.text_dim * d + d + d * d + d  # pooled_embed
     n += 2 * d + d * config.out_ch * p2 + config.out_ch * p2  # final table and out
     return n + sum(block_params(config, b) for b in config.blocks)
 

@@ -59,6 +59,12 @@ class DiTConfig(BaseModel):
     # tokens carry about as many numbers as its width work at all; on the tiny preset at patch 2
     # over the 32-channel CPU latent it did not repair generation (docs/vae.md)
     prediction: Literal["velocity", "sample"] = "velocity"
+    # also condition every block's adaLN modulation on the caption: the mean of the text states,
+    # through an MLP, added to the time embedding (the pooled-text vector of SD3 and Flux). PixArt-α
+    # modulates by time alone and reaches the caption only through cross-attention; in the DiT
+    # paper's ablation, conditioning through adaLN beat cross-attention. The MLP's last layer
+    # starts at zero, so an untrained pooled path leaves the model as it was
+    pooled_text: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> DiTConfig:
@@ -373,6 +379,7 @@ class TextContext:
     text: torch.Tensor  # (B, L, caption width)
     mask: torch.Tensor | None  # (B, L) bool
     kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # per block; None without cross-attention
+    pooled: torch.Tensor | None = None  # (B, hidden): added to the time embedding (pooled_text)
 
 
 @dataclass
@@ -411,6 +418,11 @@ class VideoDiT(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Linear(config.cap_dim, config.cap_dim),
         )
+        self.pooled_embed = (
+            nn.Sequential(nn.Linear(config.text_dim, d), nn.SiLU(), nn.Linear(d, d))
+            if config.pooled_text
+            else None
+        )
         self.blocks = nn.ModuleList([DiTBlock(config, s, init) for s in config.blocks])
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5 if init else torch.empty(2, d))
@@ -432,6 +444,8 @@ class VideoDiT(nn.Module):
         nn.init.normal_(self.t_embed[2].weight, std=0.02)
         # zero output: the untrained model predicts v = 0, a stable start (DiT, PixArt)
         nn.init.zeros_(self.out.weight)
+        if self.pooled_embed is not None:  # starts as the model without it
+            nn.init.zeros_(self.pooled_embed[2].weight)
 
     def rope(
         self, grid: tuple[int, int, int], device: torch.device
@@ -451,7 +465,15 @@ class VideoDiT(nn.Module):
         kv = [
             b.cross_attn.keys_values(ctx) if b.cross_attn is not None else None for b in self.blocks
         ]
-        return TextContext(ctx, text_mask, kv)
+        pooled = None
+        if self.pooled_embed is not None:
+            if text_mask is None:
+                mean = text.mean(1)
+            else:
+                m = text_mask.to(text.dtype)[..., None]
+                mean = (text * m).sum(1) / m.sum(1).clamp_min(1.0)
+            pooled = self.pooled_embed(mean)
+        return TextContext(ctx, text_mask, kv, pooled)
 
     def prepare_conditioning(
         self, text: torch.Tensor, text_mask: torch.Tensor | None = None
@@ -512,6 +534,8 @@ class VideoDiT(nn.Module):
         t_emb = self.t_embed(
             timestep_embedding(t.expand(b) if t.dim() == 0 else t, self.config.freq_dim)
         )
+        if ctx.pooled is not None:
+            t_emb = t_emb + ctx.pooled
         t_mod = self.t_block(t_emb).view(b, 6, -1)
         rope = self.rope((T, h, w), x.device)
         out: dict[int, torch.Tensor] = {}
@@ -551,8 +575,9 @@ class VideoDiT(nn.Module):
     def param_counts(self) -> dict[str, int]:
         """Parameters per part: embeddings (x, t, caption), blocks, final layer, total."""
         count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        embeds = [self.x_embed, self.t_embed, self.caption_proj, self.pooled_embed]
         parts = {
-            "embed": count([self.x_embed, self.t_embed, self.caption_proj]),
+            "embed": count([m for m in embeds if m is not None]),
             "adaln_single": count([self.t_block]),
             "blocks": count(self.blocks),
             "final": count([self.out]) + self.final_table.numel(),
