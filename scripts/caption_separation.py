@@ -22,6 +22,7 @@ import torch
 from mvdit.build import load_text_encoder
 from mvdit.config import load_train_config
 from mvdit.data.shapes import COLOURS, SHAPES
+from mvdit.models.dit import masked_mean
 
 PHRASES = ("moves slowly down", "stays still", "rotates quickly", "moves quickly to the left")
 BACKGROUNDS = ("black", "gray")
@@ -37,8 +38,7 @@ def separation(config: str) -> dict:
     for phrase, bg in itertools.product(PHRASES, BACKGROUNDS):
         caps = [f"a {c} {s} {phrase} on a {bg} background" for s in shapes for c in colours]
         states, mask = enc.encode(caps)
-        m = mask.to(states.dtype)[..., None]
-        pooled = torch.nn.functional.normalize((states * m).sum(1) / m.sum(1), dim=-1)
+        pooled = torch.nn.functional.normalize(masked_mean(states, mask), dim=-1)
         at = {(s, c): i for i, (s, c) in enumerate(itertools.product(shapes, colours))}
 
         def compare(a: int, b: int, states=states, mask=mask, pooled=pooled):

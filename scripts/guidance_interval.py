@@ -1,6 +1,6 @@
 """Does guidance applied only where the shape is decided help a teacher draw it?
 
-    python scripts/guidance_interval.py runs/t8-long/model -p prompts/shapes-eval.txt \
+    python scripts/guidance_interval.py runs/tiny-4x4x4/model -p prompts/shapes-eval.txt \
         -p prompts/shapes-holdout.txt -p prompts/shapes-paraphrase.txt --interval 0.6,0.9
 
 Classifier-free guidance in a limited interval (Kynkäänniemi et al. 2024) guides only the steps
@@ -41,8 +41,8 @@ def segments(schedule: list[float], cfg: float, low: float, high: float):
 def compare(model: Path, prompt_files: list[Path], seeds: int, low: float, high: float, batch: int):
     pipe = Pipeline.from_pretrained(model)
     prompts = [row["prompt"] for f in prompt_files for row in read_prompts(f)]
-    full = pipe.sampling().schedule
-    cfg = pipe.sampling().guidance
+    sampling = pipe.sampling()
+    full, cfg = sampling.schedule, sampling.guidance
     ways = {
         f"guidance {cfg:g} at every step": [(full, cfg)],
         "no guidance": [(full, 1.0)],

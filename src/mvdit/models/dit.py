@@ -371,6 +371,14 @@ class DiTBlock(nn.Module):
 # what the forward can hand out
 
 
+def masked_mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean over a caption's tokens (B, L, D) -> (B, D), padding (mask False) left out."""
+    if mask is None:
+        return states.mean(1)
+    m = mask.to(states.dtype)[..., None]
+    return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 @dataclass
 class TextContext:
     """The text side of a forward, computed once per clip (`VideoDiT.text_context`) instead of
@@ -468,12 +476,7 @@ class VideoDiT(nn.Module):
         ]
         pooled = None
         if self.pooled_embed is not None:
-            if text_mask is None:
-                mean = text.mean(1)
-            else:
-                m = text_mask.to(text.dtype)[..., None]
-                mean = (text * m).sum(1) / m.sum(1).clamp_min(1.0)
-            pooled = self.pooled_embed(mean)
+            pooled = self.pooled_embed(masked_mean(text, text_mask))
         return TextContext(ctx, text_mask, kv, pooled)
 
     def prepare_conditioning(
