@@ -22,7 +22,7 @@ def test_shipped_default_is_a_small_fp16_four_step_student():
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     assert json.loads((path / "vae" / "config.json").read_text()) == {
         "kind": "shipped",
-        "name": "default",
+        "name": "cpu-4x4x4",
     }
     pipe = Pipeline.from_pretrained(path)
     s = pipe.sampling()

@@ -23,7 +23,8 @@ from mvdit.distributed import setup
 pytestmark = pytest.mark.distributed  # its own step in .ci/run: -m distributed
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_SETS = ["optim.steps=6", "optim.batch_size=2", "optim.warmup_steps=1",
-                "run.checkpoint_every=2", "run.log_every=1", "run.threads=1"]  # fmt: skip
+                "run.checkpoint_every=2", "run.log_every=1", "run.threads=1",
+                "data.cache_clips=8"]  # fmt: skip
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -286,7 +286,8 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     import time
 
     sets = ["optim.steps=24", "optim.batch_size=2", "optim.warmup_steps=2",
-            "run.checkpoint_every=4", "run.log_every=1", "run.threads=1"]  # fmt: skip
+            "run.checkpoint_every=4", "run.log_every=1", "run.threads=1",
+            "data.cache_clips=8"]  # fmt: skip
 
     def cmd(out, *extra):
         args = [a for s in [*sets, f"run.out_dir={out}"] for a in ("--set", s)]

@@ -617,9 +617,9 @@ def test_latent_noise_is_relative_to_each_channel_and_varies_per_clip():
 
 
 def test_shipped_vaes_load_by_name():
-    """ "default" is the 4x8x8 VAE the default DiT reads at patch 1; "cpu-4x4x4" and
-    "cpu-4x4x4-32" the ones that keep shape, read at patch 2 (configs/tiny-4x4x4.toml); another
-    name is a one-line error."""
+    """ "default" is the 4x8x8 VAE the earlier default DiT read at patch 1
+    (configs/tiny-4x8x8.toml); "cpu-4x4x4" and "cpu-4x4x4-32" the ones that keep shape, read at
+    patch 2 (the embedded default, configs/tiny-4x4x4.toml); another name is a one-line error."""
     from mvdit.build import build_autoencoder
     from mvdit.config import VAEConfig, default_train_config, load_train_config
 
@@ -629,7 +629,9 @@ def test_shipped_vaes_load_by_name():
     assert new.latent_shape(9, 32, 32) == (8, 3, 8, 8)
     wide = build_autoencoder(VAEConfig(kind="pretrained", path="cpu-4x4x4-32"))
     assert wide.latent_shape(9, 32, 32) == (32, 3, 8, 8)
-    assert default_train_config().model.patch_size is None  # patch 1: 48 tokens
+    default = default_train_config()
+    assert default.vae.path == "cpu-4x4x4" and default.model.patch_size == 2  # 48 tokens
+    assert load_train_config("configs/tiny-4x8x8.toml").model.patch_size is None  # 48 tokens
     cfg = load_train_config("configs/tiny-4x4x4.toml")
     assert cfg.vae.path == "cpu-4x4x4" and cfg.model.patch_size == 2  # 3x4x4 = 48 tokens
     # docs/vae.md's teacher on the 32-channel VAE: the same config with vae.path overridden

@@ -255,16 +255,19 @@ def real_shapes_clips(
     prompts: Sequence[str], n: int, frames: int, height: int, width: int, seed: int = 1
 ) -> list[np.ndarray]:
     """Real clips from the vocabulary the prompts use (colours, shapes, motions, backgrounds),
-    so the FVD analogue compares like with like."""
+    drawn at the embedded default's object sizes and angles, so the FVD analogue compares like
+    with like."""
     attrs = [parse_caption(p) for p in prompts]
     objs = [o for a in attrs for o in a.objects]
     pick = lambda xs: sorted({x for x in xs if x is not None}) or None  # noqa: E731
+    drawn = default_train_config().data
     ds = ShapesDataset(
         size=n, frames=frames, height=height, width=width, seed=seed, split="val",
         max_objects=max(len(a.objects) for a in attrs),
         colours=pick(o.colour for o in objs), shapes=pick(o.shape for o in objs),
         motions=pick(o.motion for o in objs), backgrounds=pick(a.background for a in attrs),
         background_styles=pick(a.background_style for a in attrs),
+        object_size=drawn.object_size, upright=drawn.upright,
     )  # fmt: skip
     return [render(ds.spec(i)[0], frames, height, width, 8.0)[0] for i in range(n)]
 
