@@ -216,3 +216,22 @@ def test_a_causal_vae_decoder_runs_in_executorch_as_2d_convolutions(tmp_path):
     assert "convolution" not in report["portable_ops"]
     got = run_pte(tmp_path / "dec.pte", (z,))
     assert got.shape == tuple(ref.shape) and np.abs(got - ref.numpy()).max() <= 1e-4 * scale
+
+
+def test_a_patch_2_dit_step_has_no_tensor_over_6_dimensions():
+    """XNNPACK defines no tensor of more than 6 dimensions and refuses the whole graph at load if
+    one appears (the DiT step then runs on portable kernels, ~10x slower): patchify and
+    unpatchify at patch 2 fold time and rows into one axis instead of reshaping to 7-D."""
+    from mvdit.models.dit import DiTConfig, VideoDiT
+
+    cfg = DiTConfig.uniform(depth=1, heads=2, ffn_dim=32, hidden_size=32, head_dim=16,
+                            in_channels=8, text_dim=24, patch_size=2)  # fmt: skip
+    dit = VideoDiT(cfg).eval()
+    args = (torch.randn(1, 8, 3, 8, 8), torch.full((1,), 0.5), torch.randn(1, 5, 24),
+            torch.ones(1, 5, dtype=torch.bool))  # fmt: skip
+    graph = torch.export.export(dit, args).graph
+    ranks = {n.name: n.meta["val"].dim() for n in graph.nodes
+             if isinstance(n.meta.get("val"), torch.Tensor)}  # fmt: skip
+    assert ranks and max(ranks.values()) <= 6, {k: r for k, r in ranks.items() if r > 6}
+    with torch.no_grad():
+        assert dit(*args).shape == (1, 8, 3, 8, 8)

@@ -532,8 +532,9 @@ class VideoDiT(nn.Module):
         ctx = text if isinstance(text, TextContext) else self.text_context(text, text_mask)
         p = self.config.patch_size
         _, h, w = self.config.token_grid((T, H, W))
-        if p > 1:  # (B, C, T, H, W) -> (B, C*p*p, T, H/p, W/p), channels fastest within a patch
-            x = x.reshape(b, c, T, h, p, w, p).permute(0, 4, 6, 1, 2, 3, 5).reshape(b, -1, T, h, w)
+        if p > 1:  # (B, C, T, H, W) -> (B, C*p*p, T, H/p, W/p), channels fastest within a patch;
+            # time and rows folded into one axis: 6-D at most, as XNNPACK's tensors are
+            x = x.reshape(b, c, T * h, p, w, p).permute(0, 3, 5, 1, 2, 4).reshape(b, -1, T, h, w)
         tokens = self.x_embed(x.flatten(2).transpose(1, 2))
         t_emb = self.t_embed(
             timestep_embedding(t.expand(b) if t.dim() == 0 else t, self.config.freq_dim)
@@ -566,8 +567,8 @@ class VideoDiT(nn.Module):
             shift, scale = (self.final_table[None] + t_emb[:, None]).unbind(1)
             tokens = self.final_norm(tokens) * (1 + scale[:, None]) + shift[:, None]
             v = self.out(tokens).transpose(1, 2)  # (B, out*p*p, T*h*w)
-            if p > 1:
-                v = v.reshape(b, p, p, self.config.out_ch, T, h, w).permute(0, 3, 4, 5, 1, 6, 2)
+            if p > 1:  # the inverse of the patchify above, 6-D at most too
+                v = v.reshape(b, p, p, self.config.out_ch, T * h, w).permute(0, 3, 4, 1, 5, 2)
             velocity = v.reshape(b, self.config.out_ch, T, H, W)
             if self.config.prediction == "sample":
                 tt = (t.expand(b) if t.dim() == 0 else t).view(b, 1, 1, 1, 1)
