@@ -619,7 +619,8 @@ def test_latent_noise_is_relative_to_each_channel_and_varies_per_clip():
 def test_shipped_vaes_load_by_name():
     """ "default" is the 4x8x8 VAE the earlier default DiT read at patch 1
     (configs/tiny-4x8x8.toml); "cpu-4x4x4" and "cpu-4x4x4-32" the ones that keep shape, read at
-    patch 2 (the embedded default, configs/tiny-4x4x4.toml); another name is a one-line error."""
+    patch 2 (the embedded default and configs/tiny-4x4x4.toml); another name is a one-line
+    error."""
     from mvdit.build import build_autoencoder
     from mvdit.config import VAEConfig, default_train_config, load_train_config
 
