@@ -62,7 +62,7 @@ def test_generate_is_deterministic_per_seed(tiny_model):
     [
         (["generate", "   "], "prompt is empty"),
         (["generate", "a cat", "--model", "/nonexistent/dir"], "does not exist"),
-        (["generate", "a cat", "--steps", "0"], "--steps must be at least 1"),
+        (["generate", "a cat", "--steps", "0"], "--steps must be in 1…1,000, got 0"),
         (["generate", "a cat", "-o", "clip.gif"], "must end in .mp4"),
         (["info", "--preset", "huge"], "unknown preset 'huge'"),
         (["info", "--frames", "50"], "--frames must be 1 + 8k"),

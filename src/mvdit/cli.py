@@ -24,18 +24,30 @@ from mvdit.compress.importance import CRITERIA, LEVELS
 from mvdit.compress.prune import parse_budget
 from mvdit.config import (
     PRESETS,
-    check_device,
     default_config_path,
     load_train_config,
     preset_config,
+    require_device,
 )
 from mvdit.data.shapes import write_examples
+from mvdit.demo import launch as launch_demo
+from mvdit.demo import models_available
 from mvdit.eval.curve import checkpoint_curve
 from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
 from mvdit.export.compare import eval_exported, run_side_by_side
 from mvdit.export.pipeline import export_dit_preset, export_pipeline
-from mvdit.io import atomic_write_text, read_json, tree_bytes, write_json
+from mvdit.io import (
+    atomic_write_text,
+    check_output_file,
+    claim_output_dir,
+    disk_full_message,
+    is_disk_full,
+    read_json,
+    tree_bytes,
+    write_json,
+)
+from mvdit.limits import check_bound, prompt_problem
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
 from mvdit.pipeline import Pipeline, shipped_model_path
@@ -188,21 +200,31 @@ def generate(
 ) -> None:
     """Generate a video from a prompt and write it as H.264 mp4."""
 
-    if not prompt.strip():
-        fail("the prompt is empty: give a text description of the video")
+    if problem := prompt_problem(prompt):
+        fail(problem)
     if output.suffix.lower() != ".mp4":
         fail(f"output must end in .mp4, got {output}")
-    if steps is not None and steps < 1:
-        fail(f"--steps must be at least 1, got {steps}")
-    if scale is not None and scale < 1:
-        fail(f"--scale must be at least 1, got {scale}")
+    check_bound("seed", seed, "--seed")
+    for key, value, flag in (("steps", steps, "--steps"), ("guidance", cfg, "--cfg"),
+                             ("frames", frames, "--frames"), ("scale", scale, "--scale")):  # fmt: skip
+        if value is not None:
+            check_bound(key, value, flag)
+    for path, flag in ((output, "--output"), (sheet, "--sheet"), (timings, "--timings")):
+        if path is not None:
+            check_output_file(path, flag)
     t0 = time.perf_counter()
 
     pipe = Pipeline.from_pretrained(model if model is not None else shipped_model_path())
     if frames is not None:
         pipe = pipe.with_clip(frames=frames)
     load_s = time.perf_counter() - t0
-    g = pipe.generate([prompt], steps=steps, cfg=cfg, seed=seed, progress=True)
+    if pipe.text_encoder.fills_window(prompt):
+        typer.echo(
+            f"note: the prompt fills the text encoder's {pipe.text_encoder.max_length}-token "
+            "window: words past it are not read",
+            err=True,
+        )
+    g = pipe.generate([prompt], steps=steps, cfg=cfg, seed=seed, progress=True).check()
     video = g.videos[0]
     t0 = time.perf_counter()
     write_mp4(output, video.numpy(), fps=pipe.config.fps, scale=scale)
@@ -230,16 +252,26 @@ def convert(
         str | None,
         typer.Option(help="refer to this shipped VAE instead of copying vae/ (it must be it)"),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="replace OUT even if it holds files mvdit did not write there"),
+    ] = False,
 ) -> None:
     """Rewrite a pipeline directory smaller: the DiT stored in fp16 (loading casts it back to
     fp32), and optionally its VAE as a reference to a VAE shipped in the package."""
     dtypes = {"fp32": torch.float32, "fp16": torch.float16}
     if dtype not in dtypes:
         fail(f"--dtype must be fp32 or fp16, got {dtype}")
-    if out.resolve() == model.resolve():
-        fail("--out must differ from --model: the source stays as it is")
+    claim_output_dir(out, command="convert", overwrite=overwrite, sources=[model])
     pipe = Pipeline.from_pretrained(model)
-    pipe.save_pretrained(out, dit_dtype=dtypes[dtype], shipped_vae=shipped_vae)
+    pipe.save_pretrained(
+        out,
+        dit_dtype=dtypes[dtype],
+        shipped_vae=shipped_vae,
+        command="convert",
+        overwrite=overwrite,
+        sources=(model,),
+    )
     typer.echo(f"wrote {out} ({tree_bytes(out) / 2**20:.2f} MiB)")
 
 
@@ -275,6 +307,10 @@ def export(
             help="instead of --model: one DiT step of this preset, random weights (a size check)"
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="replace OUT even if it holds files mvdit did not write there"),
+    ] = False,
 ) -> None:
     """Export the text encoder, one DiT step and the VAE decoder, with the manifest an app needs
     (shapes, schedule, time shift, latent normalisation, tokenizer); each graph is run against
@@ -283,12 +319,16 @@ def export(
         if model is not None:
             fail("give --model or --preset, not both")
         export_dit_preset(
-            preset, out, format, precision, tiles, tile_bytes, attention, progress=typer.echo
-        )
+            preset, out, format, precision, tiles, tile_bytes, attention, progress=typer.echo,
+            overwrite=overwrite,
+        )  # fmt: skip
         typer.echo(f"wrote {out}/manifest.json")
         return
     source = model if model is not None else shipped_model_path()
-    m = export_pipeline(source, out, format, precision, tiles, tile_bytes, attention, typer.echo)
+    m = export_pipeline(
+        source, out, format, precision, tiles, tile_bytes, attention, typer.echo,
+        overwrite=overwrite,
+    )  # fmt: skip
     total = sum(a["bytes"] for a in m["artefacts"].values())
     typer.echo(
         f"wrote {out}: {len(m['artefacts'])} {format} graphs ({m['precision']}), "
@@ -630,7 +670,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Generate clips for a prompt set and score them (faithfulness, VBench-style dimensions, FVD analogue)."""
-    check_device(device, "--device")
+    require_device(device, "--device")
 
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
@@ -654,6 +694,12 @@ def eval_(
     typer.echo(
         f"results: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}"
     )
+    if r["failed_clips"]:
+        bad = r["failed_clips"]
+        fail(
+            f"{len(bad)} of {r['clips']} clips failed ({bad[0]['prompt']!r}: {bad[0]['why']}); "
+            "they are listed in eval.json under failed_clips"
+        )
 
 
 def _timesteps(text: str) -> list[float]:
@@ -784,6 +830,10 @@ def prune(
         str,
         typer.Option(help=_LATENT_HELP),
     ] = "3,8,8",
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="replace OUT even if it holds files mvdit did not write there"),
+    ] = False,
 ) -> None:
     """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is physically smaller.
 
@@ -799,7 +849,9 @@ def prune(
             fail(f"--preset takes 'paper', got {preset!r}")
         if model is not None:
             fail("give either --model or --preset paper, not both")
-        r = prune_stage.prune_paper_preset(out, "magnitude" if criterion == "kd" else criterion)
+        r = prune_stage.prune_paper_preset(
+            out, "magnitude" if criterion == "kd" else criterion, overwrite=overwrite
+        )
         typer.echo(r["note"])
         typer.echo(
             f"paper-teacher {r['teacher_params'] / 1e9:.3f}B -> {r['pruned_params'] / 1e9:.3f}B: "
@@ -816,7 +868,7 @@ def prune(
         shape = _latent(latent)
         r = prune_stage.run_prune_diffusers(
             model, out, parse_budget(budget), _levels(levels), criterion, shape, group=group,
-            rescore_every=rescore_every,
+            rescore_every=rescore_every, overwrite=overwrite,
         )  # fmt: skip
         b, f = r["base"], r["final"]
         typer.echo(
@@ -836,7 +888,7 @@ def prune(
         return
     r = prune_stage.run_prune(
         model, out, parse_budget(budget), _levels(levels), criterion, prompts, n_prompts, seeds,
-        _timesteps(timesteps), group, rescore_every,
+        _timesteps(timesteps), group, rescore_every, overwrite=overwrite,
     )  # fmt: skip
     b, f = r["base"], r["final"]
     typer.echo(
@@ -904,7 +956,7 @@ def eval_curve(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Prompt faithfulness of every kept checkpoint of a run: a table and a plot against the step."""
-    check_device(device, "--device")
+    require_device(device, "--device")
 
     out = out or run / "curve"
     r = checkpoint_curve(
@@ -1234,7 +1286,7 @@ def bench(
     ] = 4096,
 ) -> None:
     """Latency per stage, seconds per clip, memory, FLOPs and the DiT's share of the GEMM peak."""
-    check_device(device, "--device")
+    require_device(device, "--device")
 
     if gemm_n < 64:
         fail(f"--gemm-n must be at least 64, got {gemm_n}")
@@ -1297,6 +1349,11 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # a full disk, whichever library hit it, is one line too
+        if not is_disk_full(e):
+            raise
+        typer.echo(f"error: {_one_line(disk_full_message(e))}", err=True)
+        sys.exit(2)
     if isinstance(code, int) and code:
         sys.exit(code)  # typer.Exit(code) inside a command (fail())
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvdit import MvditError
 from mvdit.distributed import ParallelKind
-from mvdit.io import validate
+from mvdit.io import read_text, validate
+from mvdit.limits import bounded
 from mvdit.models.dit import DiTConfig
 from mvdit.models.text import TextConfig
 
@@ -77,9 +78,9 @@ class DataConfig(Strict):
     kind: Literal["shapes", "folder", "cache"] = "shapes"
     path: str | None = None  # folder: video directory; cache: latent cache directory
     captions: str | None = None  # folder: CSV or JSONL of path,caption (default: PATH/captions.*)
-    frames: int = Field(default=8, ge=1)
-    height: int = Field(default=32, ge=1)
-    width: int = Field(default=32, ge=1)
+    frames: int = bounded("frames", 8)
+    height: int = bounded("side", 32)
+    width: int = bounded("side", 32)
     fps: float = Field(default=8.0, gt=0, allow_inf_nan=False)
     seed: int = 0
     window: Literal["start", "center"] = "start"  # folder: where a longer video is cut
@@ -102,7 +103,7 @@ class DataConfig(Strict):
     # shapes/folder: encode the first N training clips (and captions) once into a latent cache in
     # run.out_dir/latents, then train on it: the encoder runs once per clip, not once per step
     # (None: encode every batch). A rerun or --resume reuses a complete cache.
-    cache_clips: int | None = Field(default=None, ge=1)
+    cache_clips: int | None = bounded("clips", None)
 
 
 class VAEConfig(Strict):
@@ -154,9 +155,9 @@ class OptimConfig(Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     grad_clip: float = Field(default=1.0, ge=0)  # 0: no clipping
-    batch_size: Count = 16
+    batch_size: int = bounded("batch", 16)
     grad_accum: Count = 1
-    steps: Count = 1500
+    steps: int = bounded("train_steps", 1500)
     ema_decay: Decay = 0.999
     # a step with a non-finite loss or gradient is skipped for that module; this many in a row stop
     max_nonfinite_steps: int = Field(default=3, ge=1)
@@ -178,6 +179,23 @@ def check_device(text: str, what: str = "device") -> str:
     return text
 
 
+def require_device(text: str, what: str = "device") -> str:
+    """A device string (check_device) that this machine has: `cuda` without a visible GPU, or a
+    GPU index past the last, is one line instead of a failure deep inside torch."""
+    check_device(text, what)
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MvditError(f"{what} {text}: no CUDA GPU is visible here; use cpu")
+        index = int(text.split(":")[1]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise MvditError(
+                f"{what} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return text
+
+
 class RunConfig(Strict):
     out_dir: str = "runs/tiny"
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -185,7 +203,7 @@ class RunConfig(Strict):
     keep_checkpoints: int = Field(default=2, ge=1)
     log_every: int = Field(default=10, ge=1)
     device: str = "cpu"
-    threads: int | None = Field(default=None, ge=1, le=1024)
+    threads: int | None = bounded("threads", None)
 
     @field_validator("device")
     @classmethod
@@ -208,8 +226,8 @@ class RunConfig(Strict):
 
 
 class SampleConfig(Strict):
-    steps: int = 20
-    cfg: float = 4.0
+    steps: int = bounded("steps", 20)
+    cfg: float = bounded("guidance", 4.0)
 
 
 class TrainConfig(Strict):
@@ -227,7 +245,7 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MvditError(f"config file {path} not found")
-    text = path.read_text()
+    text = read_text(path, "config file")
     try:
         if path.suffix == ".toml":
             return tomllib.loads(text)

@@ -96,6 +96,7 @@ def euler_sample(
     cfg_scale: float = 1.0,
     progress: Callable[[int], None] | None = None,
     prepare: Callable[..., dict] | None = None,
+    watch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate from schedule[0] to schedule[-1]. Returns (x, number of network evaluations).
 
@@ -104,6 +105,7 @@ def euler_sample(
     conditionings are joined once, before the first step; `prepare(**conditioning)` then turns
     them into the model's keyword arguments once per clip (VideoDiT.prepare_conditioning projects
     the text and computes every cross-attention key/value there instead of at every step).
+    `watch(i, x)` sees the latents after step i (Pipeline.generate checks them for NaN/inf).
     """
     schedule = check_schedule(schedule)
     guided = cfg_scale != 1.0 and uncond is not None
@@ -122,6 +124,8 @@ def euler_sample(
             v = model(x, tt, **kwargs)
             nfe += 1
         x = x + (t_next - t) * v
+        if watch:
+            watch(i, x)
         if progress:
             progress(i)
     return x, nfe

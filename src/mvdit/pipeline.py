@@ -28,7 +28,8 @@ from mvdit.flow import (
     shift_for_tokens,
     timestep_schedule,
 )
-from mvdit.io import atomic_dir, read_json, validate, write_json
+from mvdit.io import output_dir, read_json, validate, write_json
+from mvdit.limits import bounded, check_bound
 from mvdit.models.autoencoder import VideoAutoencoder, to_uint8
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder
@@ -54,6 +55,7 @@ def shipped_model_path() -> Path:
 
 def start_noise(batch: int, latent_shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """The standard normal latent a generation of `batch` clips with `seed` starts from (CPU)."""
+    check_bound("seed", seed, "--seed")
     return torch.randn(batch, *latent_shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -63,9 +65,9 @@ class SamplerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["euler"] = "euler"  # Euler steps on the rectified-flow ODE (flow.euler_sample)
-    steps: int = 20  # without a fixed schedule: steps uniform in t, then time-shifted
+    steps: int = bounded("steps", 20)  # without a fixed schedule: uniform in t, then time-shifted
     schedule: list[float] | None = None  # a fixed schedule (a distilled student): steps + 1 times
-    guidance: float = 4.0  # classifier-free guidance scale; 1 turns it off
+    guidance: float = bounded("guidance", 4.0)  # classifier-free guidance scale; 1 turns it off
     shift: float | None = None  # time shift; None follows the token count (flow.shift_for_tokens)
     nfe: int | None = None  # network evaluations per clip; written on save, checked on load
 
@@ -99,9 +101,9 @@ class SamplerConfig(BaseModel):
         with `steps`, `cfg` or an explicit `schedule` overriding this sampler. A fixed schedule
         (a distilled student) refuses another step count rather than silently sampling with a
         schedule the model never saw."""
-        if steps is not None and steps < 1:
-            raise MvditError(f"--steps must be at least 1, got {steps}")
-        guidance = self.guidance if cfg is None else float(cfg)
+        if steps is not None:
+            check_bound("steps", steps, "--steps")
+        guidance = self.guidance if cfg is None else float(check_bound("guidance", cfg, "--cfg"))
         if schedule is not None:
             sched = check_schedule(schedule)
         elif self.fixed:
@@ -120,9 +122,9 @@ class SamplerConfig(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: int = FORMAT
-    frames: int
-    height: int
-    width: int
+    frames: int = bounded("frames", ...)
+    height: int = bounded("side", ...)
+    width: int = bounded("side", ...)
     fps: float
     text: TextConfig = Field(default_factory=TextConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
@@ -130,6 +132,8 @@ class PipelineConfig(BaseModel):
 
 def upgrade_pipeline_json(raw: dict) -> dict:
     """Read a pipeline.json of an earlier format as the current one."""
+    if not isinstance(raw, dict):
+        raise MvditError(f"pipeline.json must be a JSON object, got a {type(raw).__name__}")
     raw = dict(raw)
     if "format" not in raw:  # format 1: steps / cfg / shift / schedule at the top level
         old = {k: raw.pop(k) for k in ("steps", "cfg", "shift", "schedule") if k in raw}
@@ -166,6 +170,39 @@ class Generation:
     latents: torch.Tensor
     nfe: int
     timings: dict[str, float] = field(default_factory=dict)
+    # per clip: the first sampler step (1-based) whose latents held NaN/inf, "decode" when only
+    # the decoded frames did, None for a clip that stayed finite
+    nonfinite: list[int | str | None] = field(default_factory=list)
+    guidance: float = 1.0
+    steps: int = 0
+
+    @property
+    def failed(self) -> list[int]:
+        """The clips whose sampling or decoding produced NaN/inf (their video is not a result)."""
+        return [i for i, at in enumerate(self.nonfinite) if at is not None]
+
+    def failure(self, i: int) -> str:
+        """Why clip i failed, in one line, with the likely cause."""
+        at = self.nonfinite[i]
+        where = "in the decoded frames" if at == "decode" else f"at step {at} of {self.steps}"
+        cause = (
+            f"the guidance scale {self.guidance:g} is too large"
+            if at != "decode" and abs(self.guidance) > 20
+            else "the model's weights are not finite or the model diverged"
+        )
+        return f"sampling produced NaN/inf values {where} (likely cause: {cause})"
+
+    def check(self) -> Generation:
+        """Raise MvditError naming the first failed clip; self when every clip is finite."""
+        if self.failed:
+            i = self.failed[0]
+            n = (
+                f"{len(self.failed)} of {len(self.nonfinite)} clips: "
+                if len(self.nonfinite) > 1
+                else ""
+            )
+            raise MvditError(f"{n}{self.failure(i)}; nothing was written")
+        return self
 
 
 class Pipeline:
@@ -242,6 +279,14 @@ class Pipeline:
             device
         )
         bar = tqdm(total=sampling.steps, desc="denoise", leave=False, disable=not progress)
+        nonfinite: list[int | str | None] = [None] * len(prompts)
+
+        def watch(i: int, x: torch.Tensor) -> None:
+            bad = (~torch.isfinite(x.flatten(1)).all(1)).tolist()
+            for k, b in enumerate(bad):
+                if b and nonfinite[k] is None:
+                    nonfinite[k] = i + 1
+
         latents, nfe = euler_sample(
             self.dit,
             noise,
@@ -251,6 +296,7 @@ class Pipeline:
             sampling.guidance,
             progress=lambda i: bar.update(1),
             prepare=self.dit.prepare_conditioning,
+            watch=watch,
         )
         bar.close()
         timings["dit"] = time.perf_counter() - t0
@@ -258,9 +304,21 @@ class Pipeline:
         videos = None
         if decode:
             t0 = time.perf_counter()
-            videos = to_uint8(self.vae.decode(latents).float().cpu())
+            frames = self.vae.decode(latents).float().cpu()
+            for k, ok in enumerate(torch.isfinite(frames.flatten(1)).all(1).tolist()):
+                if not ok and nonfinite[k] is None:
+                    nonfinite[k] = "decode"
+            videos = to_uint8(frames)
             timings["decode"] = time.perf_counter() - t0
-        return Generation(videos=videos, latents=latents.cpu(), nfe=nfe, timings=timings)
+        return Generation(
+            videos=videos,
+            latents=latents.cpu(),
+            nfe=nfe,
+            timings=timings,
+            nonfinite=nonfinite,
+            guidance=sampling.guidance,
+            steps=sampling.steps,
+        )
 
     def save_pretrained(
         self,
@@ -268,32 +326,53 @@ class Pipeline:
         dit_state: dict[str, torch.Tensor] | None = None,
         dit_dtype: torch.dtype | None = None,
         shipped_vae: str | None = None,
+        *,
+        command: str = "model",
+        overwrite: bool = True,
+        sources: tuple[str | Path, ...] = (),
     ) -> None:
-        """Write the whole pipeline atomically (an interrupted save leaves the old one intact).
+        """Write the whole pipeline atomically (an interrupted save leaves the old one intact)
+        as the output directory of `mvdit COMMAND` (mvdit.io.output_dir: with overwrite=False a
+        directory that is not that command's is refused, and `sources` are never replaced).
 
         `dit_dtype` stores the DiT's weights in that dtype (fp16 for a shipped model; loading
         casts them back to the model's fp32). `shipped_vae` names a VAE inside the package
         (SHIPPED_VAES) that vae/ refers to instead of holding a copy; it must be this VAE."""
-        state = dit_state if dit_state is not None else self.dit.state_dict()
-        if dit_dtype is not None:
-            state = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in state.items()}
         if shipped_vae is not None:
             ref = load_autoencoder(shipped_vae_path(shipped_vae))
             if weights_hash(ref) != weights_hash(self.vae):
                 raise MvditError(f"this pipeline's VAE is not the shipped VAE {shipped_vae!r}")
-        with atomic_dir(path) as tmp:
-            write_json(tmp / "pipeline.json", self.config.model_dump())
-            self.dit.save_pretrained(tmp / "dit", state=state)
-            if shipped_vae is None:
-                self.vae.save_pretrained(tmp / "vae")
-            else:
-                write_json(tmp / "vae" / "config.json", {"kind": "shipped", "name": shipped_vae})
+        with output_dir(path, command=command, overwrite=overwrite, sources=sources) as tmp:
+            self.write(tmp, dit_state=dit_state, dit_dtype=dit_dtype, shipped_vae=shipped_vae)
+
+    def write(
+        self,
+        directory: Path,
+        dit_state: dict[str, torch.Tensor] | None = None,
+        dit_dtype: torch.dtype | None = None,
+        shipped_vae: str | None = None,
+    ) -> None:
+        """The pipeline's files (pipeline.json, dit/, vae/) into an existing directory (the
+        temporary one of an atomic save)."""
+        state = dit_state if dit_state is not None else self.dit.state_dict()
+        if dit_dtype is not None:
+            state = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        write_json(directory / "pipeline.json", self.config.model_dump())
+        self.dit.save_pretrained(directory / "dit", state=state)
+        if shipped_vae is None:
+            self.vae.save_pretrained(directory / "vae")
+        else:
+            write_json(directory / "vae" / "config.json", {"kind": "shipped", "name": shipped_vae})
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: str = "cpu", text_encoder: TextEncoder | None = None
     ) -> Pipeline:
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise MvditError(
+                f"{path} is a file, not a model directory (pipeline.json + dit/ + vae/)"
+            )
         if not path.is_dir():
             raise MvditError(
                 f"model directory {path} does not exist (train one with `mvdit train`)"

@@ -19,8 +19,8 @@ checkpoint from any world size resumes at any other.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import errno
 import json
 import math
 import os
@@ -38,8 +38,11 @@ from tqdm.auto import tqdm
 from mvdit import MvditError, distributed
 from mvdit.config import OptimConfig, RunConfig
 from mvdit.io import (
+    DiskFullError,
+    RunLock,
     atomic_dir,
     atomic_write_text,
+    is_disk_full,
     load_tensors,
     read_json,
     save_figure,
@@ -212,12 +215,12 @@ def save_checkpoint(
     name = f"step_{step:07d}"
     try:
         return _save_checkpoint(root, name, step, states, optims, ema, extra, keep)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own type for a full disk
+        if not is_disk_full(e):
             raise
         prev = latest_checkpoint(out_dir)
-        raise MvditError(
-            f"the disk is full: checkpoint {name} could not be written ({e.strerror}); "
+        raise DiskFullError(
+            f"the disk is full: checkpoint {name} could not be written to {root}; "
             + (f"{prev.name} is intact" if prev else "no earlier checkpoint exists")
             + "; free space and rerun with --resume"
         ) from None
@@ -272,7 +275,7 @@ def plot_losses(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     keys = sorted({k for r in rows for k in r if k.startswith(prefixes)})
     if not rows or not keys:
         return
@@ -307,12 +310,35 @@ def _finite(x: torch.Tensor | float) -> bool:
 
 
 def check_fresh_run(out_dir: str | Path, resume: bool) -> None:
-    """Refuse to start over a run that has checkpoints unless resuming (a stage calls this before
-    its expensive set-up, the loop again before training)."""
+    """Take run.out_dir for this run (claim_run_dir) and refuse to start over a run that has
+    checkpoints unless resuming (a stage calls this before its expensive set-up, the loop again
+    before training)."""
+    claim_run_dir(out_dir)
     if not resume and latest_checkpoint(Path(out_dir)) is not None:
         raise MvditError(
             f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir"
         )
+
+
+_RUN_LOCKS: dict[Path, RunLock] = {}
+
+
+def claim_run_dir(out_dir: str | Path) -> None:
+    """Lock run.out_dir for this process until it exits (or the loop ends): a second run on the
+    same directory stops with one line naming the holder. Under torchrun rank 0 holds the lock
+    for the whole launch; the other ranks are part of that run."""
+    where = Path(out_dir).resolve()
+    if distributed.rank() != 0 or where in _RUN_LOCKS:
+        return
+    lock = RunLock(where, note=tqdm.write).acquire()
+    _RUN_LOCKS[where] = lock
+    atexit.register(lock.release)
+
+
+def release_run_dir(out_dir: str | Path) -> None:
+    lock = _RUN_LOCKS.pop(Path(out_dir).resolve(), None)
+    if lock is not None:
+        lock.release()
 
 
 def train_loop(
@@ -435,7 +461,8 @@ def train_loop(
         desc=out_dir.name,
     )
     t0, last, streak = time.perf_counter(), {}, 0
-    with open(metrics_path if par.main else os.devnull, "a") as log:
+    # the bar as a context: an error ends its line before the one-line message is printed
+    with bar, open(metrics_path if par.main else os.devnull, "a") as log:
         for step in range(start, optim.steps):
             for k, opt in optimizers.items():
                 for g in opt.param_groups:
@@ -525,6 +552,7 @@ def train_loop(
     if par.main:
         write_json(out_dir / "summary.json", summary)
     distributed.barrier()
+    release_run_dir(out_dir)
     return summary
 
 
@@ -605,16 +633,32 @@ def _why(skipped: dict[str, str]) -> str:
     return ", ".join(f"'{k}' ({why})" for k, why in skipped.items())
 
 
+def read_metrics(path: Path, note=None) -> list[dict]:
+    """The rows of a metrics.jsonl. A torn last line (a run killed mid-write) is dropped, with a
+    note; a bad line elsewhere is an error naming it."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a row of metrics")
+        except ValueError:
+            if i == len(lines) - 1:
+                if note is not None:
+                    note(f"note: dropped the torn last line of {path} (a run stopped mid-write)")
+                break
+            raise MvditError(f"{path}: line {i + 1} is not a JSON row of metrics") from None
+        rows.append(row)
+    return rows
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from, so the log has no repeats."""
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [row for row in read_metrics(path, note=tqdm.write) if row["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in keep))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -1,10 +1,9 @@
-"""Video files and pictures: H.264 mp4 via PyAV, contact sheets and PNGs, all written atomically."""
+"""Video files and pictures: H.264 mp4 via PyAV, contact sheets and PNGs, all written atomically
+(mvdit.io.atomic_file)."""
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from fractions import Fraction
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mvdit import MvditError
+from mvdit.io import atomic_file
+from mvdit.limits import check_bound
 
 
 def _check_video(video: np.ndarray) -> np.ndarray:
@@ -53,18 +54,13 @@ def write_mp4(
     if fps <= 0:
         raise MvditError(f"fps must be positive, got {fps}")
     k = auto_scale(*video.shape[1:3]) if scale is None else int(scale)
-    if k < 1:
-        raise MvditError(f"scale must be at least 1, got {scale}")
+    check_bound("scale", k, "--scale")
     video = upscale(video, k)
     h, w = video.shape[1:3]
     if h % 2 or w % 2:
         raise MvditError(f"H.264 needs an even width and height, got {w}x{h}: pass another scale")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
+    with atomic_file(path, suffix=".mp4") as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             stream.options = {"crf": str(crf)}
@@ -75,11 +71,7 @@ def write_mp4(
                     )
                 )
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
@@ -153,14 +145,6 @@ def save_png(path: str | Path, image) -> Path:
 
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

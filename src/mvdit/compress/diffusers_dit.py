@@ -43,7 +43,7 @@ from torch import nn
 
 from mvdit import MvditError
 from mvdit.compress.importance import ffn_groups
-from mvdit.io import atomic_dir, load_tensors, only_safetensors_weights, read_json, write_json
+from mvdit.io import load_tensors, only_safetensors_weights, output_dir, read_json, write_json
 from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask
 
 FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
@@ -469,7 +469,14 @@ def stock_loadable(model: DiffusersDiT) -> bool:
     return full_heads and ffns == {4 * model.config.hidden_size}
 
 
-def save_pruned(model: DiffusersDiT, out: str | Path, report: dict | None = None) -> str:
+def save_pruned(
+    model: DiffusersDiT,
+    out: str | Path,
+    report: dict | None = None,
+    *,
+    overwrite: bool = False,
+    sources: Sequence[str | Path] = (),
+) -> str:
     """Write `model` to OUT atomically; returns "stock" (diffusers' from_pretrained loads it) or
     "mvdit" (per-block widths: load it with load_transformer)."""
     stock = stock_loadable(model)
@@ -477,7 +484,7 @@ def save_pruned(model: DiffusersDiT, out: str | Path, report: dict | None = None
     if stock and model.family == "wan":
         t.register_to_config(ffn_dim=model.config.blocks[0].ffn_dim)
     t.register_to_config(num_layers=len(model.config.blocks))
-    with atomic_dir(out) as tmp:
+    with output_dir(out, command="prune", overwrite=overwrite, sources=sources) as tmp:
         t.save_pretrained(tmp, safe_serialization=True)
         record = {
             "loader": "stock" if stock else "mvdit",

@@ -22,6 +22,7 @@ image) file is skipped with a warning naming it, and a summary counts the skips 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mvdit import MvditError
+from mvdit.io import read_text
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +93,12 @@ def read_captions(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise MvditError(f"caption file {path} not found")
+    text = read_text(path, "caption file")
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     elif path.suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -105,7 +107,7 @@ def read_captions(path: str | Path) -> list[tuple[str, str]]:
                 raise MvditError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     elif path.suffix == ".json":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise MvditError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     else:

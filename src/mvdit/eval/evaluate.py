@@ -29,7 +29,7 @@ from mvdit.data.shapes import ShapesDataset, caption, parse_caption, render
 from mvdit.eval.faithfulness import ATTRIBUTES, score_clip, summarize
 from mvdit.eval.metrics import distribution_distance
 from mvdit.eval.vbench import score_videos
-from mvdit.io import atomic_write_text, write_json
+from mvdit.io import atomic_write_text, read_text, write_json
 from mvdit.pipeline import Pipeline
 from mvdit.video import contact_sheet, save_png, write_mp4
 
@@ -41,10 +41,8 @@ def read_prompts(path: str | Path) -> list[dict]:
     """Read a prompt file: plain text (one prompt a line, '#' comments) or JSONL with
     {"prompt": ..., "split": ...}. A plain file's split is its name without extension."""
     path = Path(path)
-    if not path.is_file():
-        raise MvditError(f"prompt file {path} not found")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "prompt file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -334,9 +332,12 @@ def evaluate(
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
     sampling = pipe.sampling(steps, cfg)  # the model's sampler; refuses what it cannot run
-    videos, clip_rows, files, gen_s = [], [], {}, 0.0
+    videos, clip_rows, files, gen_s, failed = [], [], {}, 0.0, []
     for i, row, g, seconds in sample_prompts(pipe, rows, seeds, steps, cfg, seed):
         gen_s += seconds
+        # a clip whose sampling went NaN/inf stays in the set (scored as what it shows, a blank
+        # clip) and is listed, so one bad clip neither stops the evaluation nor hides
+        failed += [{"prompt": row["prompt"], "sample": k, "why": g.failure(k)} for k in g.failed]
         for k, v in enumerate(g.videos.numpy()):
             name = f"{i:03d}-{k}.mp4"
             write_mp4(out / "videos" / name, v, c.fps)
@@ -363,6 +364,7 @@ def evaluate(
         "prompts": len(rows),
         "clips": len(videos),
         "generate_seconds_per_clip": gen_s / len(videos),
+        "failed_clips": failed,
         **score(videos, clip_rows, c.fps, feature_size, real),
         "clips_index": clip_rows,
     }

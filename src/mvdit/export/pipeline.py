@@ -37,7 +37,7 @@ from mvdit.export.coreml import save_mlpackage
 from mvdit.export.executorch import run_pte, save_pte
 from mvdit.export.onnx import quantize_int8, run_onnx, save_onnx
 from mvdit.export.tiling import tile_ffn
-from mvdit.io import atomic_dir, tree_bytes, write_json
+from mvdit.io import claim_output_dir, output_dir, tree_bytes, write_json
 from mvdit.models.dit import Attention, VideoDiT
 from mvdit.models.text import default_minilm_path
 from mvdit.pipeline import Pipeline
@@ -174,10 +174,14 @@ def export_pipeline(
     tile_bytes: int | None = None,
     attention: str = "fused",
     progress=print,
+    *,
+    overwrite: bool = False,
 ) -> dict:
-    """Export `model_dir` to `out` (written atomically), running each graph against eager where
-    this machine can. Returns the manifest."""
+    """Export `model_dir` to `out` (written atomically, never over a directory that is not an
+    export's unless `overwrite`; mvdit.io.output_dir), running each graph against eager where this
+    machine can. Returns the manifest."""
     suffix, precision = _check(fmt, precision, tiles, tile_bytes, attention)
+    claim_output_dir(out, command="export", overwrite=overwrite, sources=[model_dir])
     pipe = Pipeline.from_pretrained(model_dir)
     tok_dir = _tokenizer_files(pipe)
     c = pipe.config
@@ -209,7 +213,9 @@ def export_pipeline(
         ),
     }
     artefacts = {}
-    with atomic_dir(out) as tmp:
+    with output_dir(
+        out, command="export", overwrite=overwrite, sources=[model_dir], model=str(model_dir)
+    ) as tmp:
         bar = tqdm(examples.items(), desc=f"export {fmt}", leave=False, disable=progress is None)
         for name, (example, output, module) in bar:
             t0 = time.perf_counter()
@@ -305,6 +311,8 @@ def export_dit_preset(
     attention: str = "fused",
     run: bool = True,
     progress=print,
+    *,
+    overwrite: bool = False,
 ) -> dict:
     """One DiT step of a preset with random weights at its clip size (paper presets: 49x384x512,
     1,344 tokens), exported alone: does the backend take a model of that size, how large is the
@@ -312,6 +320,7 @@ def export_dit_preset(
     import resource
 
     suffix, precision = _check(fmt, precision, tiles, tile_bytes, attention)
+    claim_output_dir(out, command="export", overwrite=overwrite)
     target = preset_target(preset, paper_decode=False)
     dit = build_random(lambda: VideoDiT(target.dit_config), torch.device("cpu"), torch.float32)
     # distinct random values per tensor: the bench's cheap fill repeats across blocks, and an
@@ -324,7 +333,7 @@ def export_dit_preset(
     x, t, text, mask = dit_inputs(target, torch.device("cpu"), torch.float32)
     example = {"latent": x, "timestep": t, "text": text, "text_mask": _text_mask(mask, fmt)}
     module = _DiTStep(dit).eval()
-    with atomic_dir(out) as tmp:
+    with output_dir(out, command="export", overwrite=overwrite, preset=preset) as tmp:
         path = tmp / f"dit_step{suffix}"
         t0 = time.perf_counter()
         report = _save(fmt, module, example, "velocity", path, precision)

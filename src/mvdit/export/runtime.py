@@ -13,7 +13,6 @@ returns uint8 frames (T, H, W, 3) with the seconds of each stage.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from mvdit import MvditError
 from mvdit.export.onnx import ort_session
+from mvdit.io import read_json
 from mvdit.tokenizer import fixed_length_tokenizer
 from mvdit.video import write_mp4
 
@@ -53,12 +53,50 @@ class _PteGraph:
         ].numpy()
 
 
+GRAPHS = ("text_encoder", "dit_step", "vae_decoder")
+
+
+def _check_manifest(m: object, where: Path) -> dict:
+    """The keys generation reads, each present with the right kind of value, or one line naming
+    the first that is not (a manifest edited by hand, or from another tool)."""
+    bad = f"{where} is not a manifest `mvdit export` writes"
+    if not isinstance(m, dict):
+        raise MvditError(f"{bad}: expected a JSON object")
+    for key, kind in (("format", str), ("artefacts", dict), ("text", dict), ("sampler", dict),
+                      ("latent", dict), ("clip", dict)):  # fmt: skip
+        if not isinstance(m.get(key), kind):
+            raise MvditError(f"{bad}: it has no '{key}' {kind.__name__}; export again")
+    for name in GRAPHS:
+        a = m["artefacts"].get(name)
+        if not isinstance(a, dict) or not isinstance(a.get("file"), str):
+            raise MvditError(f"{bad}: artefacts.{name}.file is missing; export again")
+    for section, keys in (("text", ("tokenizer", "max_length", "pad_id")),
+                          ("sampler", ("schedule", "guidance")), ("latent", ("shape",)),
+                          ("clip", ("fps",))):  # fmt: skip
+        for k in keys:
+            if k not in m[section]:
+                raise MvditError(f"{bad}: it has no {section}.{k}; export again")
+    return m
+
+
+def _load_graph(graph, path: Path):
+    if not path.is_file():
+        raise MvditError(f"{path} is missing: export again")
+    try:
+        return graph(path)
+    except Exception as e:  # noqa: BLE001 - onnxruntime and ExecuTorch raise their own types
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise MvditError(
+            f"{path} cannot be loaded (truncated or corrupt? {why}): export again"
+        ) from None
+
+
 class ExportedPipeline:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / "manifest.json").is_file():
             raise MvditError(f"{self.path} has no manifest.json: write one with `mvdit export`")
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.manifest = _check_manifest(read_json(self.path / "manifest.json"), self.path)
         m = self.manifest
         if m["format"] not in RUNTIMES:
             raise MvditError(
@@ -68,11 +106,21 @@ class ExportedPipeline:
         if broken:
             raise MvditError(f"{self.path} cannot generate here; {broken[0]}")
         graph = _OnnxGraph if m["format"] == "onnx" else _PteGraph
-        self.graphs = {name: graph(self.path / a["file"]) for name, a in m["artefacts"].items()}
+        self.graphs = {
+            name: _load_graph(graph, self.path / m["artefacts"][name]["file"]) for name in GRAPHS
+        }
         t = m["text"]
-        self.tokenizer = fixed_length_tokenizer(
-            self.path / t["tokenizer"], t["max_length"], t["pad_id"]
-        )
+        tokenizer = self.path / t["tokenizer"]
+        if not tokenizer.is_file():
+            raise MvditError(
+                f"{tokenizer} is missing (the manifest's text.tokenizer): export again"
+            )
+        try:
+            self.tokenizer = fixed_length_tokenizer(tokenizer, t["max_length"], t["pad_id"])
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own type
+            raise MvditError(
+                f"{tokenizer} is not a readable tokenizer ({e}): export again"
+            ) from None
         inputs = m["artefacts"]["dit_step"]["inputs"]
         self._mask_dtype = bool if inputs[-1]["dtype"] == "bool" else np.float32
 
@@ -109,16 +157,27 @@ class ExportedPipeline:
         t0 = time.perf_counter()
         sched = s["schedule"]
         step = self.graphs["dit_step"]
-        for t, t_next in zip(sched[:-1], sched[1:], strict=True):
+        for i, (t, t_next) in enumerate(zip(sched[:-1], sched[1:], strict=True)):
             tt = np.array([t], dtype=np.float32)
             v = step(x, tt, text, mask)
             if guided:
                 v_u = step(x, tt, ntext, nmask)
                 v = v_u + s["guidance"] * (v - v_u)
             x = (x + (t_next - t) * v).astype(np.float32)
+            if not np.isfinite(x).all():
+                raise MvditError(
+                    f"sampling produced NaN/inf values at step {i + 1} of {len(sched) - 1} "
+                    f"(likely cause: the guidance scale {s['guidance']:g} or non-finite weights "
+                    "in the exported graphs); nothing was written"
+                )
         timings["dit"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         video = self.graphs["vae_decoder"](x)
+        if not np.isfinite(video).all():
+            raise MvditError(
+                "the decoder produced NaN/inf frames (non-finite weights in vae_decoder?); "
+                "nothing was written"
+            )
         frames = np.clip(np.rint((video[0] + 1.0) * 127.5), 0, 255).astype(np.uint8)
         timings["decode"] = time.perf_counter() - t0
         return frames.transpose(1, 2, 3, 0), timings  # (3, T, H, W) -> (T, H, W, 3)

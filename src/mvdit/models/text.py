@@ -65,6 +65,12 @@ class TextEncoder(nn.Module):
         self.max_length = config.max_length
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
+    def fills_window(self, prompt: str) -> bool:
+        """Whether a prompt takes every one of the encoder's max_length tokens (so words past
+        them may have been cut off)."""
+        _ids, mask = self.tokenize([prompt])
+        return bool(mask[0, -1])
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return hidden states (B, max_length, dim) and a boolean key mask (B, max_length).

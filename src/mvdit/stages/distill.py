@@ -61,7 +61,7 @@ from mvdit.config import (
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache
 from mvdit.eval.evaluate import read_prompts
 from mvdit.flow import interpolate, sample_timesteps
-from mvdit.io import load_state_strict
+from mvdit.io import load_state_strict, write_json, write_record
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
 from mvdit.stages.teacher import flow_inputs
@@ -467,6 +467,7 @@ class TeacherSamples(Dataset):
         self.items = [(p, k) for k in range(seeds) for p in prompts]
         self._block: tuple[int, torch.Tensor] | None = None
         self.sampling = pipe.sampling(steps, guidance)
+        self.failed: list[dict] = []  # samples that went NaN/inf (kept, listed, reported)
 
     def summary(self) -> dict:
         return {
@@ -488,6 +489,10 @@ class TeacherSamples(Dataset):
             g = self.pipe.generate(
                 [p for p, _ in chunk], self.steps, self.guidance, seed=self.seed + blk, decode=False
             )
+            self.failed += [
+                {"item": blk * self.batch + k, "prompt": chunk[k][0], "why": g.failure(k)}
+                for k in g.failed
+            ]
             self._block = (blk, g.latents)
         prompt, k = self.items[i]
         return {
@@ -509,11 +514,14 @@ def run_synth(
     progress: bool = True,
 ) -> Path:
     """The teacher's samples of every prompt of PROMPTS_FILE under `seeds` seeds, as a latent
-    cache (data.kind = "cache", or distill.synthetic) at OUT; resumable shard by shard."""
+    cache (data.kind = "cache", or distill.synthetic) at OUT; resumable shard by shard. Samples
+    that went NaN/inf are kept, listed in OUT/failed.json and reported at the end (MvditError)."""
+    # the cache refuses a directory that is not a latent cache (data/cache.py), so a foreign
+    # directory, or the teacher's own, is never written into
     pipe = Pipeline.from_pretrained(model_dir)
     prompts = [r["prompt"] for r in read_prompts(prompts_file)]
     ds = TeacherSamples(pipe, prompts, seeds, steps, guidance, batch, seed, str(model_dir))
-    return build_latent_cache(
+    path = build_latent_cache(
         ds,
         pipe.vae,
         pipe.text_encoder,
@@ -522,3 +530,11 @@ def run_synth(
         batch_size=batch,
         progress=progress,
     )
+    write_record(out, "synth", teacher=str(model_dir), prompts=str(prompts_file))
+    if ds.failed:
+        write_json(Path(out) / "failed.json", ds.failed)
+        raise MvditError(
+            f"{len(ds.failed)} of {len(ds)} teacher samples are NaN/inf ({ds.failed[0]['why']}); "
+            f"listed in {Path(out) / 'failed.json'}: training skips the steps whose batch holds one"
+        )
+    return path

@@ -49,7 +49,14 @@ from mvdit.compress.prune import Budget, greedy_prune, prune_to_shape
 from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
 from mvdit.config import preset_config
 from mvdit.eval.evaluate import faithfulness, read_prompts, sample_prompts
-from mvdit.io import atomic_dir, atomic_write_text, read_json, save_figure, write_json
+from mvdit.io import (
+    atomic_write_text,
+    claim_output_dir,
+    output_dir,
+    read_json,
+    save_figure,
+    write_json,
+)
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline
 
@@ -460,8 +467,12 @@ def run_prune(
     rescore_every: int = 8,
     batch: int = 40,
     progress: bool = True,
+    *,
+    overwrite: bool = False,
 ) -> dict:
-    """Prune MODEL_DIR's DiT to `budget`; write the pruned pipeline to OUT (atomically)."""
+    """Prune MODEL_DIR's DiT to `budget`; write the pruned pipeline to OUT (atomically; OUT new,
+    empty or an earlier prune's unless `overwrite`)."""
+    claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(model_dir)
     dit = pipe.dit.eval()
@@ -485,11 +496,10 @@ def run_prune(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     pruned = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
-    with atomic_dir(out) as tmp:
-        pruned.save_pretrained(tmp / "pipeline")
-        for p in (tmp / "pipeline").iterdir():
-            p.rename(tmp / p.name)
-        (tmp / "pipeline").rmdir()
+    with output_dir(
+        out, command="prune", overwrite=overwrite, sources=[model_dir], teacher=str(model_dir)
+    ) as tmp:
+        pruned.write(tmp)
         write_json(tmp / "prune.json", report)
     return report
 
@@ -507,6 +517,8 @@ def run_prune_diffusers(
     rescore_every: int = 8,
     batch: int = 8,
     progress: bool = True,
+    *,
+    overwrite: bool = False,
 ) -> dict:
     """Prune a diffusers Wan / LTX-Video transformer directory to `budget`; write it to OUT.
 
@@ -516,6 +528,7 @@ def run_prune_diffusers(
     from_pretrained; "mvdit": mvdit.compress.diffusers_dit.load_transformer)."""
 
     check_adapter_criterion(criterion)
+    claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     model = load_transformer(model_dir).eval()
     cfg = model.config
@@ -535,7 +548,7 @@ def run_prune_diffusers(
         "kept": small.config.sources,
         "history": result.history,
     }
-    loader = save_pruned(small, out, report)
+    loader = save_pruned(small, out, report, overwrite=overwrite, sources=[model_dir])
     # what was written is what was scored: reload it and compare with the masked teacher
     got = reference_outputs(load_transformer(out).eval(), calib, None, batch)
     report["loader"] = loader
@@ -553,6 +566,8 @@ def prune_paper_preset(
     blocks: int = 20,
     heads: int = 20,
     ffn: int = 6144,
+    *,
+    overwrite: bool = False,
 ) -> dict:
     """The paper's surgery on a randomly initialised paper-teacher: 28 -> `blocks` blocks, 32 ->
     `heads` self- and cross-attention heads, 8192 -> `ffn` FFN channels, saved and reloaded."""
@@ -560,6 +575,7 @@ def prune_paper_preset(
         raise MvditError(
             "random weights have no meaningful KD score: use --criterion magnitude (the default here)"
         )
+    claim_output_dir(out, command="prune", overwrite=overwrite)
     t0 = time.perf_counter()
     cfg = preset_config("paper-teacher")
     torch.manual_seed(0)
@@ -583,24 +599,23 @@ def prune_paper_preset(
         diff = float((masked - small(*args)).abs().max())
         scale = float(masked.abs().max())
     del teacher
-    out = Path(out)
-    with atomic_dir(out) as tmp:
+    with output_dir(out, command="prune", overwrite=overwrite) as tmp:
         small.save_pretrained(tmp)
-    reloaded = VideoDiT.from_pretrained(out)
-    ffns = [b.ffn_dim for b in reloaded.config.blocks]
-    report = {
-        "note": f"random weights: {criterion} scores (a KD score of an untrained model means nothing)",
-        "teacher_params": before,
-        "pruned_params": after,
-        "reloaded_params": sum(p.numel() for p in reloaded.parameters()),
-        "blocks": len(reloaded.config.blocks),
-        "heads": sorted({b.heads for b in reloaded.config.blocks}),
-        "cross_heads": sorted({b.cross_heads for b in reloaded.config.blocks}),
-        "mean_ffn": sum(ffns) / len(ffns),
-        "sources": [b.source for b in reloaded.config.blocks],
-        "sliced_vs_masked_max_abs_diff": diff,
-        "masked_velocity_max_abs": scale,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    atomic_write_text(out / "prune.json", json.dumps(report, indent=2) + "\n")
+        reloaded = VideoDiT.from_pretrained(tmp)
+        ffns = [b.ffn_dim for b in reloaded.config.blocks]
+        report = {
+            "note": f"random weights: {criterion} scores (a KD score of an untrained model means nothing)",
+            "teacher_params": before,
+            "pruned_params": after,
+            "reloaded_params": sum(p.numel() for p in reloaded.parameters()),
+            "blocks": len(reloaded.config.blocks),
+            "heads": sorted({b.heads for b in reloaded.config.blocks}),
+            "cross_heads": sorted({b.cross_heads for b in reloaded.config.blocks}),
+            "mean_ffn": sum(ffns) / len(ffns),
+            "sources": [b.source for b in reloaded.config.blocks],
+            "sliced_vs_masked_max_abs_diff": diff,
+            "masked_velocity_max_abs": scale,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        write_json(tmp / "prune.json", report)
     return report
