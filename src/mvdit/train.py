@@ -423,6 +423,11 @@ def train_loop(
         if resume:
             say(f"no checkpoint in {out_dir}; starting from step 0")
 
+    if start > optim.steps:
+        raise MvditError(
+            f"{out_dir}: the checkpoint is at step {start}, past optim.steps = {optim.steps}: "
+            "raise optim.steps to train on, or use the run's model as it is"
+        )
     metrics_path = out_dir / "metrics.jsonl"
     if par.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -460,7 +465,12 @@ def train_loop(
         dynamic_ncols=True,
         desc=out_dir.name,
     )
-    t0, last, streak = time.perf_counter(), {}, 0
+    t0, streak = time.perf_counter(), 0
+    # a run resumed at its last step reports the losses it ended with
+    last = (
+        {} if start == 0 or not metrics_path.exists() else (read_metrics(metrics_path) or [{}])[-1]
+    )
+    last = {k: v for k, v in last.items() if isinstance(v, float)}
     # the bar as a context: an error ends its line before the one-line message is printed
     with bar, open(metrics_path if par.main else os.devnull, "a") as log:
         for step in range(start, optim.steps):

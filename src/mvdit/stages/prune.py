@@ -125,12 +125,15 @@ def latency_and_memory(dit: VideoDiT, calib: Calibration) -> tuple[float, float]
 def sampled_faithfulness(pipe: Pipeline, rows: list[dict], seeds: int) -> dict | None:
     """The shapes detector's faithfulness of `seeds` clips per prompt row (the evaluation's
     sampling: clip k of a prompt is sample k of a batch from seed 0), or None when the prompts
-    are not shapes captions."""
-    videos, clip_rows = [], []
+    are not shapes captions. Clips whose sampling went NaN/inf are scored as what they show and
+    counted under "failed_clips"."""
+    videos, clip_rows, failed = [], [], 0
     for _, row, g, _ in sample_prompts(pipe, rows, seeds):
         videos += list(g.videos.numpy())
         clip_rows += [row] * seeds
-    return faithfulness(videos, clip_rows) if rows else None
+        failed += len(g.failed)
+    f = faithfulness(videos, clip_rows) if rows else None
+    return None if f is None else f | {"failed_clips": failed}
 
 
 def run_sensitivity(

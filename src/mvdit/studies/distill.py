@@ -31,6 +31,7 @@ from mvdit.eval.evaluate import evaluate
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
 from mvdit.stages import distill as distill_stage
+from mvdit.studies import raise_for_failed_clips
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def run_distill_study(
         ev = read_json(out / "rows" / name / "eval.json")
         f = ev["faithfulness"] or {}
         entry = {"row": name, "label": ROWS[name].label, "clips": ev["clips"], **timing[name]}
+        entry["failed_clips"] = len(ev.get("failed_clips", []))
         for a in ATTRS:
             entry[a] = f.get("all", {}).get(a)
             entry[f"{a}_ci95"] = (f.get("ci95") or {}).get(a)
@@ -179,6 +181,7 @@ def run_distill_study(
     atomic_write_text(out / "study.md", study_markdown(report))
     _write_csv(out / "study.csv", table)
     plot_samples(out, names, out / "study.png")
+    raise_for_failed_clips(table, out / "study.json")
     return report
 
 

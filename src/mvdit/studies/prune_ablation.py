@@ -28,6 +28,7 @@ from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
 from mvdit.stages import kd as kd_stage
 from mvdit.stages.prune import calibration_for, latency_and_memory, run_prune, sampled_faithfulness
+from mvdit.studies.distill import raise_for_failed_clips
 
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "tri-level-kd": (list(LEVELS), "kd"),
@@ -65,6 +66,7 @@ def _measure(
     f = sampled_faithfulness(pipe, rows, seeds)
     if f is not None:
         out |= {k: f["all"][k] for k in ("overall", "colour", "shape", "motion", "count")}
+        out["failed_clips"] = f["failed_clips"]
     return out
 
 
@@ -148,6 +150,11 @@ def run_prune_study(
     atomic_write_text(out_dir / "study.md", study_markdown(report))
     _write_csv(out_dir / "study.csv", report)
     plot_study(report, out_dir / "study.png")
+    raise_for_failed_clips(
+        [{"row": f"{r['variant']}/{k}", "failed_clips": r[k].get("failed_clips", 0)}
+         for r in results for k in ("before", "after") if k in r],
+        out_dir / "study.json",
+    )  # fmt: skip
     return results
 
 
