@@ -1323,6 +1323,35 @@ def report(
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
 
 
+@app.command()
+def demo(
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="also offer this model directory (repeatable); the shipped student is always there",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
+) -> None:
+    """Serve a web page that generates clips from prompts (http://127.0.0.1:7860 by default)."""
+
+    try:
+        import gradio  # noqa: F401 (the demo extra, not a core dependency: looked for here)
+    except ModuleNotFoundError:
+        fail("mvdit demo needs the demo extra: pip install 'mvdit[demo]'")
+    if not 1 <= port <= 65535:
+        fail(f"--port must be in 1…65535, got {port}")
+    for d in model or []:
+        if not d.is_dir():
+            fail(f"--model {d}: no such model directory (pipeline.json + dit/ + vae/)")
+        if not (d / "pipeline.json").is_file():
+            fail(f"--model {d} is not an mvdit model directory: it has no pipeline.json")
+    launch_demo(models_available(model or []), host=host, port=port)
+
+
 def _one_line(message: str) -> str:
     """An error on one line, whatever line breaks a user's input put into it."""
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
