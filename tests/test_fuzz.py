@@ -190,6 +190,7 @@ POISON: dict[tuple[str, ...], tuple[list[str], list[str]]] = {
     ("eval",): ([], ["--model", MISSING]),
     ("sensitivity",): ([], ["--model", MISSING]),
     ("prune",): ([], ["--model", MISSING]),
+    ("demo",): ([], ["--model", MISSING]),
     ("eval-compare",): ([MISSING, MISSING], []),
     ("eval-curve",): ([MISSING], []),
     ("bench-vae",): ([], ["--repeats", "0"]),

@@ -272,4 +272,4 @@ def test_sensitivity_command_on_a_diffusers_directory(tmp_path, capsys, family):
     assert "Gaussian calibration items" in (out / "sensitivity.md").read_text()
     code, _, err = run_cli(["sensitivity", "-m", tmp_path / family, "-o", tmp_path / "x",
                             "--latent", "3,4"], capsys)  # fmt: skip
-    assert code == 2 and "--latent takes T,H,W" in err
+    assert code == 2 and "latent is T, H, W (three positive integers)" in err

@@ -19,15 +19,15 @@ from mvdit.bench.measure import si
 from mvdit.bench.tiling import run_tiling_bench, tiling_markdown
 from mvdit.bench.vae import bench_markdown, run_vae_bench
 from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
-from mvdit.compress.diffusers_dit import is_diffusers_transformer
-from mvdit.compress.importance import CRITERIA, LEVELS
-from mvdit.compress.prune import parse_budget
+from mvdit.compress.importance import CRITERIA
 from mvdit.config import (
     PRESETS,
     default_config_path,
+    load_config,
     load_train_config,
     preset_config,
     require_device,
+    updated,
 )
 from mvdit.data.shapes import write_examples
 from mvdit.demo import launch as launch_demo
@@ -702,206 +702,115 @@ def eval_(
         )
 
 
-def _timesteps(text: str) -> list[float]:
+def _csv(text: str | None, kind=str) -> list | None:
+    """A comma-separated flag (--timesteps 0.1,0.5 --levels block,ffn) as a list; None stays."""
+    if text is None:
+        return None
     try:
-        ts = [float(x) for x in text.split(",") if x.strip()]
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
-        ts = []
-    if not ts or any(not 0 < t < 1 for t in ts):
-        fail(f"--timesteps takes comma-separated values in (0, 1), e.g. 0.1,0.5,0.9; got {text!r}")
-    return ts
+        raise MvditError(f"{text!r} is not a comma-separated list of {kind.__name__}s") from None
 
 
-def _latent(text: str) -> list[int]:
-    """--latent T,H,W: the Gaussian calibration latents of a diffusers transformer."""
-    try:
-        shape = [int(v) for v in text.split(",")]
-    except ValueError:
-        shape = []
-    if len(shape) != 3 or min(shape) < 1:
-        fail(f"--latent takes T,H,W (three positive integers), got {text!r}")
-    return shape
+def _flags(**flags) -> dict:
+    """The flags a user gave, as dotted keys of the command's section (None: not given, the
+    section's default stands)."""
+    return {k.replace("__", "."): v for k, v in flags.items() if v is not None}
 
 
-_LATENT_HELP = "T,H,W of the Gaussian calibration latents, for a diffusers transformer"
-
-
-def _levels(text: str) -> list[str]:
-    names = {"block": "block", "head": "head", "cross_head": "cross_head", "ffn": "ffn"}
-    out = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part not in names:
-            fail(f"--levels: unknown level {part!r}; choose from {', '.join(LEVELS)}")
-        out.append(names[part])
-    # 'head' stands for both kinds of attention head unless cross_head is named on its own
-    if "head" in out and "cross_head" not in out:
-        out.append("cross_head")
-    if not out:
-        fail("--levels is empty: name at least one of block, head, ffn")
-    return out
-
-
-_CALIB_HELP = "prompt file of the calibration set (text, one a line, or JSONL)"
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="TOML/YAML file with the command's section (optional)")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override a key, e.g. --set prune.group=32")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="pipeline directory, or a diffusers Wan / LTX transformer"),
+]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="output directory")]
+PromptsOpt = Annotated[str | None, typer.Option(help="prompt file of the calibration set")]
+NPromptsOpt = Annotated[int | None, typer.Option(help="calibration prompts (the file's first N)")]
+SeedsOpt = Annotated[int | None, typer.Option(help="noise seeds per calibration prompt")]
+TimesOpt = Annotated[str | None, typer.Option(help="flow times of the calibration set: a,b,c")]
+LatentOpt = Annotated[
+    str | None,
+    typer.Option(help="T,H,W of a diffusers transformer's Gaussian calibration latents"),
+]
 
 
 @app.command()
 def sensitivity(
-    model: Annotated[
-        Path,
-        typer.Option(
-            "--model", "-m", help="pipeline directory, or a diffusers Wan / LTX transformer"
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (resumable)")],
-    prompts: Annotated[Path, typer.Option(help=_CALIB_HELP)] = Path("prompts/shapes-eval.txt"),
-    n_prompts: Annotated[int, typer.Option(help="calibration prompts (the file's first N)")] = 8,
-    seeds: Annotated[int, typer.Option(help="noise seeds per calibration prompt")] = 2,
-    timesteps: Annotated[
-        str, typer.Option(help="flow times of the calibration set")
-    ] = "0.1,0.3,0.5,0.7,0.9",
-    group: Annotated[
-        int | None, typer.Option(help="FFN channels per unit (default: >= 8 groups a block)")
-    ] = None,
+    config: ConfigArg = None,
+    model: ModelOpt = None,
+    out: OutOpt = None,
+    prompts: PromptsOpt = None,
+    n_prompts: NPromptsOpt = None,
+    seeds: SeedsOpt = None,
+    timesteps: TimesOpt = None,
+    latent: LatentOpt = None,
+    group: Annotated[int | None, typer.Option(help="FFN channels per unit")] = None,
     faith_prompts: Annotated[
-        int, typer.Option(help="prompts generated per point of the depth curves (0: none)")
-    ] = 16,
-    latent: Annotated[str, typer.Option(help=_LATENT_HELP)] = "3,8,8",
+        int | None, typer.Option(help="prompts generated per point of the depth curves (0: none)")
+    ] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """What removing each block, head and FFN group costs (KD sensitivity and cheap criteria), with the Figure-3 plot."""
-
-    if min(n_prompts, seeds) < 1 or faith_prompts < 0 or (group is not None and group < 1):
-        fail("--n-prompts, --seeds and --group must be positive and --faith-prompts >= 0")
-    r = prune_stage.run_sensitivity(
-        model,
-        out,
-        prompts,
-        n_prompts,
-        seeds,
-        _timesteps(timesteps),
-        group,
-        faith_prompts=faith_prompts,
-        latent=_latent(latent),
-    )
-    typer.echo(
-        f"{len(r['units'])} units scored on {r['calibration']['items']} calibration items in {r['seconds']['total']:.0f}s"
-    )
-    for level, corr in r["rank_correlation_with_kd"].items():
-        cells = ", ".join(f"{c} {'n/a' if v is None else f'{v:+.2f}'}" for c, v in corr.items())
-        typer.echo(f"  rank correlation with KD, {level}: {cells}")
-    typer.echo(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")
+    """What removing each block, head and FFN group costs (KD sensitivity and cheap criteria),
+    with the Figure-3 plot; resumable. Every option is a key of the [sensitivity] section."""
+    cfg = load_config(prune_stage.SensitivitySections, config, set_).sensitivity
+    cfg = updated(cfg, _flags(
+        model=model, out=out, group=group, faith_prompts=faith_prompts,
+        calibration__prompts=prompts, calibration__n_prompts=n_prompts,
+        calibration__seeds=seeds, calibration__timesteps=_csv(timesteps, float),
+        calibration__latent=_csv(latent, int),
+    ))  # fmt: skip
+    typer.echo(prune_stage.sensitivity_summary(prune_stage.run_sensitivity(cfg)))
 
 
 @app.command()
 def prune(
-    out: Annotated[
-        Path,
-        typer.Option("--out", "-o", help="output directory (a pipeline, or a DiT for --preset)"),
-    ],
-    model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="pipeline directory to prune")
-    ] = None,
+    config: ConfigArg = None,
+    model: ModelOpt = None,
+    out: OutOpt = None,
     budget: Annotated[
-        str, typer.Option(help="params=F, flops=F, latency=F (fractions kept) or memory=BYTES")
-    ] = "params=0.55",
+        str | None,
+        typer.Option(help="params=F, flops=F, latency=F (fractions kept) or memory=BYTES"),
+    ] = None,
     levels: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="levels the search may cut: block,head,ffn (head covers cross-attention heads; cross_head alone names only those)"
         ),
-    ] = "block,head,ffn",
-    criterion: Annotated[str, typer.Option(help=f"unit score: {', '.join(CRITERIA)}")] = "kd",
-    rescore_every: Annotated[
-        int, typer.Option(help="re-score the units left every k removals")
-    ] = 8,
-    prompts: Annotated[Path, typer.Option(help=_CALIB_HELP)] = Path("prompts/shapes-eval.txt"),
-    n_prompts: Annotated[int, typer.Option(help="calibration prompts (the file's first N)")] = 8,
-    seeds: Annotated[int, typer.Option(help="noise seeds per calibration prompt")] = 2,
-    timesteps: Annotated[
-        str, typer.Option(help="flow times of the calibration set")
-    ] = "0.1,0.3,0.5,0.7,0.9",
-    group: Annotated[
-        int | None, typer.Option(help="FFN channels per unit (default: >= 8 groups a block)")
+    ] = None,
+    criterion: Annotated[
+        str | None, typer.Option(help=f"unit score: {', '.join(CRITERIA)}")
     ] = None,
     preset: Annotated[
         str | None,
         typer.Option(help="'paper': prune a random paper-teacher to 20 blocks, 20 heads, FFN 6144"),
     ] = None,
-    latent: Annotated[
-        str,
-        typer.Option(help=_LATENT_HELP),
-    ] = "3,8,8",
+    prompts: PromptsOpt = None,
+    n_prompts: NPromptsOpt = None,
+    seeds: SeedsOpt = None,
+    timesteps: TimesOpt = None,
+    latent: LatentOpt = None,
+    group: Annotated[int | None, typer.Option(help="FFN channels per unit")] = None,
     overwrite: Annotated[
-        bool,
-        typer.Option(help="replace OUT even if it holds files mvdit did not write there"),
+        bool, typer.Option(help="replace OUT even if it holds files mvdit did not write there")
     ] = False,
+    set_: SetOpt = None,
 ) -> None:
-    """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is physically smaller.
-
-    --model takes an mvdit pipeline directory, or a diffusers WanTransformer3DModel /
-    LTXVideoTransformer3DModel directory (calibrated on Gaussian inputs: it has no text encoder)."""
-
-    if criterion not in CRITERIA:
-        fail(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if rescore_every < 1:
-        fail(f"--rescore-every must be at least 1, got {rescore_every}")
-    if preset is not None:
-        if preset != "paper":
-            fail(f"--preset takes 'paper', got {preset!r}")
-        if model is not None:
-            fail("give either --model or --preset paper, not both")
-        r = prune_stage.prune_paper_preset(
-            out, "magnitude" if criterion == "kd" else criterion, overwrite=overwrite
-        )
-        typer.echo(r["note"])
-        typer.echo(
-            f"paper-teacher {r['teacher_params'] / 1e9:.3f}B -> {r['pruned_params'] / 1e9:.3f}B: "
-            f"{r['blocks']} blocks, heads {r['heads']}, cross heads {r['cross_heads']}, mean FFN {r['mean_ffn']:.0f}"
-        )
-        typer.echo(
-            f"saved and reloaded ({r['reloaded_params'] / 1e9:.3f}B); sliced vs masked max |diff| {r['sliced_vs_masked_max_abs_diff']:.2e}; {r['seconds']:.0f}s"
-        )
-        typer.echo(f"wrote {out}")
-        return
-    if model is None:
-        fail("give --model PIPELINE_DIR (or --preset paper)")
-    if is_diffusers_transformer(model):
-        shape = _latent(latent)
-        r = prune_stage.run_prune_diffusers(
-            model, out, parse_budget(budget), _levels(levels), criterion, shape, group=group,
-            rescore_every=rescore_every, overwrite=overwrite,
-        )  # fmt: skip
-        b, f = r["base"], r["final"]
-        typer.echo(
-            f"{r['family']}: {len(r['history'])} units removed ({r['criterion']}, Gaussian calibration "
-            f"{r['calibration']['latent']}): params {b['params'] / 1e6:.3f}M -> {f['params'] / 1e6:.3f}M "
-            f"({f['params'] / b['params']:.1%}); reloaded vs masked max |diff| {r['reloaded_vs_masked_max_abs_diff']:.2e}"
-        )
-        widths = ", ".join(f"{x['heads']}/{x['cross_heads']}/{x['ffn_dim']}" for x in r["blocks"])
-        typer.echo(f"blocks kept (heads/cross heads/FFN): {widths}")
-        how = (
-            f"diffusers' own {r['class']}.from_pretrained loads it (uniform widths)"
-            if r["loader"] == "stock"
-            else "per-block widths: load it with mvdit.compress.diffusers_dit.load_transformer "
-            "(diffusers' from_pretrained cannot express them)"
-        )
-        typer.echo(f"wrote {out}: {how}")
-        return
-    r = prune_stage.run_prune(
-        model, out, parse_budget(budget), _levels(levels), criterion, prompts, n_prompts, seeds,
-        _timesteps(timesteps), group, rescore_every, overwrite=overwrite,
-    )  # fmt: skip
-    b, f = r["base"], r["final"]
-    typer.echo(
-        f"{len(r['history'])} units removed ({r['criterion']}, {r['rescored']} scorings): "
-        f"params {b['params'] / 1e6:.3f}M -> {f['params'] / 1e6:.3f}M ({f['params'] / b['params']:.1%}), "
-        f"FLOPs/step {si(b['flops'])} -> {si(f['flops'])}"
-    )
-    widths = ", ".join(f"{x['heads']}/{x['cross_heads']}/{x['ffn_dim']}" for x in r["blocks"])
-    typer.echo(f"blocks kept (heads/cross heads/FFN): {widths}")
-    typer.echo(
-        f"calibration KD loss {r['calibration_kd']['velocity_mse']:.4g}; sliced vs masked max |diff| {r['sliced_vs_masked_max_abs_diff']:.2e}"
-    )
-    typer.echo(f"wrote {out} (a pipeline directory; prune.json holds the search)")
+    """Prune a DiT's blocks, heads and FFN channels greedily under a budget; the output is
+    physically smaller. Every option is a key of the [prune] section."""
+    cfg = load_config(prune_stage.PruneSections, config, set_).prune
+    cfg = updated(cfg, _flags(
+        model=model, out=out, budget=budget, levels=_csv(levels), criterion=criterion,
+        preset=preset, group=group, overwrite=overwrite or None,
+        calibration__prompts=prompts, calibration__n_prompts=n_prompts,
+        calibration__seeds=seeds, calibration__timesteps=_csv(timesteps, float),
+        calibration__latent=_csv(latent, int),
+    ))  # fmt: skip
+    typer.echo(prune_stage.prune_summary(prune_stage.run_prune(cfg), cfg))
 
 
 @app.command("eval-compare")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -68,6 +69,9 @@ def preset_config(
     kw.setdefault("in_channels", 128)
     kw.setdefault("text_dim", 384)
     return DiTConfig.uniform(**kw)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -270,9 +274,36 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     return load_config(TrainConfig, path, overrides)
 
 
-def load_config(cls: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None):
-    """Any stage's config: a TOML/YAML file (or defaults) plus `section.key=value` overrides."""
+def updated(cfg: M, changes: Mapping[str, Any], source: str = "the command line") -> M:
+    """A copy of a config section with dotted keys changed (`{"calibration.seeds": 4}`), checked
+    exactly as a file is: how a command applies its flags and a study derives one row's config
+    from another's (never by formatting `--set` strings)."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in changes.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return validate(type(cfg), raw, source)
+
+
+def load_config(
+    cls: type[BaseModel],
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    changes: Mapping[str, Any] | None = None,
+):
+    """Any stage's config: a TOML/YAML file (or defaults), `section.key=value` overrides as a
+    user types them, then `changes`: dotted keys with Python values (a study's or the recipe's
+    derived settings), all checked together."""
     raw = read_config_file(path) if path else {}
+    for key, value in (changes or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     for item in overrides or []:
         if "=" not in item:
             raise MvditError(f"override '{item}' must look like section.key=value")

@@ -29,6 +29,8 @@ from mvdit.flow import interpolate, velocity_target
 from mvdit.models.dit import BlockSpec, DiTConfig, UnitMask, VideoDiT, dit_flops
 
 LEVELS = ("block", "head", "cross_head", "ffn")
+# the flow times a calibration set noises each clip at (one definition for every stage and study)
+CALIBRATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 MASK_LEVEL = {"block": "blocks", "head": "heads", "cross_head": "cross_heads", "ffn": "ffn"}
 CRITERIA = ("kd", "magnitude", "taylor", "activation")
 
@@ -209,7 +211,7 @@ def build_calibration(
     pipe,
     prompts: Sequence[str],
     seeds: Sequence[int] = (0, 1),
-    timesteps: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    timesteps: Sequence[float] = CALIBRATION_TIMESTEPS,
     steps: int | None = None,
 ) -> Calibration:
     """The calibration set of a pipeline (mvdit.pipeline.Pipeline): its samples of `prompts`

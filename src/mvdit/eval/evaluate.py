@@ -37,6 +37,11 @@ from mvdit.video import contact_sheet, save_png, write_mp4
 # prompt files
 
 
+# the shipped evaluation prompts (a repository file, not packaged): the default of every command
+# that calibrates or scores on prompts
+EVAL_PROMPTS = "prompts/shapes-eval.txt"
+
+
 def read_prompts(path: str | Path) -> list[dict]:
     """Read a prompt file: plain text (one prompt a line, '#' comments) or JSONL with
     {"prompt": ..., "split": ...}. A plain file's split is its name without extension."""

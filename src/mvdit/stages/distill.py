@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -132,9 +133,11 @@ class DistillConfig(Strict):
 
 
 def load_distill_config(
-    path: str | Path | None, overrides: list[str] | None = None
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    changes: Mapping[str, Any] | None = None,
 ) -> DistillConfig:
-    return load_config(DistillConfig, path, overrides)
+    return load_config(DistillConfig, path, overrides, changes)
 
 
 # ---------------------------------------------------------------------------------------------

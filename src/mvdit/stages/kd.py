@@ -22,7 +22,9 @@ and the KD term is brought to the task loss's scale whatever the feature norms a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -78,8 +80,12 @@ class KDConfig(Strict):
     run: KDRunConfig = Field(default_factory=KDRunConfig)
 
 
-def load_kd_config(path: str | Path | None, overrides: list[str] | None = None) -> KDConfig:
-    return load_config(KDConfig, path, overrides)
+def load_kd_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    changes: Mapping[str, Any] | None = None,
+) -> KDConfig:
+    return load_config(KDConfig, path, overrides, changes)
 
 
 def alpha_t(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:

@@ -20,15 +20,18 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
-from mvdit.bench.measure import PeakMemory, timed
+from mvdit.bench.measure import PeakMemory, si, timed
 from mvdit.compress.diffusers_dit import is_diffusers_transformer, load_transformer, save_pruned
 from mvdit.compress.importance import (
     ADAPTER_CRITERIA,
+    CALIBRATION_TIMESTEPS,
     CRITERIA,
     LEVELS,
     Calibration,
@@ -45,10 +48,10 @@ from mvdit.compress.importance import (
     reference_outputs,
     remove,
 )
-from mvdit.compress.prune import Budget, greedy_prune, prune_to_shape
+from mvdit.compress.prune import Budget, greedy_prune, parse_budget, prune_to_shape
 from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
-from mvdit.config import preset_config
-from mvdit.eval.evaluate import faithfulness, read_prompts, sample_prompts
+from mvdit.config import Strict, preset_config
+from mvdit.eval.evaluate import EVAL_PROMPTS, faithfulness, read_prompts, sample_prompts
 from mvdit.io import (
     atomic_write_text,
     claim_output_dir,
@@ -57,6 +60,7 @@ from mvdit.io import (
     save_figure,
     write_json,
 )
+from mvdit.limits import bounded
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline
 
@@ -67,6 +71,95 @@ LEVEL_NAMES = {
     "cross_head": "cross-attention heads",
     "ffn": "FFN groups",
 }
+Level = Literal["block", "head", "cross_head", "ffn"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage's config sections ([sensitivity] and [prune]; command flags override their keys)
+
+
+class CalibrationConfig(Strict):
+    """What unit scores are measured on: the first `n_prompts` captions of `prompts`, each noised
+    with `seeds` seeds at each flow time of `timesteps`. A bare diffusers transformer has no text
+    encoder or VAE here: Gaussian latents of shape `latent` (T, H, W) and Gaussian text of
+    `text_len` tokens, stated in the output."""
+
+    prompts: str = EVAL_PROMPTS
+    n_prompts: int = Field(default=8, ge=1)
+    seeds: int = Field(default=2, ge=1)
+    timesteps: list[float] = Field(default_factory=lambda: list(CALIBRATION_TIMESTEPS))
+    latent: list[int] = Field(default_factory=lambda: [3, 8, 8])
+    text_len: int = Field(default=16, ge=1)
+    batch: int = bounded("batch", 40)  # calibration items per forward pass
+
+    @field_validator("timesteps")
+    @classmethod
+    def _times(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < t < 1 for t in v):
+            raise ValueError(f"timesteps are flow times in (0, 1), e.g. [0.1, 0.5, 0.9]; got {v}")
+        return v
+
+    @field_validator("latent")
+    @classmethod
+    def _latent(cls, v: list[int]) -> list[int]:
+        if len(v) != 3 or min(v) < 1:
+            raise ValueError(f"latent is T, H, W (three positive integers), got {v}")
+        return v
+
+
+class SensitivityConfig(Strict):
+    model: str | None = None  # a pipeline directory, or a diffusers Wan / LTX transformer
+    out: str | None = None  # output directory (resumable)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    group: int | None = Field(default=None, ge=1)  # FFN channels a unit (None: >= 8 a block)
+    depths: list[float] = Field(default_factory=lambda: list(DEPTHS))
+    faith_prompts: int = Field(default=16, ge=0)  # prompts generated per depth-curve point
+
+
+class PruneConfig(Strict):
+    model: str | None = None  # a pipeline directory, or a diffusers Wan / LTX transformer
+    out: str | None = None  # the pruned model's directory
+    # params=F, flops=F, latency=F (fractions kept) or memory=BYTES
+    budget: str = "params=0.55"
+    # the levels the search may cut; "head" covers cross-attention heads too unless "cross_head"
+    # is named on its own
+    levels: list[Level] = Field(default_factory=lambda: ["block", "head", "ffn"])
+    # the unit score (compress/importance.py); None: "kd", or "magnitude" for --preset paper,
+    # whose random weights have no meaningful KD score
+    criterion: Literal["kd", "magnitude", "taylor", "activation"] | None = None
+    rescore_every: int = Field(default=8, ge=1)  # re-score the units left every k removals
+    group: int | None = Field(default=None, ge=1)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    # "paper": prune a random paper-teacher to 20 blocks, 20 heads, FFN 6144 (instead of model)
+    preset: Literal["paper"] | None = None
+    overwrite: bool = False  # replace `out` even if it holds files mvdit did not write there
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        parse_budget(v)  # an MvditError names the problem
+        return v
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("levels is empty: name at least one of block, head, ffn")
+        return list(dict.fromkeys([*v, "cross_head"] if "head" in v else v))
+
+
+class SensitivitySections(Strict):
+    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
+
+
+class PruneSections(Strict):
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+
+
+def _required(value: str | None, key: str) -> str:
+    if not value:
+        raise MvditError(f"{key} is not set: give it in the config or on the command line")
+    return value
 
 
 def calibration_for(
@@ -136,41 +229,32 @@ def sampled_faithfulness(pipe: Pipeline, rows: list[dict], seeds: int) -> dict |
     return None if f is None else f | {"failed_clips": failed}
 
 
-def run_sensitivity(
-    model_dir: str | Path,
-    out: str | Path,
-    prompts_file: str | Path = "prompts/shapes-eval.txt",
-    n_prompts: int = 8,
-    seeds: int = 2,
-    timesteps: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    group: int | None = None,
-    batch: int = 40,
-    depths: Sequence[float] = DEPTHS,
-    faith_prompts: int = 16,
-    progress: bool = True,
-    latent: Sequence[int] = (3, 8, 8),
-    text_len: int = 16,
-) -> dict:
+def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> dict:
     """Score every unit of MODEL_DIR's DiT; write OUT/sensitivity.json and OUT/sensitivity.png.
 
     MODEL_DIR is an mvdit pipeline directory, or a diffusers Wan / LTX-Video transformer
     directory: that has no text encoder or VAE, so its calibration set is `n_prompts x seeds`
     Gaussian latents of shape `latent` and Gaussian text features of `text_len` tokens, its cheap
     criterion is magnitude alone (ADAPTER_CRITERIA) and its depth curves have no faithfulness."""
-    out = Path(out)
+    model_dir = _required(cfg.model, "sensitivity.model (--model)")
+    out = Path(_required(cfg.out, "sensitivity.out (--out)"))
+    cal = cfg.calibration
+    batch, depths, faith_prompts = cal.batch, cfg.depths, cfg.faith_prompts
     t_start = time.perf_counter()
     if is_diffusers_transformer(model_dir):
         pipe = None
         dit = load_transformer(model_dir).eval()
-        calib = random_calibration(dit.config, tuple(latent), n_prompts * seeds, text_len)
+        calib = random_calibration(
+            dit.config, tuple(cal.latent), cal.n_prompts * cal.seeds, cal.text_len
+        )
         rows: list[dict] = []
         criteria = [c for c in ADAPTER_CRITERIA if c != "kd"]
     else:
         pipe = Pipeline.from_pretrained(model_dir)  # a bad model directory leaves no OUT behind
         dit = pipe.dit.eval()
-        calib, rows = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
+        calib, rows = calibration_for(pipe, cal.prompts, cal.n_prompts, cal.seeds, cal.timesteps)
         criteria = list(CRITERIA[1:])
-    group = group or default_group(dit.config)
+    group = cfg.group or default_group(dit.config)
     record = calib.record | {"group": group, "model": str(Path(model_dir).resolve())}
     out.mkdir(parents=True, exist_ok=True)
     _check_calibration(out, record)
@@ -217,6 +301,7 @@ def run_sensitivity(
     )
     result = {
         "model": str(model_dir),
+        "out": str(out),
         "calibration": record,
         "group": group,
         "units": per_unit,
@@ -229,6 +314,19 @@ def run_sensitivity(
     atomic_write_text(out / "sensitivity.md", sensitivity_markdown(result))
     plot_sensitivity(result, out / "sensitivity.png")
     return result
+
+
+def sensitivity_summary(r: dict) -> str:
+    """What `mvdit sensitivity` prints: the units scored, the rank correlations, the files."""
+    lines = [
+        f"{len(r['units'])} units scored on {r['calibration']['items']} calibration items in "
+        f"{r['seconds']['total']:.0f}s"
+    ]
+    for level, corr in r["rank_correlation_with_kd"].items():
+        cells = ", ".join(f"{c} {'n/a' if v is None else f'{v:+.2f}'}" for c, v in corr.items())
+        lines.append(f"  rank correlation with KD, {level}: {cells}")
+    lines.append(f"wrote {r['out']}/sensitivity.json and {r['out']}/sensitivity.png")
+    return "\n".join(lines)
 
 
 def sensitivity_markdown(result: dict) -> str:
@@ -412,6 +510,46 @@ def plot_sensitivity(result: dict, png: Path) -> None:
 # pruning
 
 
+def prune_summary(r: dict, cfg: PruneConfig) -> str:
+    """What `mvdit prune` prints: what was removed, what it costs now, where it went."""
+    if cfg.preset == "paper":
+        return "\n".join([
+            r["note"],
+            f"paper-teacher {r['teacher_params'] / 1e9:.3f}B -> {r['pruned_params'] / 1e9:.3f}B: "
+            f"{r['blocks']} blocks, heads {r['heads']}, cross heads {r['cross_heads']}, mean FFN "
+            f"{r['mean_ffn']:.0f}",
+            f"saved and reloaded ({r['reloaded_params'] / 1e9:.3f}B); sliced vs masked max |diff| "
+            f"{r['sliced_vs_masked_max_abs_diff']:.2e}; {r['seconds']:.0f}s",
+            f"wrote {cfg.out}",
+        ])  # fmt: skip
+    b, f = r["base"], r["final"]
+    widths = ", ".join(f"{x['heads']}/{x['cross_heads']}/{x['ffn_dim']}" for x in r["blocks"])
+    if "family" in r:  # a diffusers transformer
+        how = (
+            f"diffusers' own {r['class']}.from_pretrained loads it (uniform widths)"
+            if r["loader"] == "stock"
+            else "per-block widths: load it with mvdit.compress.diffusers_dit.load_transformer "
+            "(diffusers' from_pretrained cannot express them)"
+        )
+        return "\n".join([
+            f"{r['family']}: {len(r['history'])} units removed ({r['criterion']}, Gaussian "
+            f"calibration {r['calibration']['latent']}): params {b['params'] / 1e6:.3f}M -> "
+            f"{f['params'] / 1e6:.3f}M ({f['params'] / b['params']:.1%}); reloaded vs masked max "
+            f"|diff| {r['reloaded_vs_masked_max_abs_diff']:.2e}",
+            f"blocks kept (heads/cross heads/FFN): {widths}",
+            f"wrote {cfg.out}: {how}",
+        ])  # fmt: skip
+    return "\n".join([
+        f"{len(r['history'])} units removed ({r['criterion']}, {r['rescored']} scorings): params "
+        f"{b['params'] / 1e6:.3f}M -> {f['params'] / 1e6:.3f}M ({f['params'] / b['params']:.1%}), "
+        f"FLOPs/step {si(b['flops'])} -> {si(f['flops'])}",
+        f"blocks kept (heads/cross heads/FFN): {widths}",
+        f"calibration KD loss {r['calibration_kd']['velocity_mse']:.4g}; sliced vs masked max "
+        f"|diff| {r['sliced_vs_masked_max_abs_diff']:.2e}",
+        f"wrote {cfg.out} (a pipeline directory; prune.json holds the search)",
+    ])  # fmt: skip
+
+
 def _search(
     model,
     calib: Calibration,
@@ -456,34 +594,37 @@ def _search(
     return result, report
 
 
-def run_prune(
-    model_dir: str | Path,
-    out: str | Path,
-    budget: Budget,
-    levels: Sequence[str] = LEVELS,
-    criterion: str = "kd",
-    prompts_file: str | Path = "prompts/shapes-eval.txt",
-    n_prompts: int = 8,
-    seeds: int = 2,
-    timesteps: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    group: int | None = None,
-    rescore_every: int = 8,
-    batch: int = 40,
-    progress: bool = True,
-    *,
-    overwrite: bool = False,
-) -> dict:
-    """Prune MODEL_DIR's DiT to `budget`; write the pruned pipeline to OUT (atomically; OUT new,
-    empty or an earlier prune's unless `overwrite`)."""
+def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
+    """Prune to cfg.budget and write the smaller model to cfg.out: an mvdit pipeline (its DiT
+    sliced), a diffusers Wan / LTX transformer (through its adapter), or with cfg.preset = "paper"
+    the surgery on a random paper-teacher. Returns the report (prune.json)."""
+    out = _required(cfg.out, "prune.out (--out)")
+    if cfg.preset == "paper":
+        if cfg.model:
+            raise MvditError("give prune.model (--model) or prune.preset = 'paper', not both")
+        return prune_paper_preset(out, cfg.criterion or "magnitude", overwrite=cfg.overwrite)
+    model = _required(cfg.model, "prune.model (--model)")
+    if is_diffusers_transformer(model):
+        return run_prune_diffusers(cfg, progress=progress)
+    return _prune_pipeline(cfg, progress=progress)
+
+
+def _prune_pipeline(cfg: PruneConfig, *, progress: bool = True) -> dict:
+    """Prune an mvdit pipeline's DiT; write the pruned pipeline (atomically; OUT new, empty or an
+    earlier prune's unless cfg.overwrite)."""
+    model_dir, out, cal = cfg.model, cfg.out, cfg.calibration
+    overwrite, criterion = cfg.overwrite, cfg.criterion or "kd"
     claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(model_dir)
     dit = pipe.dit.eval()
-    group = group or default_group(dit.config)
-    calib, _ = calibration_for(pipe, prompts_file, n_prompts, seeds, timesteps)
+    group = cfg.group or default_group(dit.config)
+    batch = cal.batch
+    calib, _ = calibration_for(pipe, cal.prompts, cal.n_prompts, cal.seeds, cal.timesteps)
     result, search = _search(
-        dit, calib, budget, levels, criterion, group, rescore_every, batch, progress
-    )
+        dit, calib, parse_budget(cfg.budget), cfg.levels, criterion, group, cfg.rescore_every,
+        batch, progress,
+    )  # fmt: skip
     small = slice_dit(dit, result.mask).eval()
     # the sliced model computes what the masked teacher computed
     ref = reference_outputs(dit, calib, result.mask, batch)
@@ -507,22 +648,7 @@ def run_prune(
     return report
 
 
-def run_prune_diffusers(
-    model_dir: str | Path,
-    out: str | Path,
-    budget: Budget,
-    levels: Sequence[str] = LEVELS,
-    criterion: str = "kd",
-    latent: Sequence[int] = (3, 8, 8),
-    items: int = 8,
-    text_len: int = 16,
-    group: int | None = None,
-    rescore_every: int = 8,
-    batch: int = 8,
-    progress: bool = True,
-    *,
-    overwrite: bool = False,
-) -> dict:
+def run_prune_diffusers(cfg: PruneConfig, *, progress: bool = True) -> dict:
     """Prune a diffusers Wan / LTX-Video transformer directory to `budget`; write it to OUT.
 
     A transformer directory has no text encoder or VAE here, so the calibration set is Gaussian
@@ -530,16 +656,20 @@ def run_prune_diffusers(
     report). Returns the report, including which loader reads the output ("stock": diffusers'
     from_pretrained; "mvdit": mvdit.compress.diffusers_dit.load_transformer)."""
 
+    model_dir, out, cal = cfg.model, cfg.out, cfg.calibration
+    overwrite, criterion = cfg.overwrite, cfg.criterion or "kd"
     check_adapter_criterion(criterion)
     claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     model = load_transformer(model_dir).eval()
-    cfg = model.config
-    group = group or default_group(cfg)
-    calib = random_calibration(cfg, tuple(latent), n=items, text_len=text_len)
+    group = cfg.group or default_group(model.config)
+    n = cal.n_prompts * cal.seeds
+    calib = random_calibration(model.config, tuple(cal.latent), n=n, text_len=cal.text_len)
+    batch = cal.batch
     result, search = _search(
-        model, calib, budget, levels, criterion, group, rescore_every, batch, progress
-    )
+        model, calib, parse_budget(cfg.budget), cfg.levels, criterion, group, cfg.rescore_every,
+        batch, progress,
+    )  # fmt: skip
     small = model.slice(result.mask).eval()
     ref = reference_outputs(model, calib, result.mask, batch)
     report = {

@@ -63,12 +63,14 @@ ROWS: dict[str, Row] = {
 ATTRS = ("overall", "colour", "shape", "motion", "speed")
 
 
-def _student(cfg_path: str | Path, name: str, row: Row, out: Path, base: list[str]) -> Path:
+def _student(
+    cfg_path: str | Path, name: str, row: Row, out: Path, user: list[str], teacher: str
+) -> Path:
     run = out / "students" / name
     if (run / "summary.json").is_file() and (run / "model" / "pipeline.json").is_file():
         return run / "model"
-    overrides = [*base, *(f"{k}={v}" for k, v in row.overrides.items()), f"run.out_dir={run}"]
-    cfg = distill_stage.load_distill_config(cfg_path, overrides)
+    changes = {"distill.teacher": teacher, **row.overrides, "run.out_dir": str(run)}
+    cfg = distill_stage.load_distill_config(cfg_path, user, changes)
     resume = (run / "checkpoints").is_dir()
     distill_stage.train_distill(cfg, resume=resume)
     return run / "model"
@@ -141,12 +143,11 @@ def run_distill_study(
     start = cfg.distill.student
     if "start-4" in names and Path(start).resolve() == Path(teacher).resolve():
         names.remove("start-4")  # the student starts from the teacher: that row is teacher-4
-    base = [f"distill.teacher={teacher}", *overrides]
     models: dict[str, tuple[str, int | None, float | None]] = {}
     for name in names:
         row = ROWS[name]
         if row.model == "student":
-            path = str(_student(config, name, row, out, base))
+            path = str(_student(config, name, row, out, list(overrides), str(teacher)))
         else:
             path = str(teacher if row.model == "teacher" else start)
         models[name] = (path, row.steps, row.cfg)

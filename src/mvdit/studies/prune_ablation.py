@@ -21,14 +21,21 @@ from pathlib import Path
 import torch
 
 from mvdit import MvditError
-from mvdit.compress.importance import LEVELS, Calibration, reference_outputs
+from mvdit.compress.importance import CALIBRATION_TIMESTEPS, LEVELS, Calibration, reference_outputs
 from mvdit.compress.prune import BudgetUnreachable, parse_budget
-from mvdit.eval.evaluate import read_prompts
+from mvdit.eval.evaluate import EVAL_PROMPTS, read_prompts
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
 from mvdit.stages import kd as kd_stage
-from mvdit.stages.prune import calibration_for, latency_and_memory, run_prune, sampled_faithfulness
-from mvdit.studies.distill import raise_for_failed_clips
+from mvdit.stages.prune import (
+    CalibrationConfig,
+    PruneConfig,
+    calibration_for,
+    latency_and_memory,
+    run_prune,
+    sampled_faithfulness,
+)
+from mvdit.studies import raise_for_failed_clips
 
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "tri-level-kd": (list(LEVELS), "kd"),
@@ -77,9 +84,9 @@ def run_prune_study(
     variants: Sequence[str] | None = None,
     budget: str = "params=0.55",
     recovery_steps: int = 500,
-    calib_prompts: str | Path = "prompts/shapes-eval.txt",
+    calib_prompts: str | Path = EVAL_PROMPTS,
     heldout_prompts: str | Path = "prompts/shapes-paraphrase.txt",
-    eval_prompts: Sequence[str | Path] = ("prompts/shapes-eval.txt",),
+    eval_prompts: Sequence[str | Path] = (EVAL_PROMPTS,),
     eval_seeds: int = 1,
     progress: bool = True,
 ) -> list[dict]:
@@ -93,7 +100,7 @@ def run_prune_study(
     teacher = Pipeline.from_pretrained(teacher_dir)
     # held out from the search: other prompts and other noise seeds
     calib, _ = calibration_for(
-        teacher, heldout_prompts, 8, 2, (0.1, 0.3, 0.5, 0.7, 0.9), seed_offset=100
+        teacher, heldout_prompts, 8, 2, CALIBRATION_TIMESTEPS, seed_offset=100
     )
     rows = [r for f in eval_prompts for r in read_prompts(f)]
     base_path = out_dir / "teacher.json"
@@ -111,8 +118,14 @@ def run_prune_study(
         t0 = time.perf_counter()
         if not (vdir / "pruned" / "prune.json").is_file():
             try:
-                run_prune(teacher_dir, vdir / "pruned", b, levels, criterion, calib_prompts,
-                          progress=progress)  # fmt: skip
+                run_prune(
+                    PruneConfig(
+                        model=str(teacher_dir), out=str(vdir / "pruned"), budget=budget,
+                        levels=levels, criterion=criterion,
+                        calibration=CalibrationConfig(prompts=str(calib_prompts)),
+                    ),
+                    progress=progress,
+                )  # fmt: skip
             except BudgetUnreachable as e:  # a row saying so; the other variants go on
                 row = {"variant": name, "levels": levels, "criterion": criterion,
                        "budget": str(b), "unreachable": str(e)}  # fmt: skip
@@ -122,11 +135,10 @@ def run_prune_study(
         prune_s = time.perf_counter() - t0
         before = _measure(teacher, vdir / "pruned", calib, rows, eval_seeds)
         t0 = time.perf_counter()
-        cfg = kd_stage.load_kd_config(
-            kd_config,
-            [f"kd.student='{vdir / 'pruned'}'", f"kd.teacher='{teacher_dir}'",
-             f"optim.steps={recovery_steps}", f"run.out_dir='{vdir / 'kd'}'"],
-        )  # fmt: skip
+        cfg = kd_stage.load_kd_config(kd_config, changes={
+            "kd.student": str(vdir / "pruned"), "kd.teacher": str(teacher_dir),
+            "optim.steps": recovery_steps, "run.out_dir": str(vdir / "kd"),
+        })  # fmt: skip
         summary_path = vdir / "kd" / "summary.json"
         if not (summary_path.is_file() and read_json(summary_path).get("steps") == recovery_steps):
             kd_stage.train_kd(cfg, resume=(vdir / "kd" / "checkpoints").is_dir(), progress=progress)
