@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from mvdit import MvditError
+from mvdit.checkpoint import latest_checkpoint
 from mvdit.config import OptimConfig, RunConfig, TrainConfig, check_device, load_train_config
 from mvdit.flow import flow_loss
 from mvdit.models.dit import VideoDiT
-from mvdit.train import latest_checkpoint, make_batch_fn, train_loop
+from mvdit.train import make_batch_fn, train_loop
 
 
 class RandomClips(torch.utils.data.Dataset):

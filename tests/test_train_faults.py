@@ -253,7 +253,7 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path, tiny_dit_config):
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, tiny_dit_config, monkeypatch):
     import errno
 
-    from mvdit import train as train_mod
+    from mvdit import checkpoint as train_mod
 
     real = train_mod.save_tensors
     calls = {"n": 0}

@@ -19,14 +19,13 @@ checkpoint from any world size resumes at any other.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mvdit import MvditError, distributed
+from mvdit.checkpoint import (
+    check_fresh_run,
+    checkpoints_newest_first,
+    gather_training_state,
+    latest_checkpoint,
+    read_checkpoint,
+    release_run_dir,
+    save_checkpoint,
+)
 from mvdit.config import OptimConfig, RunConfig
 from mvdit.io import (
-    DiskFullError,
-    RunLock,
-    atomic_dir,
     atomic_write_text,
-    is_disk_full,
-    load_tensors,
-    read_json,
     save_figure,
-    save_tensors,
     validate,
     write_json,
 )
@@ -102,144 +103,6 @@ def lr_factor(step: int, optim: OptimConfig) -> float:
     span = max(1, optim.steps - optim.warmup_steps)
     progress = min(1.0, (step - optim.warmup_steps) / span)
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints: safetensors + JSON, written to a temporary directory and renamed into place
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
-
-
-def _unflatten_optimizer(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list
-) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        i, k = key.split(".", 1)
-        state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    pointer = out_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    ckpt = out_dir / "checkpoints" / pointer.read_text().strip()
-    return ckpt if (ckpt / "state.json").is_file() else None
-
-
-def checkpoints_newest_first(out_dir: Path) -> list[Path]:
-    """Every complete-looking checkpoint directory, the one `latest` names first, then by step."""
-    root = out_dir / "checkpoints"
-    found = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
-    pointer = root / "latest"
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        found = [named] + [p for p in found if p != named]
-    return found
-
-
-def read_checkpoint(ckpt: Path, modules, optimizers, ema, device: torch.device) -> dict:
-    """Load one checkpoint into the run's objects; MvditError naming the file that is unreadable.
-    Every file is read before any object is changed; a checkpoint that then does not fit may
-    leave the objects half-loaded, for the next checkpoint tried to overwrite."""
-    if not ckpt.is_dir():
-        raise MvditError(f"{ckpt} does not exist")
-    files = [ckpt / "state.json", *(ckpt / f"{k}.safetensors" for k in modules)]
-    files += [ckpt / f"optim_{k}.safetensors" for k in optimizers]
-    files += [ckpt / "ema.safetensors"] if ema is not None else []
-    loaded: dict[str, Any] = {}
-    for f in files:
-        try:
-            loaded[f.name] = read_json(f) if f.suffix == ".json" else load_tensors(f)
-        except MvditError:
-            raise  # it names the file already
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
-            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise MvditError(f"{f} is unreadable ({why})") from None
-    state = loaded["state.json"]
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise MvditError(f"{ckpt / 'state.json'} has no step")
-    try:
-        for k, m in modules.items():
-            m.load_state_dict(distributed.like(loaded[f"{k}.safetensors"], m.state_dict(), device))
-        for k, opt in optimizers.items():
-            tensors = _optimizer_layout(opt, loaded[f"optim_{k}.safetensors"], device)
-            _unflatten_optimizer(opt, tensors, state[f"param_groups_{k}"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise MvditError(f"{ckpt} does not fit this run ({str(e).splitlines()[0][:160]})") from None
-    if ema is not None:
-        ema.state = distributed.like(loaded["ema.safetensors"], ema.state, device)
-    return state
-
-
-def _optimizer_layout(opt: torch.optim.Optimizer, tensors: dict, device) -> dict:
-    """Whole optimizer moments from a checkpoint, each laid out like its parameter (sharded
-    under FSDP); the step counters stay as they are."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    out = {}
-    for key, v in tensors.items():
-        i = int(key.split(".", 1)[0])
-        p = params[i] if i < len(params) else None
-        same = p is not None and tuple(v.shape) == tuple(p.shape) and v.dim() > 0
-        out[key] = distributed.like({key: v}, {key: p if same else v}, device)[key]
-    return out
-
-
-def gather_training_state(
-    modules, optimizers, ema, keep: bool = True
-) -> tuple[dict, dict, dict | None]:
-    """Whole tensors of every module, optimizer and the EMA, in the one-process layout (a
-    collective under torchrun: every rank calls it; rank 0, keep=True, writes what it returns,
-    the others keep nothing)."""
-    states = {k: distributed.full_tensors(m.state_dict(), keep) for k, m in modules.items()}
-    optims = {}
-    for k, opt in optimizers.items():
-        tensors, groups = _flatten_optimizer(opt)
-        optims[k] = (distributed.full_tensors(tensors, keep), groups)
-    full_ema = distributed.full_tensors(ema.state, keep) if ema is not None else None
-    return states, optims, full_ema
-
-
-def save_checkpoint(
-    out_dir: Path, step: int, states: dict, optims: dict, ema: dict | None, extra: dict, keep: int
-) -> Path:
-    """Write a checkpoint (from gather_training_state) atomically. A full disk stops the run with
-    a message; the half-written directory is removed and the previous checkpoints, and `latest`,
-    stay as they were."""
-    root = out_dir / "checkpoints"
-    name = f"step_{step:07d}"
-    try:
-        return _save_checkpoint(root, name, step, states, optims, ema, extra, keep)
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own type for a full disk
-        if not is_disk_full(e):
-            raise
-        prev = latest_checkpoint(out_dir)
-        raise DiskFullError(
-            f"the disk is full: checkpoint {name} could not be written to {root}; "
-            + (f"{prev.name} is intact" if prev else "no earlier checkpoint exists")
-            + "; free space and rerun with --resume"
-        ) from None
-
-
-def _save_checkpoint(root: Path, name: str, step: int, states, optims, ema, extra, keep) -> Path:
-    with atomic_dir(root / name) as tmp:
-        for k, sd in states.items():
-            save_tensors(tmp / f"{k}.safetensors", sd)
-        for k, (tensors, groups) in optims.items():
-            save_tensors(tmp / f"optim_{k}.safetensors", tensors)
-            extra = {**extra, f"param_groups_{k}": groups}
-        if ema is not None:
-            save_tensors(tmp / "ema.safetensors", ema)
-        write_json(tmp / "state.json", {"step": step, **extra})
-    atomic_write_text(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return root / name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,36 +172,25 @@ def _finite(x: torch.Tensor | float) -> bool:
     return math.isfinite(float(x.detach() if isinstance(x, torch.Tensor) else x))
 
 
-def check_fresh_run(out_dir: str | Path, resume: bool) -> None:
-    """Take run.out_dir for this run (claim_run_dir) and refuse to start over a run that has
-    checkpoints unless resuming (a stage calls this before its expensive set-up, the loop again
-    before training)."""
-    claim_run_dir(out_dir)
-    if not resume and latest_checkpoint(Path(out_dir)) is not None:
-        raise MvditError(
-            f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another out_dir"
-        )
+@dataclass
+class _Run:
+    """What the phases of one training run share: the modules, their optimizers and settings,
+    the EMA, where this rank runs and what it writes."""
 
-
-_RUN_LOCKS: dict[Path, RunLock] = {}
-
-
-def claim_run_dir(out_dir: str | Path) -> None:
-    """Lock run.out_dir for this process until it exits (or the loop ends): a second run on the
-    same directory stops with one line naming the holder. Under torchrun rank 0 holds the lock
-    for the whole launch; the other ranks are part of that run."""
-    where = Path(out_dir).resolve()
-    if distributed.rank() != 0 or where in _RUN_LOCKS:
-        return
-    lock = RunLock(where, note=tqdm.write).acquire()
-    _RUN_LOCKS[where] = lock
-    atexit.register(lock.release)
-
-
-def release_run_dir(out_dir: str | Path) -> None:
-    lock = _RUN_LOCKS.pop(Path(out_dir).resolve(), None)
-    if lock is not None:
-        lock.release()
+    modules: dict[str, nn.Module]
+    params: dict[str, list[nn.Parameter]]
+    settings: dict[str, OptimConfig]
+    optimizers: dict[str, torch.optim.Optimizer]
+    ema: EMA | None
+    ema_module: str | None
+    optim: OptimConfig
+    run: RunConfig
+    par: distributed.Parallel
+    device: torch.device
+    out_dir: Path
+    say: Callable[[str], None]
+    config_dump: dict | None
+    on_export: Callable[[Path, dict[str, torch.Tensor], int], None] | None
 
 
 def train_loop(
@@ -368,11 +220,64 @@ def train_loop(
     optimizer step, no EMA update) and logged; `optim.max_nonfinite_steps` such steps in a row stop
     the run. Logged metrics (anything not a loss) are never checked.
     """
-    out_dir = Path(out_dir)
+    r = _setup(modules, optim, run, Path(out_dir), ema_module, optim_overrides, frozen)
+    r.config_dump, r.on_export = config_dump, on_export
+    start = _resume(r, resume)
+    metrics_path = r.out_dir / "metrics.jsonl"
+    if r.par.main:
+        r.out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start)
+        if config_dump is not None:
+            write_json(r.out_dir / "config.json", config_dump)
+    distributed.barrier()
+
+    bar = tqdm(total=optim.steps, initial=start, disable=not (progress and r.par.main),
+               dynamic_ncols=True, desc=r.out_dir.name)  # fmt: skip
+    t0, streak = time.perf_counter(), 0
+    # a run resumed at its last step reports the losses it ended with
+    last = (
+        {} if start == 0 or not metrics_path.exists() else (read_metrics(metrics_path) or [{}])[-1]
+    )
+    last = {k: v for k, v in last.items() if isinstance(v, float)}
+    # the bar as a context: an error ends its line before the one-line message is printed
+    with bar, open(metrics_path if r.par.main else os.devnull, "a") as log:
+        for step in range(start, optim.steps):
+            sums, skipped = _train_step(r, step, loss_fn, batch_fn)
+            streak = streak + 1 if skipped else 0
+            log.write(json.dumps(_log_row(r, step, sums, skipped)) + "\n")
+            if streak >= optim.max_nonfinite_steps:
+                log.flush()
+                raise MvditError(
+                    f"step {step + 1}: {streak} steps in a row with non-finite values "
+                    f"({_why(skipped)}); lower optim.lr, check the data, or resume from the last "
+                    f"checkpoint in {r.out_dir / 'checkpoints'}"
+                )
+            last = sums
+            bar.update(1)
+            if (step + 1) % run.log_every == 0 or step + 1 == optim.steps:
+                log.flush()
+                bar.set_postfix({k: f"{v:.4f}" for k, v in sums.items() if k.startswith("loss")})
+            if (step + 1) % run.checkpoint_every == 0 and step + 1 < optim.steps:
+                log.flush()
+                _checkpoint(r, step + 1)
+        log.flush()
+    if start < optim.steps or latest_checkpoint(r.out_dir) is None:
+        _checkpoint(r, optim.steps)
+    summary = {"steps": optim.steps, "resumed_from": start,
+               "seconds": round(time.perf_counter() - t0, 2), "final": last, "world": r.par.world}  # fmt: skip
+    if r.par.main:
+        write_json(r.out_dir / "summary.json", summary)
+    distributed.barrier()
+    release_run_dir(r.out_dir)
+    return summary
+
+
+def _setup(modules, optim, run, out_dir, ema_module, optim_overrides, frozen) -> _Run:
+    """Put the modules on this rank's device (wrapped for DDP/FSDP under torchrun), freeze the
+    helpers, and give each trained module its AdamW and settings."""
     if run.threads:
         torch.set_num_threads(run.threads)
     par, device = distributed.setup(run.parallel, run.device)
-    say = tqdm.write if par.main else (lambda _msg: None)
     for m in modules.values():
         m.to(device).train()
     trainable = {id(p) for m in modules.values() for p in m.parameters()}
@@ -383,8 +288,6 @@ def train_loop(
     apply_gpu_options(modules, run)
     for m in modules.values():
         distributed.wrap(m, par, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16")
-
     params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in modules.items()}
     settings = {k: module_optim(optim, (optim_overrides or {}).get(k), k) for k in modules}
     optimizers: dict[str, torch.optim.Optimizer] = {
@@ -392,178 +295,137 @@ def train_loop(
         for k, o in settings.items()
     }
     ema = EMA(modules[ema_module], optim.ema_decay) if ema_module and optim.ema_decay > 0 else None
+    say = tqdm.write if par.main else (lambda _msg: None)
+    return _Run(modules, params, settings, optimizers, ema, ema_module, optim, run, par, device,
+                out_dir, say, None, None)  # fmt: skip
 
-    start = 0
-    check_fresh_run(out_dir, resume)
-    candidates = checkpoints_newest_first(out_dir) if resume else []
-    problems = []
-    for ckpt in candidates:
+
+def _resume(r: _Run, resume: bool) -> int:
+    """The step to start from: 0, or (with resume) the newest checkpoint that reads, loaded into
+    the run's objects; a damaged one is named and the previous one tried."""
+    check_fresh_run(r.out_dir, resume)
+    problems, start = [], 0
+    for ckpt in checkpoints_newest_first(r.out_dir) if resume else []:
         try:
-            state = read_checkpoint(ckpt, modules, optimizers, ema, device)
+            state = read_checkpoint(ckpt, r.modules, r.optimizers, r.ema, r.device)
         except MvditError as e:
             problems.append(str(e))
-            say(f"cannot resume from {ckpt.name}: {e}; trying the previous checkpoint")
+            r.say(f"cannot resume from {ckpt.name}: {e}; trying the previous checkpoint")
             continue
         start = state["step"]
-        say(f"resuming from {ckpt} (step {start})")
+        r.say(f"resuming from {ckpt} (step {start})")
         saved = ((state.get("config") or {}).get("optim") or {}).get("grad_accum")
-        was = state.get("micro_batches", saved or optim.grad_accum)
-        if was != optim.grad_accum * par.world:
-            say(
-                f"the checkpoint's steps had {was} micro-batches of {optim.batch_size}; these have "
-                f"{optim.grad_accum} x {par.world} ranks = {optim.grad_accum * par.world}: set "
-                f"optim.grad_accum = {was / par.world:g} to continue the same run"
+        was = state.get("micro_batches", saved or r.optim.grad_accum)
+        now = r.optim.grad_accum * r.par.world
+        if was != now:
+            r.say(
+                f"the checkpoint's steps had {was} micro-batches of {r.optim.batch_size}; these "
+                f"have {r.optim.grad_accum} x {r.par.world} ranks = {now}: set "
+                f"optim.grad_accum = {was / r.par.world:g} to continue the same run"
             )
         break
     else:
         if problems:
             raise MvditError(
-                f"no readable checkpoint in {out_dir / 'checkpoints'}: {'; '.join(problems)}"
+                f"no readable checkpoint in {r.out_dir / 'checkpoints'}: {'; '.join(problems)}"
             )
         if resume:
-            say(f"no checkpoint in {out_dir}; starting from step 0")
-
-    if start > optim.steps:
+            r.say(f"no checkpoint in {r.out_dir}; starting from step 0")
+    if start > r.optim.steps:
         raise MvditError(
-            f"{out_dir}: the checkpoint is at step {start}, past optim.steps = {optim.steps}: "
+            f"{r.out_dir}: the checkpoint is at step {start}, past optim.steps = {r.optim.steps}: "
             "raise optim.steps to train on, or use the run's model as it is"
         )
-    metrics_path = out_dir / "metrics.jsonl"
-    if par.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, start)
-        if config_dump is not None:
-            write_json(out_dir / "config.json", config_dump)
-    distributed.barrier()
+    return start
 
-    def checkpoint(step: int) -> None:
-        states, optims, ema_state = gather_training_state(modules, optimizers, ema, par.main)
-        error = None
-        if par.main:
-            extra = {"config": config_dump, "world": par.world}
-            extra["micro_batches"] = optim.grad_accum * par.world
-            try:
-                save_checkpoint(
-                    out_dir, step, states, optims, ema_state, extra, run.keep_checkpoints
-                )
-                if on_export is not None:
-                    state = ema_state if ema is not None else states["model"]
-                    on_export(out_dir / "model", state, step)
-                plot_losses(metrics_path, out_dir / "loss.png")
-            except MvditError as e:
-                error = str(e)
-            except Exception as e:  # noqa: BLE001 - under torchrun the other ranks must hear of it
-                if not par.active:
-                    raise
-                error = f"rank 0 failed while checkpointing step {step}: {type(e).__name__}: {e}"
-        distributed.agree(error)
 
-    bar = tqdm(
-        total=optim.steps,
-        initial=start,
-        disable=not (progress and par.main),
-        dynamic_ncols=True,
-        desc=out_dir.name,
+def _train_step(r: _Run, step: int, loss_fn: LossFn, batch_fn: BatchFn) -> tuple[dict, dict]:
+    """One optimizer step of every module: each micro-batch's losses routed to their modules, a
+    module whose loss or gradient norm is not finite skipped (on every rank alike), then the EMA.
+    Returns the step's metrics (mean over micro-batches and ranks) and the skipped modules."""
+    optim, par = r.optim, r.par
+    for k, opt in r.optimizers.items():
+        for g in opt.param_groups:
+            g["lr"] = r.settings[k].lr * lr_factor(step, r.settings[k])
+    autocast = torch.autocast(
+        r.device.type, dtype=torch.bfloat16, enabled=r.run.precision == "bf16"
     )
-    t0, streak = time.perf_counter(), 0
-    # a run resumed at its last step reports the losses it ended with
-    last = (
-        {} if start == 0 or not metrics_path.exists() else (read_metrics(metrics_path) or [{}])[-1]
-    )
-    last = {k: v for k, v in last.items() if isinstance(v, float)}
-    # the bar as a context: an error ends its line before the one-line message is printed
-    with bar, open(metrics_path if par.main else os.devnull, "a") as log:
-        for step in range(start, optim.steps):
-            for k, opt in optimizers.items():
-                for g in opt.param_groups:
-                    g["lr"] = settings[k].lr * lr_factor(step, settings[k])
-            sums: dict[str, float] = {}
-            skipped: dict[str, str] = {}  # module -> why its update was skipped
-            for local in range(optim.grad_accum):
-                micro = par.rank * optim.grad_accum + local  # the global micro-batch index
-                batch = _to_device(batch_fn(step, micro), device)
-                gen = torch.Generator().manual_seed(step_seed(run.seed, step, micro))
-                with autocast, attention_backend(run.attention):
-                    losses, extra = loss_fn(step, batch, gen)
-                finite = distributed.all_agree([_finite(losses[k]) for k in losses], device)
-                for (k, v), ok in zip(losses.items(), finite, strict=True):
-                    if not ok:
-                        here = float(v.detach())
-                        why = f"{_loss_key(k)} = {here}" if not math.isfinite(here) else None
-                        skipped.setdefault(k, why or f"{_loss_key(k)} not finite on another rank")
-                active = [k for k, v in losses.items() if v.requires_grad and k not in skipped]
-                if par.active:
-                    _backward_routed(losses, active, params, optim.grad_accum)
-                else:
-                    _grad_routed(losses, active, params, optim.grad_accum)
-                for k, v in [*((_loss_key(k), v) for k, v in losses.items()), *extra.items()]:
-                    sums[k] = (
-                        sums.get(k, 0.0)
-                        + float(v.detach() if isinstance(v, torch.Tensor) else v) / optim.grad_accum
-                    )
-            sums = distributed.mean_over_ranks(sums, device)
-            stepped = set()
-            for k, opt in optimizers.items():
-                grads = [p for p in params[k] if p.grad is not None]
-                if not grads:
-                    continue
-                if k not in skipped:
-                    clip = settings[k].grad_clip if settings[k].grad_clip > 0 else math.inf
-                    norm = _total(torch.nn.utils.clip_grad_norm_(grads, clip))
-                    if math.isfinite(norm):
-                        sums[f"grad_norm_{k}"] = norm
-                        opt.step()
-                        stepped.add(k)
-                    else:
-                        skipped[k] = f"grad norm of '{k}' = {norm}"
-                opt.zero_grad(set_to_none=True)
-            if ema is not None and ema_module in stepped:
-                ema.update(modules[ema_module], step)
-            row = {
-                "step": step + 1,
-                "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
-                **{k: v for k, v in sums.items() if math.isfinite(v)},
-            }
-            if skipped:
-                row["skipped"] = skipped
-                streak += 1
-                say(f"step {step + 1}: skipped the update of {_why(skipped)}")
+    sums: dict[str, float] = {}
+    skipped: dict[str, str] = {}  # module -> why its update was skipped
+    for local in range(optim.grad_accum):
+        micro = par.rank * optim.grad_accum + local  # the global micro-batch index
+        batch = _to_device(batch_fn(step, micro), r.device)
+        gen = torch.Generator().manual_seed(step_seed(r.run.seed, step, micro))
+        with autocast, attention_backend(r.run.attention):
+            losses, extra = loss_fn(step, batch, gen)
+        finite = distributed.all_agree([_finite(losses[k]) for k in losses], r.device)
+        for (k, v), ok in zip(losses.items(), finite, strict=True):
+            if not ok:
+                here = float(v.detach())
+                why = f"{_loss_key(k)} = {here}" if not math.isfinite(here) else None
+                skipped.setdefault(k, why or f"{_loss_key(k)} not finite on another rank")
+        active = [k for k, v in losses.items() if v.requires_grad and k not in skipped]
+        routed = _backward_routed if par.active else _grad_routed
+        routed(losses, active, r.params, optim.grad_accum)
+        for k, v in [*((_loss_key(k), v) for k, v in losses.items()), *extra.items()]:
+            value = float(v.detach() if isinstance(v, torch.Tensor) else v)
+            sums[k] = sums.get(k, 0.0) + value / optim.grad_accum
+    sums = distributed.mean_over_ranks(sums, r.device)
+    stepped = set()
+    for k, opt in r.optimizers.items():
+        grads = [p for p in r.params[k] if p.grad is not None]
+        if not grads:
+            continue
+        if k not in skipped:
+            clip = r.settings[k].grad_clip if r.settings[k].grad_clip > 0 else math.inf
+            norm = _total(torch.nn.utils.clip_grad_norm_(grads, clip))
+            if math.isfinite(norm):
+                sums[f"grad_norm_{k}"] = norm
+                opt.step()
+                stepped.add(k)
             else:
-                streak = 0
-            log.write(json.dumps(row) + "\n")
-            if streak >= optim.max_nonfinite_steps:
-                log.flush()
-                bar.close()
-                raise MvditError(
-                    f"step {step + 1}: {streak} steps in a row with non-finite values "
-                    f"({_why(skipped)}); lower optim.lr, check the data, or resume from the last "
-                    f"checkpoint in {out_dir / 'checkpoints'}"
-                )
-            last = sums
-            bar.update(1)
-            if (step + 1) % run.log_every == 0 or step + 1 == optim.steps:
-                log.flush()
-                bar.set_postfix({k: f"{v:.4f}" for k, v in sums.items() if k.startswith("loss")})
-            if (step + 1) % run.checkpoint_every == 0 and step + 1 < optim.steps:
-                log.flush()
-                checkpoint(step + 1)
-        log.flush()
-    bar.close()
-    if start < optim.steps or latest_checkpoint(out_dir) is None:
-        checkpoint(optim.steps)
-    seconds = time.perf_counter() - t0
-    summary = {
-        "steps": optim.steps,
-        "resumed_from": start,
-        "seconds": round(seconds, 2),
-        "final": last,
-        "world": par.world,
+                skipped[k] = f"grad norm of '{k}' = {norm}"
+        opt.zero_grad(set_to_none=True)
+    if r.ema is not None and r.ema_module in stepped:
+        r.ema.update(r.modules[r.ema_module], step)
+    return sums, skipped
+
+
+def _log_row(r: _Run, step: int, sums: dict, skipped: dict) -> dict:
+    """The step's row of metrics.jsonl (non-finite values left out, skipped modules named)."""
+    row = {
+        "step": step + 1,
+        "lr": r.optimizers[next(iter(r.optimizers))].param_groups[0]["lr"],
+        **{k: v for k, v in sums.items() if math.isfinite(v)},
     }
-    if par.main:
-        write_json(out_dir / "summary.json", summary)
-    distributed.barrier()
-    release_run_dir(out_dir)
-    return summary
+    if skipped:
+        row["skipped"] = skipped
+        r.say(f"step {step + 1}: skipped the update of {_why(skipped)}")
+    return row
+
+
+def _checkpoint(r: _Run, step: int) -> None:
+    """Gather the whole state (a collective), write it on rank 0, export the model and replot
+    the losses; any rank's failure reaches every rank as the same error."""
+    states, optims, ema_state = gather_training_state(r.modules, r.optimizers, r.ema, r.par.main)
+    error = None
+    if r.par.main:
+        extra = {"config": r.config_dump, "world": r.par.world}
+        extra["micro_batches"] = r.optim.grad_accum * r.par.world
+        try:
+            save_checkpoint(r.out_dir, step, states, optims, ema_state, extra,
+                            r.run.keep_checkpoints)  # fmt: skip
+            if r.on_export is not None:
+                state = ema_state if r.ema is not None else states["model"]
+                r.on_export(r.out_dir / "model", state, step)
+            plot_losses(r.out_dir / "metrics.jsonl", r.out_dir / "loss.png")
+        except MvditError as e:
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - under torchrun the other ranks must hear of it
+            if not r.par.active:
+                raise
+            error = f"rank 0 failed while checkpointing step {step}: {type(e).__name__}: {e}"
+    distributed.agree(error)
 
 
 def _grad_routed(losses, active: list[str], params, grad_accum: int) -> None:

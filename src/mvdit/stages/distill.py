@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 
 from mvdit import MvditError, distributed
 from mvdit.build import build_dataset
+from mvdit.checkpoint import latest_checkpoint
 from mvdit.compress.slicing import slice_dit
 from mvdit.config import (
     Count,
@@ -66,7 +67,7 @@ from mvdit.io import load_state_strict, write_json, write_record
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
 from mvdit.stages.teacher import flow_inputs
-from mvdit.train import latest_checkpoint, make_batch_fn, plot_losses, train_loop
+from mvdit.train import make_batch_fn, plot_losses, train_loop
 from mvdit.video import contact_sheet, save_png
 
 

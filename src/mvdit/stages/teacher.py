@@ -13,6 +13,7 @@ import torch
 
 from mvdit import distributed
 from mvdit.build import build_autoencoder, build_dataset, build_dit_config, cache_from_config
+from mvdit.checkpoint import check_fresh_run
 from mvdit.config import FlowConfig, TrainConfig
 from mvdit.data.cache import LatentCacheDataset
 from mvdit.flow import flow_loss, sample_timesteps, shift_for_tokens
@@ -20,7 +21,7 @@ from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextEncoder, load_text_encoder
 from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
-from mvdit.train import check_fresh_run, make_batch_fn, train_loop
+from mvdit.train import make_batch_fn, train_loop
 
 
 def flow_inputs(vae: VideoAutoencoder, text: TextEncoder, flow: FlowConfig, shift: float):
