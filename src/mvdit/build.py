@@ -12,14 +12,15 @@ import torch
 from torch.utils.data import Subset
 
 from mvdit import MvditError
-from mvdit.config import DataConfig, ModelConfig, TrainConfig, VAEConfig, preset_config
+from mvdit.bench.measure import si
+from mvdit.config import PRESETS, DataConfig, ModelConfig, TrainConfig, VAEConfig, preset_config
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache
 from mvdit.data.folder import VideoFolderDataset
 from mvdit.data.shapes import ShapesDataset
 from mvdit.io import read_json
 from mvdit.models import diffusers_vae
 from mvdit.models.autoencoder import PatchifyAutoencoder, VideoAutoencoder
-from mvdit.models.dit import DiTConfig
+from mvdit.models.dit import DiTConfig, VideoDiT
 from mvdit.models.text import TextEncoder, load_text_encoder
 from mvdit.models.vae import SHIPPED_VAES, CausalVideoVAE, shipped_vae_path
 
@@ -180,3 +181,64 @@ def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTCo
         in_channels=in_channels,
         text_dim=text_dim,
     )
+
+
+def describe_preset(
+    preset: str,
+    *,
+    frames: int,
+    height: int,
+    width: int,
+    temporal: int,
+    spatial: int,
+    latent_channels: int | None,
+    text_len: int,
+    text_dim: int | None,
+    patch: int,
+) -> str:
+    """`mvdit info`: a preset's parameters by part, its latent grid and tokens at a clip size, and
+    its FLOPs per DiT step (the model built on the meta device: no memory for weights)."""
+    if preset not in PRESETS:
+        raise MvditError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    if frames < 1 or (frames - 1) % temporal:
+        raise MvditError(
+            f"--frames must be 1 + {temporal}k for a causal {temporal}x VAE, got {frames}"
+        )
+    if height % spatial or width % spatial or height <= 0 or width <= 0:
+        raise MvditError(
+            f"--height and --width must be positive multiples of {spatial}, got {height}x{width}"
+        )
+    if patch < 1 or (height // spatial) % patch or (width // spatial) % patch:
+        raise MvditError(
+            f"--patch must divide the {height // spatial}x{width // spatial} latent, got {patch}"
+        )
+    cfg = preset_config(preset, latent_channels, text_dim, patch)
+    with torch.device("meta"):
+        model = VideoDiT(cfg)
+    grid = (1 + (frames - 1) // temporal, height // spatial, width // spatial)
+    tokens = cfg.tokens(grid)
+    counts = model.param_counts()
+    b, total = cfg.blocks, counts["total"]
+    lines = [
+        f"preset {preset}: d={cfg.hidden_size}, {len(b)} blocks, heads "
+        f"{_span([x.heads for x in b])} x {cfg.head_dim}, FFN {_span([x.ffn_dim for x in b])}",
+        f"parameters: {total / 1e9:.3f}B ({total:,})"
+        if total >= 1e8
+        else f"parameters: {total / 1e6:.2f}M ({total:,})",
+    ]
+    lines += [
+        f"  {k:<13} {v:>15,}  ({100 * v / total:.1f}%)" for k, v in counts.items() if k != "total"
+    ]
+    lines += [
+        f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} "
+        f"({temporal}x{spatial}x{spatial} VAE, patch {patch})",
+        f"tokens: {tokens:,}",
+        f"FLOPs per DiT step: {si(model.flops_per_step(tokens, text_len), 'FLOPs')} ({text_len} text "
+        "tokens; 2 per multiply-add)",
+    ]
+    return "\n".join(lines)
+
+
+def _span(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi} (mean {sum(values) / len(values):.0f})"

@@ -18,14 +18,12 @@ from mvdit.bench.dit import run_bench
 from mvdit.bench.measure import si
 from mvdit.bench.tiling import run_tiling_bench, tiling_markdown
 from mvdit.bench.vae import bench_markdown, run_vae_bench
-from mvdit.build import build_video_dataset, cache_from_config, load_autoencoder
+from mvdit.build import build_video_dataset, cache_from_config, describe_preset, load_autoencoder
 from mvdit.compress.importance import CRITERIA
 from mvdit.config import (
-    PRESETS,
     default_config_path,
     load_config,
     load_train_config,
-    preset_config,
     require_device,
     updated,
 )
@@ -48,7 +46,6 @@ from mvdit.io import (
     write_json,
 )
 from mvdit.limits import check_bound, prompt_problem
-from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import SHIPPED_VAES, shipped_vae_path
 from mvdit.pipeline import Pipeline, shipped_model_path
 from mvdit.stages import distill as distill_stage
@@ -69,6 +66,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="mvdit: small, fast text-to-video diffusion transformers.",
 )
+
+
+# the options every config-driven command shares
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="TOML/YAML file with the command's section (optional)")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
+]
+ResumeOpt = Annotated[bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")]
 
 
 def fail(msg: str) -> None:
@@ -98,12 +105,8 @@ def train(
             help="TOML/YAML training config; omit for the embedded default (configs/tiny.toml)"
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
-    ] = False,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train a text-to-video DiT teacher with rectified flow."""
 
@@ -114,12 +117,8 @@ def train(
 @app.command()
 def kd(
     config: Annotated[Path, typer.Argument(help="TOML/YAML KD config, e.g. configs/kd-tiny.toml")],
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
-    ] = False,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Recover a pruned DiT by distillation from the model it was pruned from."""
 
@@ -152,12 +151,8 @@ def distill(
     config: Annotated[
         Path, typer.Argument(help="TOML/YAML distillation config, e.g. configs/distill-tiny.toml")
     ],
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
-    ] = False,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Adversarial step distillation: a guidance-free N-step student with a DiT discriminator."""
 
@@ -426,47 +421,12 @@ def info(
     ] = 1,
 ) -> None:
     """Parameters, latent grid, token count and FLOPs of a DiT preset (built on the meta device)."""
-
-    if preset not in PRESETS:
-        fail(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    if frames < 1 or (frames - 1) % temporal:
-        fail(f"--frames must be 1 + {temporal}k for a causal {temporal}x VAE, got {frames}")
-    if height % spatial or width % spatial or height <= 0 or width <= 0:
-        fail(f"--height and --width must be positive multiples of {spatial}, got {height}x{width}")
-    if patch < 1 or (height // spatial) % patch or (width // spatial) % patch:
-        fail(f"--patch must divide the {height // spatial}x{width // spatial} latent, got {patch}")
-    cfg = preset_config(preset, latent_channels, text_dim, patch)
-    with torch.device("meta"):
-        model = VideoDiT(cfg)
-    grid = (1 + (frames - 1) // temporal, height // spatial, width // spatial)
-    tokens = cfg.tokens(grid)
-    counts = model.param_counts()
-    b = cfg.blocks
     typer.echo(
-        f"preset {preset}: d={cfg.hidden_size}, {len(b)} blocks, heads {_span([x.heads for x in b])} x {cfg.head_dim}, FFN {_span([x.ffn_dim for x in b])}"
-    )
-    total = counts["total"]
-    typer.echo(
-        f"parameters: {total / 1e9:.3f}B ({total:,})"
-        if total >= 1e8
-        else f"parameters: {total / 1e6:.2f}M ({total:,})"
-    )
-    for k, v in counts.items():
-        if k != "total":
-            typer.echo(f"  {k:<13} {v:>15,}  ({100 * v / counts['total']:.1f}%)")
-    typer.echo(
-        f"clip {frames}x{height}x{width} -> latent {cfg.in_channels}x{grid[0]}x{grid[1]}x{grid[2]} ({temporal}x{spatial}x{spatial} VAE, patch {patch})"
-    )
-    typer.echo(f"tokens: {tokens:,}")
-    flops = model.flops_per_step(tokens, text_len)
-    typer.echo(
-        f"FLOPs per DiT step: {si(flops, 'FLOPs')} ({text_len} text tokens; 2 per multiply-add)"
-    )
-
-
-def _span(values: list[int]) -> str:
-    lo, hi = min(values), max(values)
-    return str(lo) if lo == hi else f"{lo}-{hi} (mean {sum(values) / len(values):.0f})"
+        describe_preset(
+            preset, frames=frames, height=height, width=width, temporal=temporal, spatial=spatial,
+            latent_channels=latent_channels, text_len=text_len, text_dim=text_dim, patch=patch,
+        )
+    )  # fmt: skip
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: write example clips.")
@@ -540,12 +500,8 @@ def train_vae(
             help="TOML/YAML VAE training config (e.g. configs/vae-cpu.toml); omit for the defaults"
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")
-    ] = False,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the causal video VAE (L1 + Haar wavelet + KL [+ 3D patch GAN]); writes OUT/model."""
 
@@ -718,12 +674,6 @@ def _flags(**flags) -> dict:
     return {k.replace("__", "."): v for k, v in flags.items() if v is not None}
 
 
-ConfigArg = Annotated[
-    Path | None, typer.Argument(help="TOML/YAML file with the command's section (optional)")
-]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="override a key, e.g. --set prune.group=32")
-]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="pipeline directory, or a diffusers Wan / LTX transformer"),

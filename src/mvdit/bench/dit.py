@@ -17,7 +17,6 @@ end-to-end time is estimated from the stage timings; on a GPU the whole clip is 
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,15 @@ import torch
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.bench.measure import PeakMemory, load_average, seconds, si, time_once, timed
+from mvdit.bench.measure import (
+    PeakMemory,
+    load_average,
+    machine_info,
+    seconds,
+    si,
+    time_once,
+    timed,
+)
 from mvdit.build import build_autoencoder
 from mvdit.config import PRESETS, default_train_config, preset_config
 from mvdit.flow import euler_sample
@@ -518,12 +525,10 @@ def run_bench(
     for r in rows:
         r["dit_fraction_of_peak"] = r["dit_achieved_flops"] / peak
     result = {
-        "machine": {
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
-            "torch": torch.__version__, "gemm_peak_flops": peak, "gemm_peak_samples": peaks, "gemm_n": gemm_n,
+        "machine": machine_info(load_start, dev) | {
+            "dtype": str(dtype).replace("torch.", ""), "gemm_peak_flops": peak,
+            "gemm_peak_samples": peaks, "gemm_n": gemm_n,
             "gemm_peak_source": "square" if max(peaks) >= max(linear, default=0.0) else "model linear shapes",
-            "loadavg_start": load_start, "loadavg_end": load_average(),
         },
         "targets": rows,
     }  # fmt: skip

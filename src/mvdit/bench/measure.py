@@ -9,6 +9,7 @@ process's resident set (CPU) or of CUDA's allocator inside a block.
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import threading
 import time
@@ -52,6 +53,20 @@ def load_average() -> tuple[float, float, float] | None:
     """The machine's 1/5/15-minute load (os.getloadavg), None where the platform has none:
     benchmarks record it before and after they time, so a reader can tell a loaded run."""
     return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def machine_info(load_start, device: torch.device | None = None) -> dict:
+    """What every benchmark's JSON records of the machine it ran on: the device (the CPU's name,
+    or the GPU's), cores, torch threads and version, and the load before and after timing."""
+    cuda = device is not None and device.type == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "loadavg_start": load_start,
+        "loadavg_end": load_average(),
+    }  # fmt: skip
 
 
 def current_rss() -> int:

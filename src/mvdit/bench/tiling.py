@@ -9,8 +9,6 @@ weight tile stays in on-chip memory); a desktop CPU with large caches need not s
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
-from mvdit.bench.measure import load_average, seconds, time_once
+from mvdit.bench.measure import load_average, machine_info, seconds, time_once
 from mvdit.config import PRESETS
 from mvdit.export.onnx import ort_session, save_onnx
 from mvdit.export.tiling import TiledLinear
@@ -117,11 +115,7 @@ def run_tiling_bench(
                     bar.update(1)
     bar.close()
     result = {
-        "machine": {
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "loadavg_start": load_start, "loadavg_end": load_average(),
-        },
+        "machine": machine_info(load_start),
         "rows": rows,
     }  # fmt: skip
     out = Path(out)
@@ -135,7 +129,7 @@ def tiling_markdown(result: dict) -> str:
     lines = [
         "# Tiled FFN GEMM against untiled",
         "",
-        f"{m['processor']}, {m['threads']} threads, fp32, torch {m['torch']}; load average "
+        f"{m['device']}, {m['threads']} threads, fp32, torch {m['torch']}; load average "
         f"{m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end. Best of "
         "the alternated repetitions; speed-up = untiled / tiled (> 1: tiling is faster).",
         "",

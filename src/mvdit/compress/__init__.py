@@ -1,7 +1,6 @@
-"""The reusable pieces of the paper's second and third steps, written once for every DiT.
-
-Here today: `slicing` (a UnitMask -> a physically smaller DiT that computes exactly what the
-masked one computes). Coming with the pruning and distillation stages: importance scores
-(KD sensitivity and the cheap criteria), KD losses, the DiT discriminator, and adapters that
-let a diffusers video transformer enter the same recipe.
+"""The reusable pieces of the paper's second step, written once for every DiT: `slicing` (a
+UnitMask -> a physically smaller DiT that computes exactly what the masked one computes),
+`importance` (KD sensitivity and the cheap criteria, the calibration set), `prune` (the budgeted
+greedy search) and `diffusers_dit` (the adapter that lets a diffusers Wan or LTX-Video transformer
+enter the same search and slicing).
 """
