@@ -56,7 +56,7 @@ def compare(model: Path, prompt_files: list[Path], seeds: int, low: float, high:
             for name, plan in ways.items():
                 x = noise
                 for sched, scale in plan:
-                    x = pipe.generate(part, cfg=scale, schedule=sched, start=x, decode=False)
+                    x = pipe.generate(part, guidance=scale, schedule=sched, start=x, decode=False)
                     x = x.latents
                 videos = to_uint8(pipe.vae.decode(x).float())
                 scores[name] += [

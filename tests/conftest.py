@@ -56,7 +56,7 @@ def save_tiny_pipeline(
     temporal_factor: int = 1,
     spatial_factor: int = 8,
     ffn_dim: int = 32,
-    cfg: float = 1.0,
+    guidance: float = 1.0,
     out_std: float | None = 0.1,
     schedule: list[float] | None = None,
     text_path=None,
@@ -95,7 +95,7 @@ def save_tiny_pipeline(
         width=size,
         fps=8,
         text=text_cfg,
-        sampler=SamplerConfig(steps=2, guidance=cfg, schedule=schedule),
+        sampler=SamplerConfig(steps=2, guidance=guidance, schedule=schedule),
     )
     Pipeline(dit, vae, text, clip).save_pretrained(path)
     return path

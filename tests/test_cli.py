@@ -11,7 +11,9 @@ from conftest import run_cli, save_tiny_pipeline
 def tiny_model(tmp_path_factory):
     """A random tiny pipeline on disk: DiT + 2x2 patchify (non-causal, even frames) + MiniLM."""
     path = tmp_path_factory.mktemp("model") / "tiny"
-    return save_tiny_pipeline(path, frames=4, size=16, temporal_factor=2, spatial_factor=4, cfg=4.0)
+    return save_tiny_pipeline(
+        path, frames=4, size=16, temporal_factor=2, spatial_factor=4, guidance=4.0
+    )
 
 
 def test_generate_writes_mp4_and_sheet(tiny_model, tmp_path, capsys):
@@ -53,7 +55,7 @@ def test_generate_is_deterministic_per_seed(tiny_model):
     b = pipe.generate(["a blue star"], seed=1).videos
     c = pipe.generate(["a blue star"], seed=2).videos
     assert torch.equal(a, b) and not torch.equal(a, c)
-    g = pipe.generate(["a blue star"], steps=3, cfg=2.0)
+    g = pipe.generate(["a blue star"], steps=3, guidance=2.0)
     assert g.nfe == 6 and g.videos.shape == (1, 4, 16, 16, 3) and g.videos.dtype == torch.uint8
 
 

@@ -37,7 +37,7 @@ def _config(tmp_path, teacher, synthetic=None, out="distill", **extra):
 
 
 def test_synth_writes_the_teachers_samples_as_a_resumable_cache(tmp_path, capsys):
-    teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=3.0)
+    teacher = save_tiny_pipeline(tmp_path / "teacher", guidance=3.0)
     out = tmp_path / "synth"
     args = ["synth", "-m", teacher, "-p", _prompts(tmp_path), "-o", out, "--seeds", "2",
             "--steps", "3", "--batch", "2"]  # fmt: skip
@@ -47,10 +47,14 @@ def test_synth_writes_the_teachers_samples_as_a_resumable_cache(tmp_path, capsys
     ds = LatentCacheDataset(out, pipe.vae, pipe.text_encoder)
     assert len(ds) == 6 and ds[4]["caption"] == PROMPTS[1]  # seed 1 follows seed 0
     index = json.loads((out / "index.json").read_text())
-    assert index["dataset"]["sampler"]["steps"] == 3 and index["dataset"]["sampler"]["cfg"] == 3.0
+    assert (
+        index["dataset"]["sampler"]["steps"] == 3 and index["dataset"]["sampler"]["guidance"] == 3.0
+    )
     assert index["dataset"]["seeds"] == 2
     # item 2 is the first of block 1: the teacher's sample of (prompt 2, seed 0) with seed 0 + 1
-    ref = pipe.generate([PROMPTS[2], PROMPTS[0]], steps=3, cfg=3.0, seed=1, decode=False).latents
+    ref = pipe.generate(
+        [PROMPTS[2], PROMPTS[0]], steps=3, guidance=3.0, seed=1, decode=False
+    ).latents
     assert torch.allclose(ds[2]["latent"], ref[0], atol=1e-5)
     # rerun: complete, nothing regenerated; other settings: refused
     assert run_cli(args, capsys)[0] == 0
@@ -59,7 +63,7 @@ def test_synth_writes_the_teachers_samples_as_a_resumable_cache(tmp_path, capsys
 
 
 def test_distill_trains_both_players_and_exports_a_guidance_free_student(tmp_path, capsys):
-    teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=4.0)
+    teacher = save_tiny_pipeline(tmp_path / "teacher", guidance=4.0)
     synth = tmp_path / "synth"
     code, _, err = run_cli(["synth", "-m", teacher, "-p", _prompts(tmp_path), "-o", synth,
                             "--seeds", "2", "--steps", "2", "--batch", "2"], capsys)  # fmt: skip
@@ -136,7 +140,7 @@ def test_distill_command_rejects_a_bad_config(tmp_path, capsys):
 
 
 def test_study_distill_trains_evaluates_and_times_each_row(tmp_path, capsys):
-    teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=4.0)
+    teacher = save_tiny_pipeline(tmp_path / "teacher", guidance=4.0)
     out = tmp_path / "study"
     args = ["study", "distill", "-m", teacher, "--config", SMOKE, "-o", out, "--seeds", "1",
             "-p", _prompts(tmp_path), "--rows", "teacher-4-cfg,teacher-4,student-4",

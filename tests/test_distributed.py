@@ -97,7 +97,7 @@ def test_two_ranks_train_the_teacher_as_one_process_does(tmp_path, one_process_t
 def test_two_ranks_distil_with_both_players_as_one_process_does(tmp_path):
     # the GAN step: two losses through one forward, routed to their own modules, under FSDP2;
     # the R1 penalty's double backward is refused under torchrun with one line
-    teacher = save_tiny_pipeline(tmp_path / "teacher", cfg=4.0)
+    teacher = save_tiny_pipeline(tmp_path / "teacher", guidance=4.0)
     smoke = ROOT / "configs" / "distill-smoke.toml"
     sets = [f"distill.student={teacher}", f"distill.teacher={teacher}", "optim.batch_size=2",
             "run.threads=1"]  # fmt: skip

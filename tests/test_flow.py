@@ -47,10 +47,10 @@ def test_euler_counts_steps_and_evaluations(steps):
 
     noise = torch.randn(3, 2)
     cond, uncond = {"text": torch.ones(3, 1)}, {"text": torch.zeros(3, 1)}
-    _, nfe = euler_sample(model, noise, timestep_schedule(steps), cond, uncond, cfg_scale=4.0)
+    _, nfe = euler_sample(model, noise, timestep_schedule(steps), cond, uncond, guidance=4.0)
     assert nfe == 2 * steps and calls == [6] * steps  # CFG runs both branches as one batch
     calls.clear()
-    _, nfe = euler_sample(model, noise, timestep_schedule(steps), cond, None, cfg_scale=1.0)
+    _, nfe = euler_sample(model, noise, timestep_schedule(steps), cond, None, guidance=1.0)
     assert nfe == steps and calls == [3] * steps
 
 
@@ -76,7 +76,7 @@ def test_cfg_extrapolates_between_branches():
         [1.0, 0.0],
         {"text": torch.ones(1, 1)},
         {"text": torch.zeros(1, 1)},
-        cfg_scale=3.0,
+        guidance=3.0,
     )
     assert out.item() == pytest.approx(-3.0)  # x += (0 - 1) * (0 + 3 * (1 - 0))
 

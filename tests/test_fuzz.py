@@ -61,7 +61,7 @@ SECTIONS = {
     "distill": ["student", "teacher", "steps", "rollout"],
     "disc": ["blocks", "lr", "r1"],
     "loss": ["l1", "kl", "adv", "perceptual"],
-    "sample": ["steps", "cfg"],
+    "sample": ["steps", "guidance"],
 }
 scalars = st.one_of(
     st.integers(-(10**15), 10**15),

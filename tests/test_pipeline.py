@@ -14,7 +14,7 @@ STUDENT = [1.0, 0.9, 0.6, 0.3, 0.0]  # a 4-step schedule
 
 
 def test_a_four_step_pipeline_saves_reloads_and_reports_four_evaluations(tmp_path, capsys):
-    save_tiny_pipeline(tmp_path / "student", schedule=STUDENT, cfg=1.0)
+    save_tiny_pipeline(tmp_path / "student", schedule=STUDENT, guidance=1.0)
     raw = json.loads((tmp_path / "student" / "pipeline.json").read_text())
     assert raw["format"] == FORMAT
     assert raw["sampler"] == {
@@ -40,7 +40,7 @@ def test_a_four_step_pipeline_saves_reloads_and_reports_four_evaluations(tmp_pat
     r = bench.run_bench(
         [str(tmp_path / "student")], tmp_path / "b", threads=1, reps=1, ltx=False, gemm_n=128
     )
-    assert r["targets"][0]["sampler"] == {"steps": 4, "cfg": 1.0, "nfe": 4}
+    assert r["targets"][0]["sampler"] == {"steps": 4, "guidance": 1.0, "nfe": 4}
 
 
 def test_steps_on_a_fixed_schedule_model_is_an_error_that_says_why(tmp_path, capsys):
@@ -56,14 +56,14 @@ def test_steps_on_a_fixed_schedule_model_is_an_error_that_says_why(tmp_path, cap
 
 
 def test_a_teacher_pipeline_counts_guided_evaluations(tmp_path):
-    save_tiny_pipeline(tmp_path / "t", cfg=4.0)
+    save_tiny_pipeline(tmp_path / "t", guidance=4.0)
     pipe = Pipeline.from_pretrained(tmp_path / "t")
     assert pipe.sampling().nfe == 4  # 2 steps x 2 (guidance)
-    assert pipe.sampling(steps=5).nfe == 10 and pipe.sampling(steps=5, cfg=1.0).nfe == 5
+    assert pipe.sampling(steps=5).nfe == 10 and pipe.sampling(steps=5, guidance=1.0).nfe == 5
 
 
 def test_a_format_1_pipeline_json_is_read(tmp_path):
-    save_tiny_pipeline(tmp_path / "old", cfg=3.0)
+    save_tiny_pipeline(tmp_path / "old", guidance=3.0)
     path = tmp_path / "old" / "pipeline.json"
     raw = json.loads(path.read_text())
     s = raw.pop("sampler")
@@ -92,7 +92,7 @@ def test_sampler_config_derives_steps_from_a_schedule():
 
 
 def test_sampling_with_a_precomputed_text_context_is_unchanged(tmp_path):
-    save_tiny_pipeline(tmp_path / "m", cfg=3.0)
+    save_tiny_pipeline(tmp_path / "m", guidance=3.0)
     pipe = Pipeline.from_pretrained(tmp_path / "m")
     prompt = ["a red circle moves to the left on a black background"]
     a = pipe.generate(prompt, seed=1).latents
@@ -114,7 +114,7 @@ def test_sampling_from_given_latents(tmp_path):
     schedule that starts below 1 completes latents from there (what shape_from_noise.py does)."""
     from mvdit.pipeline import start_noise
 
-    save_tiny_pipeline(tmp_path / "m", cfg=3.0)
+    save_tiny_pipeline(tmp_path / "m", guidance=3.0)
     pipe = Pipeline.from_pretrained(tmp_path / "m")
     prompt = ["a red circle moves to the left on a black background"]
     a = pipe.generate(prompt, seed=1, decode=False).latents

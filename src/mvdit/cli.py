@@ -75,6 +75,14 @@ ConfigArg = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override a key, e.g. --set optim.steps=200")
 ]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--cfg",
+        "--guidance",
+        help="classifier-free guidance scale; 1 turns it off (default: the model's)",
+    ),
+]
 ResumeOpt = Annotated[bool, typer.Option(help="continue from the latest checkpoint in run.out_dir")]
 
 
@@ -133,16 +141,14 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="latent cache directory (resumable)")],
     seeds: Annotated[int, typer.Option(help="samples per prompt")] = 4,
     steps: Annotated[int, typer.Option(help="teacher sampling steps")] = 40,
-    cfg: Annotated[
-        float | None, typer.Option(help="guidance scale (default: the teacher's)")
-    ] = None,
+    guidance: GuidanceOpt = None,
     batch: Annotated[int, typer.Option(help="clips sampled at once")] = 8,
 ) -> None:
     """Teacher samples of a prompt list as a latent cache (distill.synthetic, or data.kind = "cache")."""
 
     if min(seeds, steps, batch) < 1:
         fail("--seeds, --steps and --batch must be at least 1")
-    path = distill_stage.run_synth(model, prompts, out, seeds, steps, cfg, batch)
+    path = distill_stage.run_synth(model, prompts, out, seeds, steps, guidance, batch)
     typer.echo(f"wrote {path} (index.json records the prompts, seeds and sampler)")
 
 
@@ -176,9 +182,7 @@ def generate(
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
-    cfg: Annotated[
-        float | None, typer.Option(help="classifier-free guidance scale; 1 disables it")
-    ] = None,
+    guidance: GuidanceOpt = None,
     seed: Annotated[int, typer.Option(help="noise seed")] = 0,
     frames: Annotated[int | None, typer.Option(help="frame count (default: the model's)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="output .mp4")] = Path("out.mp4"),
@@ -200,7 +204,7 @@ def generate(
     if output.suffix.lower() != ".mp4":
         fail(f"output must end in .mp4, got {output}")
     check_bound("seed", seed, "--seed")
-    for key, value, flag in (("steps", steps, "--steps"), ("guidance", cfg, "--cfg"),
+    for key, value, flag in (("steps", steps, "--steps"), ("guidance", guidance, "--cfg"),
                              ("frames", frames, "--frames"), ("scale", scale, "--scale")):  # fmt: skip
         if value is not None:
             check_bound(key, value, flag)
@@ -219,7 +223,7 @@ def generate(
             "window: words past it are not read",
             err=True,
         )
-    g = pipe.generate([prompt], steps=steps, cfg=cfg, seed=seed, progress=True).check()
+    g = pipe.generate([prompt], steps=steps, guidance=guidance, seed=seed, progress=True).check()
     video = g.videos[0]
     t0 = time.perf_counter()
     write_mp4(output, video.numpy(), fps=pipe.config.fps, scale=scale)
@@ -251,14 +255,20 @@ def convert(
         bool,
         typer.Option(help="replace OUT even if it holds files mvdit did not write there"),
     ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="the sampling steps the converted model samples with")
+    ] = None,
+    guidance: GuidanceOpt = None,
 ) -> None:
     """Rewrite a pipeline directory smaller: the DiT stored in fp16 (loading casts it back to
-    fp32), and optionally its VAE as a reference to a VAE shipped in the package."""
+    fp32), optionally its VAE as a reference to a VAE shipped in the package, and optionally
+    another default sampler (steps, guidance; not for a fixed-schedule student)."""
     dtypes = {"fp32": torch.float32, "fp16": torch.float16}
     if dtype not in dtypes:
         fail(f"--dtype must be fp32 or fp16, got {dtype}")
     claim_output_dir(out, command="convert", overwrite=overwrite, sources=[model])
     pipe = Pipeline.from_pretrained(model)
+    pipe = pipe.with_sampler(steps=steps, guidance=guidance)
     pipe.save_pretrained(
         out,
         dit_dtype=dtypes[dtype],
@@ -619,7 +629,7 @@ def eval_(
     seeds: Annotated[int, typer.Option(help="samples per prompt")] = 2,
     seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
-    cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
+    guidance: GuidanceOpt = None,
     feature_size: Annotated[
         int, typer.Option(help="frame side fed to the feature network (VBench: 224)")
     ] = 224,
@@ -636,7 +646,7 @@ def eval_(
         out,
         seeds=seeds,
         steps=steps,
-        cfg=cfg,
+        guidance=guidance,
         seed=seed,
         feature_size=feature_size,
         device=device,
@@ -808,7 +818,7 @@ def eval_curve(
     seeds: Annotated[int, typer.Option(help="samples per prompt")] = 1,
     seed: Annotated[int, typer.Option(help="noise seed of each prompt's batch")] = 0,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
-    cfg: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
+    guidance: GuidanceOpt = None,
     weights: Annotated[
         str, typer.Option(help="'ema' (what the run exports) or 'model' (the raw weights)")
     ] = "ema",
@@ -824,7 +834,7 @@ def eval_curve(
         out,
         seeds=seeds,
         steps=steps,
-        cfg=cfg,
+        guidance=guidance,
         seed=seed,
         weights=weights,
         device=device,

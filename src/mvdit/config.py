@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from mvdit import MvditError
 from mvdit.distributed import ParallelKind
@@ -230,8 +230,11 @@ class RunConfig(Strict):
 
 
 class SampleConfig(Strict):
+    """The sampler the trained model carries (its pipeline.json): steps and guidance scale."""
+
     steps: int = bounded("steps", 20)
-    cfg: float = bounded("guidance", 4.0)
+    # classifier-free guidance scale ("cfg" in configs written before it had this name)
+    guidance: float = bounded("guidance", 4.0, validation_alias=AliasChoices("guidance", "cfg"))
 
 
 class TrainConfig(Strict):

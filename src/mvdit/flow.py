@@ -93,14 +93,14 @@ def euler_sample(
     schedule: Sequence[float],
     cond: dict,
     uncond: dict | None = None,
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
     progress: Callable[[int], None] | None = None,
     prepare: Callable[..., dict] | None = None,
     watch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate from schedule[0] to schedule[-1]. Returns (x, number of network evaluations).
 
-    With cfg_scale != 1 the conditional and unconditional passes run as one batch of 2B:
+    With guidance != 1 the conditional and unconditional passes run as one batch of 2B:
     v = v_u + s (v_c - v_u) (classifier-free guidance), 2 evaluations per step. The two
     conditionings are joined once, before the first step; `prepare(**conditioning)` then turns
     them into the model's keyword arguments once per clip (VideoDiT.prepare_conditioning projects
@@ -108,7 +108,7 @@ def euler_sample(
     `watch(i, x)` sees the latents after step i (Pipeline.generate checks them for NaN/inf).
     """
     schedule = check_schedule(schedule)
-    guided = cfg_scale != 1.0 and uncond is not None
+    guided = guidance != 1.0 and uncond is not None
     kwargs = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if guided else dict(cond)
     if prepare is not None:
         kwargs = prepare(**kwargs)
@@ -118,7 +118,7 @@ def euler_sample(
         tt = torch.full((b,), t, device=noise.device, dtype=noise.dtype)
         if guided:
             v_c, v_u = model(torch.cat([x, x]), torch.cat([tt, tt]), **kwargs).chunk(2)
-            v = v_u + cfg_scale * (v_c - v_u)
+            v = v_u + guidance * (v_c - v_u)
             nfe += 2
         else:
             v = model(x, tt, **kwargs)

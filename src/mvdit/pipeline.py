@@ -94,16 +94,18 @@ class SamplerConfig(BaseModel):
         self,
         tokens: int,
         steps: int | None = None,
-        cfg: float | None = None,
+        guidance: float | None = None,
         schedule: list[float] | None = None,
     ) -> Sampling:
         """The schedule, guidance and network evaluations of one clip of `tokens` latent tokens,
-        with `steps`, `cfg` or an explicit `schedule` overriding this sampler. A fixed schedule
+        with `steps`, `guidance` or an explicit `schedule` overriding this sampler. A fixed schedule
         (a distilled student) refuses another step count rather than silently sampling with a
         schedule the model never saw."""
         if steps is not None:
             check_bound("steps", steps, "--steps")
-        guidance = self.guidance if cfg is None else float(check_bound("guidance", cfg, "--cfg"))
+        guidance = (
+            self.guidance if guidance is None else float(check_bound("guidance", guidance, "--cfg"))
+        )
         if schedule is not None:
             sched = check_schedule(schedule)
         elif self.fixed:
@@ -161,7 +163,7 @@ class Sampling:
         return len(self.schedule) - 1
 
     def summary(self) -> dict:
-        return {"steps": self.steps, "cfg": self.guidance, "nfe": self.nfe}
+        return {"steps": self.steps, "guidance": self.guidance, "nfe": self.nfe}
 
 
 @dataclass
@@ -229,20 +231,20 @@ class Pipeline:
     def sampling(
         self,
         steps: int | None = None,
-        cfg: float | None = None,
+        guidance: float | None = None,
         schedule: list[float] | None = None,
     ) -> Sampling:
         """The sampler a generation runs: the model's own (pipeline.json) at this clip size, with
         the overrides it allows (SamplerConfig.resolve)."""
         tokens = self.dit.config.tokens(self.latent_shape)
-        return self.config.sampler.resolve(tokens, steps, cfg, schedule)
+        return self.config.sampler.resolve(tokens, steps, guidance, schedule)
 
     @torch.no_grad()
     def generate(
         self,
         prompts: list[str],
         steps: int | None = None,
-        cfg: float | None = None,
+        guidance: float | None = None,
         seed: int = 0,
         schedule: list[float] | None = None,
         negative: str = "",
@@ -261,7 +263,7 @@ class Pipeline:
                 f"start latents are {tuple(start.shape)}, this model samples "
                 f"{(len(prompts), *self.latent_shape)}: one latent per prompt"
             )
-        sampling = self.sampling(steps, cfg, schedule)
+        sampling = self.sampling(steps, guidance, schedule)
         device = next(self.dit.parameters()).device
         timings: dict[str, float] = {}
 
@@ -393,6 +395,21 @@ class Pipeline:
                 f"{path}: the DiT expects {dit.config.in_channels} latent channels but the VAE gives {vae.latent_channels}"
             )
         return cls(dit, vae, te, config)
+
+    def with_sampler(self, steps: int | None = None, guidance: float | None = None) -> Pipeline:
+        """The same networks with another default sampler (pipeline.json's), checked like a file;
+        a distilled student's fixed schedule refuses another step count."""
+        changes = {k: v for k, v in dict(steps=steps, guidance=guidance).items() if v is not None}
+        if not changes:
+            return self
+        if self.config.sampler.fixed and "steps" in changes:
+            raise MvditError(
+                f"this model samples a fixed {self.config.sampler.steps}-step schedule: drop --steps"
+            )
+        raw = self.config.sampler.model_dump() | changes | {"nfe": None}
+        sampler = validate(SamplerConfig, raw, "--steps/--guidance")
+        return Pipeline(self.dit, self.vae, self.text_encoder,
+                        self.config.model_copy(update={"sampler": sampler}))  # fmt: skip
 
     def with_clip(
         self, frames: int | None = None, height: int | None = None, width: int | None = None

@@ -242,7 +242,7 @@ def preset_target(name: str, paper_decode: bool) -> Target:
         (frames, height, width),
         tc.data.fps,
         tc.text.max_length,
-        SamplerConfig(steps=tc.sample.steps, guidance=tc.sample.cfg).resolve(
+        SamplerConfig(steps=tc.sample.steps, guidance=tc.sample.guidance).resolve(
             dit_cfg.tokens(latent)
         ),
         note,

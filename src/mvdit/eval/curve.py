@@ -58,7 +58,7 @@ def checkpoint_curve(
     out: str | Path,
     seeds: int = 1,
     steps: int | None = None,
-    cfg: float | None = None,
+    guidance: float | None = None,
     seed: int = 0,
     weights: str = "ema",
     device: str = "cpu",
@@ -89,7 +89,7 @@ def checkpoint_curve(
         "splits": [r["split"] for r in rows],
         "seeds": seeds,
         "seed": seed,
-        **pipe.sampling(steps, cfg).summary(),
+        **pipe.sampling(steps, guidance).summary(),
         "weights": weights,
     }
     done: dict[int, dict] = {}
@@ -111,7 +111,7 @@ def checkpoint_curve(
         state = load_tensors(path / f"{weights}.safetensors")
         load_state_strict(pipe.dit, state, str(path / f"{weights}.safetensors"))
         videos, clip_rows = [], []
-        for _, row, g, _ in sample_prompts(pipe, rows, seeds, steps, cfg, seed):
+        for _, row, g, _ in sample_prompts(pipe, rows, seeds, steps, guidance, seed):
             videos += list(g.videos.numpy())
             clip_rows += [row] * seeds
         f = faithfulness(videos, clip_rows)
@@ -144,7 +144,7 @@ def curve_markdown(result: dict) -> str:
         f"# Prompt faithfulness along `{result['run']}`",
         "",
         f"{len(s['prompts'])} prompts × {s['seeds']} samples per checkpoint ({s['weights']} weights); "
-        f"{s['steps']} steps, CFG {s['cfg']}, seed {s['seed']}. Detector accuracies over all prompts:",
+        f"{s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}. Detector accuracies over all prompts:",
         "",
         "| step | " + " | ".join(ATTRS) + " |",
         "|---:|" + "---:|" * len(ATTRS),

@@ -303,7 +303,7 @@ def sample_prompts(
     rows: Sequence[dict],
     seeds: int,
     steps: int | None = None,
-    cfg: float | None = None,
+    guidance: float | None = None,
     seed: int = 0,
 ):
     """Generate the clips of prompt rows, one batch per prompt: clip k of a prompt is sample k of a
@@ -311,7 +311,7 @@ def sample_prompts(
     Yields (index, row, Generation, seconds spent generating)."""
     for i, row in enumerate(rows):
         t0 = time.perf_counter()
-        g = pipe.generate([row["prompt"]] * seeds, steps=steps, cfg=cfg, seed=seed)
+        g = pipe.generate([row["prompt"]] * seeds, steps=steps, guidance=guidance, seed=seed)
         yield i, row, g, time.perf_counter() - t0
 
 
@@ -321,7 +321,7 @@ def evaluate(
     out: str | Path,
     seeds: int = 2,
     steps: int | None = None,
-    cfg: float | None = None,
+    guidance: float | None = None,
     seed: int = 0,
     feature_size: int = 224,
     device: str = "cpu",
@@ -336,9 +336,9 @@ def evaluate(
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
-    sampling = pipe.sampling(steps, cfg)  # the model's sampler; refuses what it cannot run
+    sampling = pipe.sampling(steps, guidance)  # the model's sampler; refuses what it cannot run
     videos, clip_rows, files, gen_s, failed = [], [], {}, 0.0, []
-    for i, row, g, seconds in sample_prompts(pipe, rows, seeds, steps, cfg, seed):
+    for i, row, g, seconds in sample_prompts(pipe, rows, seeds, steps, guidance, seed):
         gen_s += seconds
         # a clip whose sampling went NaN/inf stays in the set (scored as what it shows, a blank
         # clip) and is listed, so one bad clip neither stops the evaluation nor hides
@@ -396,7 +396,7 @@ def eval_markdown(r: dict) -> str:
         f"# Evaluation of `{r['model']}`",
         "",
         f"{r['prompts']} prompts × {s['samples_per_prompt']} samples = {r['clips']} clips of "
-        f"{c['frames']}×{c['height']}×{c['width']} at {c['fps']:g} fps; {s['steps']} steps, CFG {s['cfg']:g} "
+        f"{c['frames']}×{c['height']}×{c['width']} at {c['fps']:g} fps; {s['steps']} steps, guidance {s['guidance']:g} "
         f"({s['nfe']} network evaluations); {r['generate_seconds_per_clip']:.2f} s per clip.",
         "",
     ]

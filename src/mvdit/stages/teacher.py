@@ -108,7 +108,7 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
         text=cfg.text,
         sampler=SamplerConfig(
             steps=cfg.sample.steps,
-            guidance=cfg.sample.cfg,
+            guidance=cfg.sample.guidance,
             shift=None if cfg.flow.shift == "auto" else float(cfg.flow.shift),
         ),
     )

@@ -39,7 +39,7 @@ class Row:
     label: str
     model: str  # "teacher", "start" or "student"
     steps: int | None = None  # None: the model's own
-    cfg: float | None = None  # None: the model's own; 1.0: no guidance
+    guidance: float | None = None  # None: the model's own; 1.0: no guidance
     overrides: dict = field(default_factory=dict)  # distillation config keys (students)
 
 
@@ -150,10 +150,10 @@ def run_distill_study(
             path = str(_student(config, name, row, out, list(overrides), str(teacher)))
         else:
             path = str(teacher if row.model == "teacher" else start)
-        models[name] = (path, row.steps, row.cfg)
+        models[name] = (path, row.steps, row.guidance)
         ev = out / "rows" / name
         if not (ev / "eval.json").is_file():
-            evaluate(path, prompt_files, ev, seeds=seeds, steps=row.steps, cfg=row.cfg)
+            evaluate(path, prompt_files, ev, seeds=seeds, steps=row.steps, guidance=row.guidance)
     timing, timed = _end_to_end(models, reps, threads)
     table = []
     for name in names:

@@ -211,7 +211,7 @@ class DiTGenerationQuality:
         return (
             f"{self.steps} steps of batch {base.optim.batch_size} on {self.cache_clips:,} cached "
             f"clips; {3 * self.prompts} prompts x {self.seeds} seeds, {base.sample.steps} steps, "
-            f"CFG {base.sample.cfg:g}"
+            f"CFG {base.sample.guidance:g}"
         )
 
     def __call__(self, vae_dir: Path, row: dict) -> dict:
