@@ -46,12 +46,12 @@ def _check(model, mask, expect_blocks):
 
 
 def test_some_heads(model):
-    mask = UnitMask.full(model.config).without("heads", 1, [0, 2])
+    mask = UnitMask.full(model.config).without("head", 1, [0, 2])
     _check(model, mask, [(4, 4, 48), (2, 4, 48), (4, 4, 48)])
 
 
 def test_all_heads_removes_the_sublayer_and_its_gated_bias(model):
-    mask = UnitMask.full(model.config).without("heads", 0)
+    mask = UnitMask.full(model.config).without("head", 0)
     small = _check(model, mask, [(0, 4, 48), (4, 4, 48), (4, 4, 48)])
     assert small.blocks[0].attn is None
 
@@ -68,25 +68,25 @@ def test_all_ffn_channels(model):
 
 
 def test_cross_attention_heads(model):
-    mask = UnitMask.full(model.config).without("cross_heads", 0, [3])
+    mask = UnitMask.full(model.config).without("cross_head", 0, [3])
     _check(model, mask, [(4, 3, 48), (4, 4, 48), (4, 4, 48)])
 
 
 def test_all_cross_attention_heads(model):
-    mask = UnitMask.full(model.config).without("cross_heads", 2)
+    mask = UnitMask.full(model.config).without("cross_head", 2)
     small = _check(model, mask, [(4, 4, 48), (4, 4, 48), (4, 0, 48)])
     assert small.blocks[2].cross_attn is None and small.blocks[2].norm2 is None
 
 
 def test_a_whole_block(model):
-    mask = UnitMask.full(model.config).without("blocks", 1)
+    mask = UnitMask.full(model.config).without("block", 1)
     small = _check(model, mask, [(4, 4, 48), (4, 4, 48)])
     assert [b.source for b in small.config.blocks] == [0, 2]
 
 
 def test_a_block_with_every_sublayer_masked_is_removed(model):
     m = UnitMask.full(model.config)
-    for level in ("heads", "cross_heads", "ffn"):
+    for level in ("head", "cross_head", "ffn"):
         m = m.without(level, 0)
     small = _check(model, m, [(4, 4, 48), (4, 4, 48)])
     assert [b.source for b in small.config.blocks] == [1, 2]
@@ -95,12 +95,12 @@ def test_a_block_with_every_sublayer_masked_is_removed(model):
 def test_a_mix_across_blocks_saves_and_reloads(model, tmp_path):
     m = (
         UnitMask.full(model.config)
-        .without("heads", 0, [1])
-        .without("cross_heads", 0, [0, 1])
+        .without("head", 0, [1])
+        .without("cross_head", 0, [0, 1])
         .without("ffn", 0, range(10))
-        .without("heads", 2)
+        .without("head", 2)
         .without("ffn", 2, [5, 6, 7])
-        .without("blocks", 1)
+        .without("block", 1)
     )
     small = _check(model, m, [(3, 2, 38), (0, 4, 45)])
     small.save_pretrained(tmp_path / "pruned")
@@ -117,8 +117,8 @@ def test_a_mix_across_blocks_saves_and_reloads(model, tmp_path):
 
 
 def test_slicing_a_sliced_model_keeps_the_original_source(model):
-    first = slice_dit(model, UnitMask.full(model.config).without("blocks", 0))
-    second = slice_dit(first, UnitMask.full(first.config).without("blocks", 0))
+    first = slice_dit(model, UnitMask.full(model.config).without("block", 0))
+    second = slice_dit(first, UnitMask.full(first.config).without("block", 0))
     assert [b.source for b in second.config.blocks] == [2]
 
 

@@ -26,12 +26,18 @@ import torch
 
 from mvdit import MvditError
 from mvdit.flow import interpolate, velocity_target
-from mvdit.models.dit import BlockSpec, DiTConfig, UnitMask, VideoDiT, dit_flops
+from mvdit.models.dit import (
+    LEVELS,
+    PER_BLOCK_LEVELS,
+    BlockSpec,
+    DiTConfig,
+    UnitMask,
+    VideoDiT,
+    dit_flops,
+)
 
-LEVELS = ("block", "head", "cross_head", "ffn")
 # the flow times a calibration set noises each clip at (one definition for every stage and study)
 CALIBRATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
-MASK_LEVEL = {"block": "blocks", "head": "heads", "cross_head": "cross_heads", "ffn": "ffn"}
 CRITERIA = ("kd", "magnitude", "taylor", "activation")
 
 
@@ -84,7 +90,7 @@ def enumerate_units(
             out.append(Unit("block", b))
         for level, n in (("head", spec.heads), ("cross_head", spec.cross_heads)):
             if level in levels:
-                m = getattr(mask, MASK_LEVEL[level])[b] if mask is not None else None
+                m = mask.level(level)[b] if mask is not None else None
                 out += [Unit(level, b, i) for i in range(n) if m is None or m[i] != 0]
         if "ffn" in levels:
             for i, chans in enumerate(ffn_groups(spec.ffn_dim, group)):
@@ -96,11 +102,11 @@ def enumerate_units(
 def remove(mask: UnitMask, unit: Unit, group: int) -> UnitMask:
     """A copy of `mask` without `unit`."""
     if unit.level == "block":
-        return mask.without("blocks", unit.block)
+        return mask.without("block", unit.block)
     if unit.level == "ffn":
         width = mask.ffn[unit.block].numel()
         return mask.without("ffn", unit.block, ffn_groups(width, group)[unit.index])
-    return mask.without(MASK_LEVEL[unit.level], unit.block, [unit.index])
+    return mask.without(unit.level, unit.block, [unit.index])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,8 +381,8 @@ def _unit_value(
 ) -> float:
     """Sum of a per-unit-vector quantity (gradient, activation norm) over the unit's entries."""
     if u.level == "block":
-        return float(per_level["blocks"][u.block])
-    v = per_level[MASK_LEVEL[u.level]][u.block]
+        return float(per_level["block"][u.block])
+    v = per_level[u.level][u.block]
     if u.level == "ffn":
         return float(v[ffn_groups(v.numel(), group)[u.index]].sum())
     return float(v[u.index])
@@ -394,14 +400,14 @@ def taylor_scores(
     dev = _device(model)
     base = mask if mask is not None else UnitMask.full(model.config, dev)
     acc: dict[str, list[torch.Tensor] | torch.Tensor] = {
-        "blocks": torch.zeros_like(base.blocks),
-        **{lv: [torch.zeros_like(m) for m in getattr(base, lv)] for lv in UnitMask.LEVELS[1:]},
+        "block": torch.zeros_like(base.blocks),
+        **{lv: [torch.zeros_like(m) for m in base.level(lv)] for lv in PER_BLOCK_LEVELS},
     }
     model.requires_grad_(False)
     try:
         for s in calib.batches(batch):
             m = base.clone()
-            leaves = [m.blocks] + [t for lv in UnitMask.LEVELS[1:] for t in getattr(m, lv)]
+            leaves = [m.blocks] + [t for lv in PER_BLOCK_LEVELS for t in m.level(lv)]
             for t in leaves:
                 t.requires_grad_(True)
             v = model(*calib.inputs(s, dev), unit_mask=m)
@@ -410,9 +416,9 @@ def taylor_scores(
             it = iter(grads)
             g = next(it)
             if g is not None:
-                acc["blocks"] += (g * base.blocks).abs()
-            for lv in UnitMask.LEVELS[1:]:
-                for i, ref in enumerate(getattr(base, lv)):
+                acc["block"] += (g * base.blocks).abs()
+            for lv in PER_BLOCK_LEVELS:
+                for i, ref in enumerate(base.level(lv)):
                     g = next(it)
                     if g is not None:
                         acc[lv][i] += (g * ref).abs()
@@ -434,9 +440,9 @@ def activation_scores(
     dev = _device(model)
     hd = model.config.head_dim
     acc: dict[str, list | torch.Tensor] = {
-        "blocks": torch.zeros(len(model.blocks)),
-        "heads": [torch.zeros(b.heads) for b in model.config.blocks],
-        "cross_heads": [torch.zeros(b.cross_heads) for b in model.config.blocks],
+        "block": torch.zeros(len(model.blocks)),
+        "head": [torch.zeros(b.heads) for b in model.config.blocks],
+        "cross_head": [torch.zeros(b.cross_heads) for b in model.config.blocks],
         "ffn": [torch.zeros(b.ffn_dim) for b in model.config.blocks],
     }
     hooks = []
@@ -457,15 +463,15 @@ def activation_scores(
 
     def per_block(b: int):
         def hook(_mod, args, out):
-            acc["blocks"][b] += (out - args[0]).detach().float().norm(dim=-1).mean(1).sum().cpu()
+            acc["block"][b] += (out - args[0]).detach().float().norm(dim=-1).mean(1).sum().cpu()
 
         return hook
 
     for b, blk in enumerate(model.blocks):
         if blk.attn is not None:
-            hooks.append(blk.attn.out.register_forward_pre_hook(per_head("heads", b)))
+            hooks.append(blk.attn.out.register_forward_pre_hook(per_head("head", b)))
         if blk.cross_attn is not None:
-            hooks.append(blk.cross_attn.out.register_forward_pre_hook(per_head("cross_heads", b)))
+            hooks.append(blk.cross_attn.out.register_forward_pre_hook(per_head("cross_head", b)))
         if blk.ffn is not None:
             hooks.append(blk.ffn.fc2.register_forward_pre_hook(per_channel(b)))
         hooks.append(blk.register_forward_hook(per_block(b)))
@@ -477,8 +483,8 @@ def activation_scores(
             h.remove()
     n = len(calib)
     scaled = {
-        "blocks": acc["blocks"] / n,
-        **{lv: [v / n for v in acc[lv]] for lv in ("heads", "cross_heads", "ffn")},
+        "block": acc["block"] / n,
+        **{lv: [v / n for v in acc[lv]] for lv in PER_BLOCK_LEVELS},
     }
     return {u.key: _unit_value(u, scaled, group) for u in units}
 

@@ -30,7 +30,6 @@ from mvdit import MvditError
 from mvdit.bench.measure import PeakMemory, timed
 from mvdit.compress.importance import (
     LEVELS,
-    MASK_LEVEL,
     Calibration,
     Unit,
     criterion_scores,
@@ -214,7 +213,7 @@ def prune_to_shape(
                     f"block {b} has {n} {level.replace('_', ' ')}s; cannot keep {heads}"
                 )
             order = sorted(range(n), key=lambda i: scores[Unit(level, b, i).key])
-            getattr(mask, MASK_LEVEL[level])[b][order[: n - heads]] = 0
+            mask.level(level)[b][order[: n - heads]] = 0
         if ffn > spec.ffn_dim:
             raise MvditError(f"block {b} has {spec.ffn_dim} FFN channels; cannot keep {ffn}")
         groups = ffn_groups(spec.ffn_dim, group)

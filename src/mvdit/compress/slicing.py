@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.models.dit import Attention, BlockSpec, FeedForward, UnitMask, VideoDiT
+from mvdit.models.dit import LEVELS, Attention, BlockSpec, FeedForward, UnitMask, VideoDiT
 
 
 def keep_sets(mask: UnitMask) -> dict:
     """The kept indices at every level of a binary mask (JSON-ready): blocks, and per kept block
     its self-attention heads, cross-attention heads and FFN channels."""
-    for level in UnitMask.LEVELS:
-        vals = [mask.blocks] if level == "blocks" else getattr(mask, level)
+    for level in LEVELS:
+        vals = [mask.blocks] if level == "block" else mask.level(level)
         if any(bool(((v != 0) & (v != 1)).any()) for v in vals):
             raise MvditError(
                 f"slicing needs a binary mask; '{level}' has values other than 0 and 1"

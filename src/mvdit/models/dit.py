@@ -178,6 +178,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 # masks: which units take part in the forward
 
 
+# The pruning levels, one vocabulary everywhere (search, scores, masks, tables): each level, the
+# UnitMask field that holds its units, and the name a table or a plot shows.
+LEVELS = ("block", "head", "cross_head", "ffn")
+MASK_FIELD = {"block": "blocks", "head": "heads", "cross_head": "cross_heads", "ffn": "ffn"}
+LEVEL_NAMES = {
+    "block": "blocks",
+    "head": "self-attention heads",
+    "cross_head": "cross-attention heads",
+    "ffn": "FFN groups",
+}
+PER_BLOCK_LEVELS = LEVELS[1:]  # the levels whose units live inside a block
+
+
 @dataclass
 class UnitMask:
     """A mask over the DiT's prunable units at every level, applied in the forward (no weights are
@@ -197,8 +210,6 @@ class UnitMask:
     heads: list[torch.Tensor]
     cross_heads: list[torch.Tensor]
     ffn: list[torch.Tensor]
-
-    LEVELS = ("blocks", "heads", "cross_heads", "ffn")
 
     @classmethod
     def full(cls, config: DiTConfig, device: torch.device | str | None = None) -> UnitMask:
@@ -220,29 +231,32 @@ class UnitMask:
         )
 
     def without(self, level: str, block: int, units: Sequence[int] | None = None) -> UnitMask:
-        """A copy with some units of one block removed (all of that level's units when None)."""
-        if level not in self.LEVELS:
-            raise MvditError(
-                f"unknown mask level '{level}'; choose one of {', '.join(self.LEVELS)}"
-            )
+        """A copy with some units of one block removed (all of that level's units when None);
+        `level` is one of LEVELS."""
+        if level not in LEVELS:
+            raise MvditError(f"unknown pruning level '{level}'; choose one of {', '.join(LEVELS)}")
         out = self.clone()
-        if level == "blocks":
+        if level == "block":
             out.blocks[block] = 0
         else:
-            m = getattr(out, level)[block]
+            m = self.level(level, out)[block]
             m[list(units) if units is not None else slice(None)] = 0
         return out
 
+    def level(self, level: str, mask: UnitMask | None = None) -> list[torch.Tensor]:
+        """The per-block masks of one of PER_BLOCK_LEVELS (of `mask`, default this one)."""
+        return getattr(mask or self, MASK_FIELD[level])
+
     def sizes(self) -> dict[str, list[int]]:
         return {
-            "blocks": [self.blocks.numel()],
-            **{lv: [m.numel() for m in getattr(self, lv)] for lv in self.LEVELS[1:]},
+            "block": [self.blocks.numel()],
+            **{lv: [m.numel() for m in self.level(lv)] for lv in PER_BLOCK_LEVELS},
         }
 
     def check(self, config: DiTConfig) -> None:
         """Raise MvditError naming the level whose sizes do not fit the model's blocks."""
         want, got = UnitMask.full(config, "meta").sizes(), self.sizes()
-        for level in self.LEVELS:
+        for level in LEVELS:
             if want[level] != got[level]:
                 raise MvditError(
                     f"unit mask '{level}' has sizes {got[level]} but the model has {want[level]}"

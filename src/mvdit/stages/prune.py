@@ -61,16 +61,10 @@ from mvdit.io import (
     write_json,
 )
 from mvdit.limits import bounded
-from mvdit.models.dit import UnitMask, VideoDiT
+from mvdit.models.dit import LEVEL_NAMES, UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline
 
 DEPTHS = (0.125, 0.25, 0.375, 0.5)  # fractions of a level's units removed in the Figure-3 curves
-LEVEL_NAMES = {
-    "block": "blocks",
-    "head": "self-attention heads",
-    "cross_head": "cross-attention heads",
-    "ffn": "FFN groups",
-}
 Level = Literal["block", "head", "cross_head", "ffn"]
 
 
