@@ -18,7 +18,7 @@ from mvdit.config import default_train_config
 from mvdit.eval.faithfulness import score_clip, summarize
 from mvdit.eval.metrics import edge_f1, psnr
 from mvdit.models.vae import CausalVideoVAE
-from mvdit.stages.vae import VAEArchConfig, VAELossConfig, make_vae_loss
+from mvdit.stages.train_vae import VAEArchConfig, VAELossConfig, make_vae_loss
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 64])

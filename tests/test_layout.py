@@ -93,11 +93,11 @@ def test_paper_steps_have_files_of_their_own():
     # a reader finds the method by file names
     for rel in (
         "models/vae.py",  # 1. the compressed causal video VAE
-        "stages/vae.py",
+        "stages/train_vae.py",
         "stages/teacher.py",  # the DiT teacher
         "compress/slicing.py",  # 2. cutting the DiT exactly (pruning builds on it)
         "bench/dit.py",
-        "bench/vae.py",
+        "bench/vae_decode.py",
     ):
         assert (SRC / "mvdit" / rel).is_file(), rel
 

@@ -18,7 +18,7 @@ from mvdit.compress.importance import (
     random_calibration,
     remove,
 )
-from mvdit.compress.prune import greedy_prune, parse_budget, prune_to_shape
+from mvdit.compress.search import greedy_prune, parse_budget, prune_to_shape
 from mvdit.compress.slicing import slice_dit
 from mvdit.models.dit import BlockSpec, DiTConfig, UnitMask, VideoDiT
 
@@ -157,7 +157,7 @@ def test_measured_budgets_are_measured():
     r = greedy_prune(model, calib, parse_budget("memory=100G"), criterion="magnitude", group=16)
     assert r.history == [] and r.final["memory"] >= weights
     # a measured budget is measured on the sliced model: seconds of one step
-    from mvdit.compress.prune import measured_cost
+    from mvdit.compress.search import measured_cost
 
     assert 0 < measured_cost(model, UnitMask.full(model.config), calib, "latency") < 10
 

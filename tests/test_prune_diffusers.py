@@ -19,7 +19,7 @@ from mvdit.compress.diffusers_dit import (  # noqa: E402
     save_pruned,
 )
 from mvdit.compress.importance import criterion_scores, enumerate_units, random_calibration  # noqa: E402
-from mvdit.compress.prune import Budget, greedy_prune  # noqa: E402
+from mvdit.compress.search import Budget, greedy_prune  # noqa: E402
 from mvdit.models.dit import UnitMask  # noqa: E402
 
 

@@ -454,7 +454,7 @@ def test_study_generation_column_trains_and_scores_a_dit(tmp_path, capsys):
 
 
 def test_bench_times_decode_beside_dit_steps(tmp_path):
-    from mvdit.bench.vae import bench_cpu_default
+    from mvdit.bench.vae_decode import bench_cpu_default
 
     vae = tiny_vae("4x8x8", channels=16)
     vae.save_pretrained(tmp_path / "vae")
@@ -476,7 +476,7 @@ def test_peak_rss_sees_an_allocation():
 
 @pytest.mark.slow
 def test_paper_vae_decodes_49x384x512_under_a_cap():
-    from mvdit.bench.vae import bench_paper_decode
+    from mvdit.bench.vae_decode import bench_paper_decode
 
     r = bench_paper_decode(max_tile_bytes=1 << 30)
     assert r["video"] == "3x49x384x512" and r["latent"] == "128x7x12x16"
@@ -486,7 +486,7 @@ def test_paper_vae_decodes_49x384x512_under_a_cap():
 def test_reconstruction_faithfulness_is_the_detectors_ceiling():
     from mvdit.data.shapes import ShapesDataset
     from mvdit.models.autoencoder import PatchifyAutoencoder
-    from mvdit.stages.vae import evaluate_reconstruction
+    from mvdit.stages.train_vae import evaluate_reconstruction
 
     data = ShapesDataset(frames=9, height=32, width=32, max_objects=1, split="val")
     lossless = PatchifyAutoencoder(1, 4)
@@ -538,7 +538,7 @@ def test_perceptual_loss_sees_a_blurred_outline():
     from scipy import ndimage
 
     from mvdit.data.shapes import ShapesDataset
-    from mvdit.stages.vae import PerceptualLoss
+    from mvdit.stages.train_vae import PerceptualLoss
 
     ds = ShapesDataset(size=2, frames=1, height=32, width=32, seed=0, max_objects=1)
     x = torch.stack([ds[i]["video"] for i in range(2)])
@@ -553,7 +553,7 @@ def test_perceptual_loss_sees_a_blurred_outline():
 
 
 def test_adaptive_gan_weight_balances_the_gradients():
-    from mvdit.stages.vae import PatchDiscriminator3D, VAELossConfig, make_vae_loss
+    from mvdit.stages.train_vae import PatchDiscriminator3D, VAELossConfig, make_vae_loss
 
     torch.manual_seed(0)
     vae = CausalVideoVAE(vae_preset("4x8x8", latent_channels=4, widths=[8, 16, 16]))
@@ -574,7 +574,7 @@ def test_adaptive_gan_weight_balances_the_gradients():
 
 
 def test_edge_weight_counts_the_outline_not_the_background():
-    from mvdit.stages.vae import VAELossConfig, edge_map, make_vae_loss
+    from mvdit.stages.train_vae import VAELossConfig, edge_map, make_vae_loss
 
     x = torch.full((1, 3, 5, 16, 16), -1.0)
     x[..., 4:12, 4:12] = 1.0  # a white square on black
@@ -594,7 +594,7 @@ def test_edge_weight_counts_the_outline_not_the_background():
 
 
 def test_latent_noise_is_relative_to_each_channel_and_varies_per_clip():
-    from mvdit.stages.vae import VAELossConfig, latent_noise, make_vae_loss
+    from mvdit.stages.train_vae import VAELossConfig, latent_noise, make_vae_loss
 
     mean = torch.randn(64, 2, 1, 4, 4) * torch.tensor([1.0, 100.0]).view(1, 2, 1, 1, 1)
     noise = latent_noise(mean, 0.5, torch.Generator().manual_seed(0))

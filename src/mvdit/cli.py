@@ -16,8 +16,8 @@ import typer
 from mvdit import MvditError, distributed
 from mvdit.bench.dit import run_bench
 from mvdit.bench.measure import si
-from mvdit.bench.tiling import run_tiling_bench, tiling_markdown
-from mvdit.bench.vae import bench_markdown, run_vae_bench
+from mvdit.bench.tiled_gemm import run_tiling_bench, tiling_markdown
+from mvdit.bench.vae_decode import bench_markdown, run_vae_bench
 from mvdit.build import build_video_dataset, cache_from_config, describe_preset, load_autoencoder
 from mvdit.compress.importance import CRITERIA
 from mvdit.config import (
@@ -51,11 +51,11 @@ from mvdit.pipeline import Pipeline, shipped_model_path
 from mvdit.stages import distill as distill_stage
 from mvdit.stages import kd as kd_stage
 from mvdit.stages import prune as prune_stage
-from mvdit.stages import vae as vae_stage
+from mvdit.stages import train_vae as vae_stage
 from mvdit.stages.teacher import train_teacher
-from mvdit.studies.distill import ROWS as DISTILL_ROWS
-from mvdit.studies.distill import run_distill_study
-from mvdit.studies.distill import study_markdown as study_distill_markdown
+from mvdit.studies.distill_ablation import ROWS as DISTILL_ROWS
+from mvdit.studies.distill_ablation import run_distill_study
+from mvdit.studies.distill_ablation import study_markdown as study_distill_markdown
 from mvdit.studies.prune_ablation import VARIANTS, run_prune_study
 from mvdit.studies.vae_ratios import STUDY_CHANNELS, DiTGenerationQuality, run_vae_study
 from mvdit.video import contact_sheet, save_png, write_mp4

@@ -1,7 +1,7 @@
 """Pruning diffusers' video transformers: `WanTransformer3DModel` and `LTXVideoTransformer3DModel`.
 
 `DiffusersDiT` wraps one so that mvdit's KD sensitivity (mvdit.compress.importance) and greedy
-search (mvdit.compress.prune) run on it unchanged. It is the adapter interface for a third-party
+search (mvdit.compress.search) run on it unchanged. It is the adapter interface for a third-party
 DiT:
 - `config.blocks`: the units (self-attention heads, cross-attention heads, FFN channels per block);
 - `features(x, t, text, text_mask, unit_mask=...)`: the forward of the model without the units the

@@ -7,7 +7,7 @@ rank correlation with the KD score, and the Figure-3 analogue: per-level sensiti
 each level pruned alone to growing depths, the parameters, FLOPs, measured latency, peak memory,
 KD loss and (for a shapes model) the detector's faithfulness of the pruned model's clips.
 
-`run_prune` searches (mvdit.compress.prune), slices the DiT and writes a pipeline directory the
+`run_prune` searches (mvdit.compress.search), slices the DiT and writes a pipeline directory the
 other commands take as it is, with prune.json: the budget, criterion, calibration, the kept teacher
 units and one row per removal. `prune_paper_preset` does the surgery on a randomly initialised
 paper-size teacher. `run_prune_diffusers` does the same search and slicing on a diffusers Wan or
@@ -48,7 +48,7 @@ from mvdit.compress.importance import (
     reference_outputs,
     remove,
 )
-from mvdit.compress.prune import Budget, greedy_prune, parse_budget, prune_to_shape
+from mvdit.compress.search import Budget, greedy_prune, parse_budget, prune_to_shape
 from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
 from mvdit.config import Strict, preset_config
 from mvdit.eval.evaluate import EVAL_PROMPTS, faithfulness, read_prompts, sample_prompts

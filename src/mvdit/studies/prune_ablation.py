@@ -22,7 +22,7 @@ import torch
 
 from mvdit import MvditError
 from mvdit.compress.importance import CALIBRATION_TIMESTEPS, LEVELS, Calibration, reference_outputs
-from mvdit.compress.prune import BudgetUnreachable, parse_budget
+from mvdit.compress.search import BudgetUnreachable, parse_budget
 from mvdit.eval.evaluate import EVAL_PROMPTS, read_prompts
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline

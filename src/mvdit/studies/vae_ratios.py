@@ -32,7 +32,7 @@ from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.models.dit import dit_flops
 from mvdit.models.vae import CausalVideoVAE, vae_preset
 from mvdit.stages.teacher import train_teacher
-from mvdit.stages.vae import (
+from mvdit.stages.train_vae import (
     VAEArchConfig,
     VAEDataConfig,
     VAEEvalConfig,
