@@ -377,3 +377,14 @@ def test_a_read_only_place_is_one_line(tmp_path, capsys, model):
         assert "Read-only file system" in one_line_error(code, err)
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_a_study_refuses_a_directory_that_is_not_its_own(model, tmp_path, capsys):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    for cmd in (["study", "prune", "--teacher", model, "-o", foreign],
+                ["study", "distill", "--teacher", model, "-o", foreign]):  # fmt: skip
+        code, _, err = run_cli(cmd, capsys)
+        assert "is not empty and was written by something else" in one_line_error(code, err)
+    assert [p.name for p in foreign.iterdir()] == ["todo.txt"]

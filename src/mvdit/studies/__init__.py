@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mvdit import MvditError
+from mvdit.io import claim_output_dir, write_record
 
 
 def raise_for_failed_clips(rows: Sequence[dict], where: Path) -> None:
@@ -18,3 +19,12 @@ def raise_for_failed_clips(rows: Sequence[dict], where: Path) -> None:
             f"{sum(bad.values())} clips went NaN/inf while sampling ({', '.join(bad)}); the study "
             f"was written and counts them under failed_clips in {where}"
         )
+
+
+def claim_study_dir(out: str | Path, command: str) -> Path:
+    """A study's directory: new, empty, or this study's own from an earlier (resumed) run; it is
+    marked as the study's at once, so a rerun continues where it stopped."""
+    out = claim_output_dir(out, command=command)
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(out, command)
+    return out

@@ -31,7 +31,7 @@ from mvdit.eval.evaluate import evaluate
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
 from mvdit.stages import distill as distill_stage
-from mvdit.studies import raise_for_failed_clips
+from mvdit.studies import claim_study_dir, raise_for_failed_clips
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def run_distill_study(
     bad = [n for n in names if n not in ROWS]
     if bad:
         raise MvditError(f"unknown study row(s) {bad}; choose from {', '.join(ROWS)}")
-    out = Path(out)
+    out = claim_study_dir(out, "study distill")
     cfg = distill_stage.load_distill_config(config, list(overrides))
     start = cfg.distill.student
     if "start-4" in names and Path(start).resolve() == Path(teacher).resolve():

@@ -35,7 +35,7 @@ from mvdit.stages.prune import (
     run_prune,
     sampled_faithfulness,
 )
-from mvdit.studies import raise_for_failed_clips
+from mvdit.studies import claim_study_dir, raise_for_failed_clips
 
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "tri-level-kd": (list(LEVELS), "kd"),
@@ -91,7 +91,7 @@ def run_prune_study(
     progress: bool = True,
 ) -> list[dict]:
     """Prune, measure, recover and measure again, per variant; write study.{md,csv,json,png}."""
-    out_dir = Path(out_dir)
+    out_dir = claim_study_dir(out_dir, "study prune")
     variants = list(variants or VARIANTS)
     bad = [v for v in variants if v not in VARIANTS]
     if bad:

@@ -42,6 +42,7 @@ from mvdit.stages.train_vae import (
     VAETrainConfig,
     train_vae,
 )
+from mvdit.studies import claim_study_dir
 
 STUDY_CHANNELS: dict[str, int] = {"4x8x8": 16, "4x16x16": 48, "8x16x16": 64, "8x32x32": 128}
 PAPER_CLIP = (49, 384, 512)
@@ -120,7 +121,7 @@ def run_vae_study(
     """Train, score and time one VAE per ratio; write study.{md,csv,json,png}. Resumable: a
     ratio whose run finished is read back, an interrupted one continues from its checkpoint.
     `generation_quality` is called for the ratios in `generate` (default: every ratio)."""
-    out_dir = Path(out_dir)
+    out_dir = claim_study_dir(out_dir, "study vae")
     ratios = ratios or list(STUDY_CHANNELS)
     if threads:
         torch.set_num_threads(threads)
