@@ -57,7 +57,12 @@ from mvdit.studies.distill_ablation import ROWS as DISTILL_ROWS
 from mvdit.studies.distill_ablation import run_distill_study
 from mvdit.studies.distill_ablation import study_markdown as study_distill_markdown
 from mvdit.studies.prune_ablation import VARIANTS, run_prune_study
-from mvdit.studies.vae_ratios import STUDY_CHANNELS, DiTGenerationQuality, run_vae_study
+from mvdit.studies.vae_ratios import (
+    STUDY_CHANNELS,
+    DiTGenerationQuality,
+    quick_study,
+    run_vae_study,
+)
 from mvdit.video import contact_sheet, save_png, write_mp4
 
 app = typer.Typer(
@@ -910,22 +915,7 @@ def study_vae(
         fail(f"--dit-steps and --dit-clips must be at least 1, got {dit_steps} and {dit_clips}")
     if quick:
         rows = run_vae_study(
-            out,
-            ratios=ratio,
-            clip=(9, 32, 32),
-            steps=2,
-            batch_size=2,
-            width=8,
-            eval_clips=2,
-            timing_repeats=1,
-            threads=threads,
-            generation_quality=DiTGenerationQuality(
-                (9, 32, 32), steps=2, cache_clips=4, prompts=1, seeds=1, progress=False
-            )
-            if generate
-            else None,
-            generate=generate,
-            progress=False,
+            out, ratios=ratio, threads=threads, generate=generate, **quick_study(bool(generate))
         )
     else:
         if (frames - 1) % 8 or size % 32 or size <= 0:

@@ -378,3 +378,15 @@ def plot_study(rows: list[dict], path: Path) -> None:
     c.set_title("what the latent keeps")
     c.legend(fontsize=7, ncol=2)
     save_figure(fig, path, dpi=110)
+
+
+def quick_study(generate: bool) -> dict:
+    """`mvdit study vae --quick`: every part of the study at the smallest size that runs it (9x32x32
+    clips, 2 training steps, width 8, 2 evaluation clips), to check the study end to end in
+    seconds; its numbers mean nothing."""
+    quality = DiTGenerationQuality(
+        (9, 32, 32), steps=2, cache_clips=4, prompts=1, seeds=1, progress=False
+    )
+    return dict(clip=(9, 32, 32), steps=2, batch_size=2, width=8, eval_clips=2,
+                timing_repeats=1, generation_quality=quality if generate else None,
+                progress=False)  # fmt: skip
