@@ -141,19 +141,28 @@ def kd(
 
 @app.command()
 def synth(
-    model: Annotated[Path, typer.Option("--model", "-m", help="teacher pipeline directory")],
-    prompts: Annotated[Path, typer.Option("--prompts", "-p", help="prompt file, one per line")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="latent cache directory (resumable)")],
-    seeds: Annotated[int, typer.Option(help="samples per prompt")] = 4,
-    steps: Annotated[int, typer.Option(help="teacher sampling steps")] = 40,
+    config: ConfigArg = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="teacher pipeline directory")
+    ] = None,
+    prompts: Annotated[
+        str | None, typer.Option("--prompts", "-p", help="prompt file, one per line")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="latent cache directory (resumable)")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="samples per prompt")] = None,
+    steps: Annotated[int | None, typer.Option(help="teacher sampling steps")] = None,
     guidance: GuidanceOpt = None,
-    batch: Annotated[int, typer.Option(help="clips sampled at once")] = 8,
+    batch: Annotated[int | None, typer.Option(help="clips sampled at once")] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Teacher samples of a prompt list as a latent cache (distill.synthetic, or data.kind = "cache")."""
-
-    if min(seeds, steps, batch) < 1:
-        fail("--seeds, --steps and --batch must be at least 1")
-    path = distill_stage.run_synth(model, prompts, out, seeds, steps, guidance, batch)
+    """Teacher samples of a prompt list as a latent cache (distill.synthetic, or data.kind =
+    "cache"). Every option is a key of the [synth] section."""
+    cfg = load_config(distill_stage.SynthSections, config, set_).synth
+    cfg = updated(cfg, _flags(model=model, prompts=prompts, out=out, seeds=seeds, steps=steps,
+                              guidance=guidance, batch=batch))  # fmt: skip
+    path = distill_stage.run_synth(cfg)
     typer.echo(f"wrote {path} (index.json records the prompts, seeds and sampler)")
 
 

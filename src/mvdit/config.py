@@ -248,6 +248,14 @@ class TrainConfig(Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 
+def required(value: str | None, key: str) -> str:
+    """A section's key that a run cannot do without (a model, an output directory), or one line
+    naming it."""
+    if not value:
+        raise MvditError(f"{key} is not set: give it in the config or on the command line")
+    return value
+
+
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -59,11 +59,13 @@ from mvdit.config import (
     RunConfig,
     Strict,
     load_config,
+    required,
 )
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache
 from mvdit.eval.evaluate import read_prompts
 from mvdit.flow import interpolate, sample_timesteps
 from mvdit.io import load_state_strict, write_json, write_record
+from mvdit.limits import bounded
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
 from mvdit.stages.teacher import flow_inputs
@@ -506,25 +508,38 @@ class TeacherSamples(Dataset):
         }
 
 
-def run_synth(
-    model_dir: str | Path,
-    prompts_file: str | Path,
-    out: str | Path,
-    seeds: int = 4,
-    steps: int | None = 40,
-    guidance: float | None = None,
-    batch: int = 8,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
+class SynthConfig(Strict):
+    """[synth]: the teacher's samples of a prompt list as a latent cache (`mvdit synth`)."""
+
+    model: str | None = None  # the teacher's pipeline directory
+    prompts: str | None = None  # prompt file, one a line
+    out: str | None = None  # the latent cache directory (resumable)
+    seeds: int = Field(default=4, ge=1)  # samples per prompt
+    steps: int = bounded("steps", 40)  # the teacher's sampling steps
+    guidance: float | None = None  # None: the teacher's own
+    batch: int = bounded("batch", 8)  # clips sampled at once
+    seed: int = bounded("seed", 0)  # the first block's noise seed
+
+
+class SynthSections(Strict):
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+
+def run_synth(cfg: SynthConfig, *, progress: bool = True) -> Path:
     """The teacher's samples of every prompt of PROMPTS_FILE under `seeds` seeds, as a latent
     cache (data.kind = "cache", or distill.synthetic) at OUT; resumable shard by shard. Samples
     that went NaN/inf are kept, listed in OUT/failed.json and reported at the end (MvditError)."""
+    model_dir, prompts_file, out = (
+        required(v, f"synth.{k}") for k, v in (("model", cfg.model), ("prompts", cfg.prompts),
+                                                 ("out", cfg.out))
+    )  # fmt: skip
+    batch = cfg.batch
     # the cache refuses a directory that is not a latent cache (data/cache.py), so a foreign
     # directory, or the teacher's own, is never written into
     pipe = Pipeline.from_pretrained(model_dir)
     prompts = [r["prompt"] for r in read_prompts(prompts_file)]
-    ds = TeacherSamples(pipe, prompts, seeds, steps, guidance, batch, seed, str(model_dir))
+    ds = TeacherSamples(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance, batch, cfg.seed,
+                        str(model_dir))  # fmt: skip
     path = build_latent_cache(
         ds,
         pipe.vae,

@@ -50,7 +50,7 @@ from mvdit.compress.importance import (
 )
 from mvdit.compress.search import Budget, greedy_prune, parse_budget, prune_to_shape
 from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
-from mvdit.config import Strict, preset_config
+from mvdit.config import Strict, preset_config, required
 from mvdit.eval.evaluate import EVAL_PROMPTS, faithfulness, read_prompts, sample_prompts
 from mvdit.io import (
     atomic_write_text,
@@ -150,12 +150,6 @@ class PruneSections(Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
 
 
-def _required(value: str | None, key: str) -> str:
-    if not value:
-        raise MvditError(f"{key} is not set: give it in the config or on the command line")
-    return value
-
-
 def calibration_for(
     pipe: Pipeline,
     prompts_file: str | Path,
@@ -230,8 +224,8 @@ def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> dict:
     directory: that has no text encoder or VAE, so its calibration set is `n_prompts x seeds`
     Gaussian latents of shape `latent` and Gaussian text features of `text_len` tokens, its cheap
     criterion is magnitude alone (ADAPTER_CRITERIA) and its depth curves have no faithfulness."""
-    model_dir = _required(cfg.model, "sensitivity.model (--model)")
-    out = Path(_required(cfg.out, "sensitivity.out (--out)"))
+    model_dir = required(cfg.model, "sensitivity.model (--model)")
+    out = Path(required(cfg.out, "sensitivity.out (--out)"))
     cal = cfg.calibration
     batch, depths, faith_prompts = cal.batch, cfg.depths, cfg.faith_prompts
     t_start = time.perf_counter()
@@ -592,12 +586,12 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
     """Prune to cfg.budget and write the smaller model to cfg.out: an mvdit pipeline (its DiT
     sliced), a diffusers Wan / LTX transformer (through its adapter), or with cfg.preset = "paper"
     the surgery on a random paper-teacher. Returns the report (prune.json)."""
-    out = _required(cfg.out, "prune.out (--out)")
+    out = required(cfg.out, "prune.out (--out)")
     if cfg.preset == "paper":
         if cfg.model:
             raise MvditError("give prune.model (--model) or prune.preset = 'paper', not both")
         return prune_paper_preset(out, cfg.criterion or "magnitude", overwrite=cfg.overwrite)
-    model = _required(cfg.model, "prune.model (--model)")
+    model = required(cfg.model, "prune.model (--model)")
     if is_diffusers_transformer(model):
         return run_prune_diffusers(cfg, progress=progress)
     return _prune_pipeline(cfg, progress=progress)
