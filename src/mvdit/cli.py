@@ -31,7 +31,7 @@ from mvdit.data.shapes import write_examples
 from mvdit.demo import launch as launch_demo
 from mvdit.demo import models_available
 from mvdit.eval.curve import checkpoint_curve
-from mvdit.eval.evaluate import difference_markdown, evaluate, paired_difference
+from mvdit.eval.evaluate import EVAL_PROMPTS, difference_markdown, evaluate, paired_difference
 from mvdit.eval.report import write_report
 from mvdit.export.compare import eval_exported, run_side_by_side
 from mvdit.export.pipeline import export_dit_preset, export_pipeline
@@ -338,15 +338,15 @@ def export(
         if model is not None:
             fail("give --model or --preset, not both")
         export_dit_preset(
-            preset, out, format, precision, tiles, tile_bytes, attention, progress=typer.echo,
-            overwrite=overwrite,
+            preset, out, format, precision=precision, tiles=tiles, tile_bytes=tile_bytes,
+            attention=attention, progress=typer.echo, overwrite=overwrite,
         )  # fmt: skip
         typer.echo(f"wrote {out}/manifest.json")
         return
     source = model if model is not None else shipped_model_path()
     m = export_pipeline(
-        source, out, format, precision, tiles, tile_bytes, attention, typer.echo,
-        overwrite=overwrite,
+        source, out, format, precision=precision, tiles=tiles, tile_bytes=tile_bytes,
+        attention=attention, progress=typer.echo, overwrite=overwrite,
     )  # fmt: skip
     total = sum(a["bytes"] for a in m["artefacts"].values())
     typer.echo(
@@ -379,7 +379,7 @@ def run_exported(
     NumPy), beside the eager PyTorch pipeline measured in the same run."""
     if output.suffix.lower() != ".mp4":
         fail(f"output must end in .mp4, got {output}")
-    r = run_side_by_side(export_dir, prompt, seed, eager)
+    r = run_side_by_side(export_dir, prompt, seed, eager=eager)
     r["pipe"].write(r["frames"], output)
     rows = [r["exported"]] + ([r["eager"]] if "eager" in r else [])
     typer.echo("| runtime | load | text | DiT | decode |\n|---|---|---|---|---|")
@@ -989,7 +989,7 @@ def study_prune(
     seeds: Annotated[int, typer.Option(help="clips per prompt for the faithfulness columns")] = 1,
     calib_prompts: Annotated[
         Path, typer.Option(help="prompts of the search's calibration set")
-    ] = Path("prompts/shapes-eval.txt"),
+    ] = Path(EVAL_PROMPTS),
     heldout_prompts: Annotated[
         Path, typer.Option(help="prompts of the held-out KD loss (other seeds too)")
     ] = Path("prompts/shapes-paraphrase.txt"),
@@ -1000,8 +1000,9 @@ def study_prune(
         fail("--recovery-steps must be >= 0 and --seeds >= 1")
     chosen = [v.strip() for v in variants.split(",")] if variants else None
     rows = run_prune_study(
-        teacher, out, kd_config, chosen, budget, recovery_steps,
-        calib_prompts, heldout_prompts, eval_prompts or [Path("prompts/shapes-eval.txt")], seeds,
+        teacher, out, kd_config, variants=chosen, budget=budget, recovery_steps=recovery_steps,
+        calib_prompts=calib_prompts, heldout_prompts=heldout_prompts,
+        eval_prompts=eval_prompts or [Path(EVAL_PROMPTS)], eval_seeds=seeds,
     )  # fmt: skip
     for r in rows:
         if "unreachable" in r:
@@ -1050,12 +1051,13 @@ def study_distill(
         fail(f"--seeds, --reps and --threads must be at least 1, got {seeds}, {reps}, {threads}")
     chosen = [r.strip() for r in rows.split(",")] if rows else None
     files = eval_prompts or [
-        Path("prompts/shapes-eval.txt"), Path("prompts/shapes-holdout.txt"),
+        Path(EVAL_PROMPTS), Path("prompts/shapes-holdout.txt"),
         Path("prompts/shapes-paraphrase.txt"),
     ]  # fmt: skip
     report = run_distill_study(
-        teacher, config, out, files, seeds, chosen, set_ or [], reps=reps, threads=threads
-    )
+        teacher, config, out, prompt_files=files, seeds=seeds, rows=chosen,
+        overrides=set_ or [], reps=reps, threads=threads,
+    )  # fmt: skip
     typer.echo(study_distill_markdown(report), nl=False)
     typer.echo(f"wrote {out / 'study.md'}, study.csv, study.json, study.png")
 
@@ -1089,7 +1091,10 @@ def bench_vae(
 
     if max_tile_mb < 1 or repeats < 1:
         fail("--max-tile-mb and --repeats must be positive")
-    result = run_vae_bench(out, max_tile_mb << 20, threads, paper, vae, repeats)
+    result = run_vae_bench(
+        out, max_tile_bytes=max_tile_mb << 20, threads=threads, paper=paper, vae_path=vae,
+        repeats=repeats,
+    )  # fmt: skip
     typer.echo(bench_markdown(result))
     typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
 
@@ -1115,8 +1120,9 @@ def bench_tiling(
     except ValueError:
         fail(f"--k takes comma-separated integers, got {ks}")
     result = run_tiling_bench(
-        out, k_list, reps, tuple(runtimes.split(",")), tuple(presets.split(",")), threads
-    )
+        out, ks=k_list, reps=reps, runtimes=tuple(runtimes.split(",")),
+        presets=tuple(presets.split(",")), threads=threads,
+    )  # fmt: skip
     typer.echo(tiling_markdown(result))
     typer.echo(f"wrote {out / 'tiling.json'} and {out / 'tiling.md'}")
 

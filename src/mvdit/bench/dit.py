@@ -467,6 +467,7 @@ def _sampler(
 def run_bench(
     targets: list[str],
     out: str | Path,
+    *,
     device: str = "cpu",
     threads: int | None = None,
     reps: int = 3,

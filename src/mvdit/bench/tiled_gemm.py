@@ -46,6 +46,7 @@ def _ort_session(module: nn.Module, x: torch.Tensor, path: Path):
 
 def run_tiling_bench(
     out: str | Path,
+    *,
     ks: tuple[int, ...] = DEFAULT_KS,
     reps: int = 3,
     runtimes: tuple[str, ...] = ("eager", "onnxruntime"),

@@ -110,6 +110,7 @@ def bench_cpu_default(
 
 def run_vae_bench(
     out_dir: str | Path,
+    *,
     max_tile_bytes: int | None = 1 << 30,
     threads: int | None = 1,
     paper: bool = True,

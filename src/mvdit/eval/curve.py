@@ -56,6 +56,7 @@ def checkpoint_curve(
     run_dir: str | Path,
     prompt_files: Sequence[str | Path],
     out: str | Path,
+    *,
     seeds: int = 1,
     steps: int | None = None,
     guidance: float | None = None,

@@ -319,6 +319,7 @@ def evaluate(
     model: str | Path,
     prompt_files: Sequence[str | Path],
     out: str | Path,
+    *,
     seeds: int = 2,
     steps: int | None = None,
     guidance: float | None = None,

@@ -23,7 +23,7 @@ def torch_noise(shape: list[int], seed: int) -> np.ndarray:
     return start_noise(shape[0], tuple(shape[1:]), seed).numpy()
 
 
-def run_side_by_side(export_dir: str | Path, prompt: str, seed: int, eager: bool = True) -> dict:
+def run_side_by_side(export_dir: str | Path, prompt: str, seed: int, *, eager: bool = True) -> dict:
     """One clip from the exported graphs and, when the source pipeline is on disk, from eager
     PyTorch with the same noise: frames, per-stage seconds, and the largest frame difference."""
     t0 = time.perf_counter()

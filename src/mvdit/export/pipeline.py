@@ -169,12 +169,12 @@ def export_pipeline(
     model_dir: str | Path,
     out: str | Path,
     fmt: str = "onnx",
+    *,
     precision: str | None = None,
     tiles: int | None = None,
     tile_bytes: int | None = None,
     attention: str = "fused",
     progress=print,
-    *,
     overwrite: bool = False,
 ) -> dict:
     """Export `model_dir` to `out` (written atomically, never over a directory that is not an
@@ -305,13 +305,13 @@ def export_dit_preset(
     preset: str,
     out: str | Path,
     fmt: str = "executorch",
+    *,
     precision: str | None = None,
     tiles: int | None = None,
     tile_bytes: int | None = None,
     attention: str = "fused",
     run: bool = True,
     progress=print,
-    *,
     overwrite: bool = False,
 ) -> dict:
     """One DiT step of a preset with random weights at its clip size (paper presets: 49x384x512,

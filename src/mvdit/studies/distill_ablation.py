@@ -125,6 +125,7 @@ def run_distill_study(
     teacher: str | Path,
     config: str | Path,
     out: str | Path,
+    *,
     prompt_files: Sequence[str | Path],
     seeds: int = 4,
     rows: Sequence[str] | None = None,

@@ -81,6 +81,7 @@ def run_prune_study(
     teacher_dir: str | Path,
     out_dir: str | Path,
     kd_config: str | Path,
+    *,
     variants: Sequence[str] | None = None,
     budget: str = "params=0.55",
     recovery_steps: int = 500,

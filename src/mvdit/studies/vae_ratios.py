@@ -105,6 +105,7 @@ def study_train_config(
 
 def run_vae_study(
     out_dir: str | Path,
+    *,
     ratios: list[str] | None = None,
     clip: tuple[int, int, int] = (17, 64, 64),
     steps: int = 300,
