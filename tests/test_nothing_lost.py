@@ -19,11 +19,13 @@ from safetensors.torch import save_file
 
 from mvdit import MvditError
 from mvdit.io import (
+    _HOST as HOST,
+)
+from mvdit.io import (
     RECORD,
     DiskFullError,
     RunLock,
     atomic_dir,
-    output_dir,
     remove_stale_temps,
     save_tensors,
 )
@@ -84,10 +86,13 @@ def test_export_and_convert_never_delete_what_they_did_not_write(model, tmp_path
         "vae",
     }
     (out / "my-notes.md").write_text("mine")
+    (out / "gone").symlink_to(tmp_path / "nowhere")  # a dangling link and a FIFO of the user's
+    os.mkfifo(out / "pipe")
     (out / "dit" / "config.json").write_text("{}")  # damage one of its own files
     code, _, err = run_cli(["convert", "-m", model, "-o", out, "--dtype", "fp32"], capsys)
     assert code == 0, err
     assert (out / "my-notes.md").read_text() == "mine"
+    assert (out / "gone").is_symlink() and (out / "pipe").exists()
     assert json.loads((out / "dit" / "config.json").read_text()) != {}  # rewritten
     # another command's directory is refused; --overwrite replaces a foreign one whole
     code, _, err = run_cli(["prune", "-m", model, "-o", out, "--budget", "params=0.9"], capsys)
@@ -116,25 +121,27 @@ def test_export_into_its_own_directory_keeps_the_users_files(model, tmp_path, ca
 
 def test_a_killed_writers_temporaries_are_removed_and_a_live_ones_kept(tmp_path):
     dead, live = dead_pid(), os.getpid()
-    (tmp_path / f".out.tmp-{dead}-abc").mkdir()
-    (tmp_path / f".out.tmp-{dead}-abc" / "big.bin").write_bytes(b"0" * 1000)
-    (tmp_path / f".w.safetensors.tmp-{dead}-x").write_bytes(b"0")
-    (tmp_path / f".out.tmp-{live}-def").mkdir()
+    (tmp_path / f".out.tmp-{HOST}-{dead}-abc").mkdir()
+    (tmp_path / f".out.tmp-{HOST}-{dead}-abc" / "big.bin").write_bytes(b"0" * 1000)
+    (tmp_path / f".out.tmp-otherhost-{dead}-x").mkdir()  # a shared disk: not ours to judge
+    (tmp_path / f".w.safetensors.tmp-{HOST}-{dead}-x").write_bytes(b"0")
+    (tmp_path / f".out.tmp-{HOST}-{live}-def").mkdir()
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "a.txt").write_text("a")
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f".out.tmp-{live}-def", "out"]
+    assert names == sorted([f".out.tmp-{HOST}-{live}-def", f".out.tmp-otherhost-{dead}-x", "out"])
     assert remove_stale_temps(tmp_path) == []
 
 
 def test_files_and_directories_follow_the_umask(tmp_path):
-    old = os.umask(0o027)
-    try:
-        save_tensors(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
-        with output_dir(tmp_path / "o", command="test") as tmp:
-            (tmp / "x").write_text("x")
-    finally:
-        os.umask(old)
+    # the umask is read once when mvdit.io is imported (reading it means setting it, which is not
+    # thread-safe): a process started under umask 027 writes 0640 files and 0750 directories
+    code = (
+        "import torch; from mvdit.io import save_tensors, output_dir; "
+        f"save_tensors('{tmp_path}/w.safetensors', {{'a': torch.zeros(2)}})\n"
+        f"with output_dir('{tmp_path}/o', command='test') as t: (t / 'x').write_text('x')"
+    )
+    subprocess.run(["sh", "-c", f'umask 027 && "{sys.executable}" -c "{code}"'], check=True)
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "o").stat().st_mode & 0o777 == 0o750
     assert (tmp_path / "o" / RECORD).stat().st_mode & 0o777 == 0o640

@@ -11,9 +11,10 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,10 +115,17 @@ def writing(path: str | Path) -> Iterator[None]:
         raise problem from None
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once, at import: setting it to read it is not thread-safe
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def _fsync(path: Path) -> None:
@@ -130,19 +138,23 @@ def _fsync(path: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
+    """fsync every regular file and directory under `root` (a symlink or a FIFO a user left there
+    is not opened: a dangling link would fail, a FIFO would block)."""
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
-            _fsync(Path(dirpath) / name)
+            if stat.S_ISREG(os.lstat(Path(dirpath) / name).st_mode):
+                _fsync(Path(dirpath) / name)
         _fsync(Path(dirpath))
 
 
 # a temporary sibling carries its writer's pid, so a later run can tell a killed writer's leftover
 # (removed) from a live writer's (left alone)
-_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(\d+)-")
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TEMP = re.compile(r"^\..+\.(?:tmp|old)-([A-Za-z0-9]+)-(\d+)-")
 
 
 def _temp_prefix(name: str, kind: str = "tmp") -> str:
-    return f".{name}.{kind}-{os.getpid()}-"
+    return f".{name}.{kind}-{_HOST}-{os.getpid()}-"
 
 
 def pid_alive(pid: int) -> bool:
@@ -166,7 +178,8 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
         return removed
     for p in entries:
         m = _TEMP.match(p.name)
-        if m is None or pid_alive(int(m.group(1))):
+        # another host's (a shared filesystem) or a live writer's: not ours to judge
+        if m is None or m.group(1) != _HOST or pid_alive(int(m.group(2))):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -220,7 +233,9 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(final: str | Path, carry: Iterable[str] = ()) -> Iterator[Path]:
+def atomic_dir(
+    final: str | Path, carry: Iterable[str] | Callable[[], Iterable[str]] = ()
+) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `final` in one rename.
 
     A crash or an exception leaves `final` as it was (old contents or absent), never half-written;
@@ -234,7 +249,8 @@ def atomic_dir(final: str | Path, carry: Iterable[str] = ()) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~_umask())
         try:
             yield tmp
-            for name in carry:
+            # what to keep is read at the swap, so a file added while the command ran is kept
+            for name in carry() if callable(carry) else carry:
                 if (tmp / name).exists():
                     raise MvditError(
                         f"{final / name} is not mvdit's but this command writes a file of that "
@@ -341,15 +357,18 @@ def output_dir(
     directory to fill, then put it in place in one rename with a record of what it holds. Files
     in `out` that the command did not write before are kept (unless `overwrite`)."""
     final = claim_output_dir(out, command=command, overwrite=overwrite, sources=sources)
-    carry: list[str] = []
-    if final.is_dir() and not overwrite:
+
+    def carry() -> list[str]:  # the user's files in `final`: neither its record nor ours
+        if overwrite or not final.is_dir():
+            return []
         old = read_record(final)
         own = set(old["files"]) if old else set()
-        carry = [
+        return [
             p.name
             for p in final.iterdir()
             if p.name != RECORD and p.name not in own and not _TEMP.match(p.name)
         ]
+
     with atomic_dir(final, carry=carry) as tmp:
         yield tmp
         files = [p.name for p in tmp.iterdir() if p.name != RECORD]
@@ -404,7 +423,13 @@ class RunLock:
                         f"note: taking over the stale lock of {self.path.parent} "
                         f"(pid {holder.get('pid') if holder else '?'} is gone)"
                     )
-                    self.path.unlink(missing_ok=True)
+                    # rename, not unlink: of two processes taking over at once only one succeeds
+                    stale = self.path.with_name(f"{LOCK}.stale-{os.getpid()}")
+                    try:
+                        os.rename(self.path, stale)
+                    except FileNotFoundError:
+                        continue  # another process took it over first: race for the new lock
+                    stale.unlink(missing_ok=True)
                     continue
                 with os.fdopen(fd, "w") as f:
                     json.dump(me, f)
@@ -426,7 +451,9 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            holder = self._holder()
+            if holder is not None and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
             self.held = False
 
     def __enter__(self) -> RunLock:

@@ -493,7 +493,11 @@ class TeacherSamples(Dataset):
         if self._block is None or self._block[0] != blk:
             chunk = self.items[blk * self.batch : (blk + 1) * self.batch]
             g = self.pipe.generate(
-                [p for p, _ in chunk], self.steps, self.guidance, seed=self.seed + blk, decode=False
+                [p for p, _ in chunk],
+                self.steps,
+                self.guidance,
+                seed=(self.seed + blk) % 2**64,
+                decode=False,
             )
             self.failed += [
                 {"item": blk * self.batch + k, "prompt": chunk[k][0], "why": g.failure(k)}
