@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from mvdit.eval.evaluate import read_prompts
 from mvdit.eval.faithfulness import score_clip
-from mvdit.pipeline import Pipeline, shipped_model_path
+from mvdit.pipeline import Pipeline, shipped_model_path, shipped_teacher_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +64,20 @@ def test_generate_without_a_model_runs_the_shipped_default(tmp_path, capsys):
     assert out.stat().st_size > 0 and "4 network evaluations" in stdout
     t = json.loads((tmp_path / "t.json").read_text())
     assert t["nfe"] == 4 and {"load", "text", "dit", "decode", "write"} <= set(t)
+
+
+def test_the_shipped_teacher_is_fp16_at_80_nfe_and_draws_what_its_card_says():
+    path = shipped_teacher_path()
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    assert size < 4 * 2**20  # 1.8M parameters in fp16, the VAE a reference
+    with safe_open(str(path / "dit" / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    pipe = Pipeline.from_pretrained(path)
+    s = pipe.sampling()
+    assert (s.steps, s.guidance, s.nfe) == (40, 4.0, 80)
+    check = json.loads((path / "check.json").read_text())
+    prompts = [r["prompt"] for r in read_prompts(ROOT / check["prompts"])]
+    videos = pipe.generate(prompts, seed=check["seed"]).videos
+    scores = [score_clip(v, p) for v, p in zip(videos, prompts, strict=True)]
+    right = {a: sum(bool(s[a]) for s in scores) for a in check["at_least"]}
+    assert all(right[a] >= n for a, n in check["at_least"].items()), right

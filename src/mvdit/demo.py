@@ -13,7 +13,6 @@ the command line does, needs no gradio.
 from __future__ import annotations
 
 import atexit
-import importlib.resources
 import shutil
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from mvdit.data.shapes import (
     SPEED_WORDS,
 )
 from mvdit.limits import check_bound, prompt_problem
-from mvdit.pipeline import Generation, Pipeline, shipped_model_path
+from mvdit.pipeline import Generation, Pipeline, shipped_model_path, shipped_teacher_path
 from mvdit.video import auto_scale, contact_sheet, write_mp4
 
 SHIPPED_STUDENT = "shipped student"
@@ -53,11 +52,6 @@ Progress = Callable[[float, str], object]  # (fraction done, what runs now)
 
 # ---------------------------------------------------------------------------------------------
 # Models: what the page offers, each loaded once, on first use
-
-
-def shipped_teacher_path() -> Path:
-    """Where a shipped teacher would live inside the package (it is offered once it is there)."""
-    return Path(str(importlib.resources.files("mvdit") / "assets" / "default-teacher"))
 
 
 def models_available(extra_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:

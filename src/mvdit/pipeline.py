@@ -53,6 +53,12 @@ def shipped_model_path() -> Path:
     return path
 
 
+def shipped_teacher_path() -> Path:
+    """The shipped default teacher (the student's, at 80 network evaluations; its MODEL_CARD.md
+    says how it was trained and what it scores); the demo offers it once it is installed."""
+    return Path(str(files("mvdit") / "assets" / "default-teacher"))
+
+
 def start_noise(batch: int, latent_shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """The standard normal latent a generation of `batch` clips with `seed` starts from (CPU)."""
     check_bound("seed", seed, "--seed")
