@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -151,17 +152,26 @@ def test_files_and_directories_follow_the_umask(tmp_path):
 # a real full disk
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 3 MB tmpfs (root only); skipped with the reason where mounting is refused."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+@contextmanager
+def tmpfs(where: Path, options: str):
+    """A tmpfs mounted at `where` with `options` (root only); the test is skipped with the reason
+    where mounting is refused."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                        capture_output=True, text=True)  # fmt: skip
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+        pytest.skip(f"cannot mount a tmpfs ({options}) here ({r.stderr.strip() or r.returncode})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 3 MB tmpfs, filled by the test."""
+    with tmpfs(tmp_path / "small-disk", "size=3m") as mnt:
+        yield mnt
 
 
 def test_safetensors_and_mp4_on_a_full_disk_are_one_line_and_leave_nothing(full_disk):
@@ -369,21 +379,13 @@ def test_the_bounds_table_in_the_docs_is_the_code_s():
 
 
 def test_a_read_only_place_is_one_line(tmp_path, capsys, model):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                       capture_output=True, text=True)  # fmt: skip
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.strip() or r.returncode})")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         code, _, err = run_cli(["generate", "a circle", "-m", model, "-o", ro / "x.mp4"], capsys)
         assert "cannot write --output" in one_line_error(code, err)
         code, _, err = run_cli(["train", "--set", f"run.out_dir={ro / 'run'}"], capsys)
         assert "Read-only file system" in one_line_error(code, err)
         code, _, err = run_cli(["convert", "-m", model, "-o", ro / "c"], capsys)
         assert "Read-only file system" in one_line_error(code, err)
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_a_study_refuses_a_directory_that_is_not_its_own(model, tmp_path, capsys):
