@@ -713,6 +713,13 @@ LatentOpt = Annotated[
 ]
 
 
+def _calibration_flags(prompts, n_prompts, seeds, timesteps, latent) -> dict:
+    """The calibration flags `sensitivity` and `prune` share, as keys of their [*.calibration]."""
+    return _flags(calibration__prompts=prompts, calibration__n_prompts=n_prompts,
+                  calibration__seeds=seeds, calibration__timesteps=_csv(timesteps, float),
+                  calibration__latent=_csv(latent, int))  # fmt: skip
+
+
 @app.command()
 def sensitivity(
     config: ConfigArg = None,
@@ -734,10 +741,7 @@ def sensitivity(
     cfg = load_config(prune_stage.SensitivitySections, config, set_).sensitivity
     cfg = updated(cfg, _flags(
         model=model, out=out, group=group, faith_prompts=faith_prompts,
-        calibration__prompts=prompts, calibration__n_prompts=n_prompts,
-        calibration__seeds=seeds, calibration__timesteps=_csv(timesteps, float),
-        calibration__latent=_csv(latent, int),
-    ))  # fmt: skip
+    ) | _calibration_flags(prompts, n_prompts, seeds, timesteps, latent))  # fmt: skip
     typer.echo(prune_stage.sensitivity_summary(prune_stage.run_sensitivity(cfg)))
 
 
@@ -780,10 +784,7 @@ def prune(
     cfg = updated(cfg, _flags(
         model=model, out=out, budget=budget, levels=_csv(levels), criterion=criterion,
         preset=preset, group=group, overwrite=overwrite or None,
-        calibration__prompts=prompts, calibration__n_prompts=n_prompts,
-        calibration__seeds=seeds, calibration__timesteps=_csv(timesteps, float),
-        calibration__latent=_csv(latent, int),
-    ))  # fmt: skip
+    ) | _calibration_flags(prompts, n_prompts, seeds, timesteps, latent))  # fmt: skip
     typer.echo(prune_stage.prune_summary(prune_stage.run_prune(cfg), cfg))
 
 

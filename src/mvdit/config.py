@@ -291,12 +291,23 @@ def updated(cfg: M, changes: Mapping[str, Any], source: str = "the command line"
     from another's (never by formatting `--set` strings)."""
     raw = cfg.model_dump(mode="json")
     for key, value in changes.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        value = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        _set_key(raw, key, value, f"{source}: {key}")
     return validate(type(cfg), raw, source)
+
+
+def _set_key(raw: dict, key: str, value: Any, what: str) -> None:
+    """Set a dotted key (`section.key`) in a raw config dict, making sections as needed; one line
+    naming `what` when the key is malformed or passes through a value."""
+    *parents, leaf = key.split(".")
+    if not all(parents) or not leaf:
+        raise MvditError(f"{what}: the key must look like section.key")
+    node = raw
+    for i, p in enumerate(parents):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise MvditError(f"{what}: '{'.'.join(parents[: i + 1])}' is a value, not a section")
+    node[leaf] = value
 
 
 def load_config(
@@ -310,27 +321,15 @@ def load_config(
     derived settings), all checked together."""
     raw = read_config_file(path) if path else {}
     for key, value in (changes or {}).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        _set_key(raw, key, value, f"setting {key}")
     for item in overrides or []:
         if "=" not in item:
             raise MvditError(f"override '{item}' must look like section.key=value")
-        key, value = item.split("=", 1)
-        node = raw
-        *parents, leaf = key.split(".")
-        if not all(parents) or not leaf:
-            raise MvditError(f"override '{item}': the key must look like section.key")
-        for i, p in enumerate(parents):
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                where = ".".join(parents[: i + 1])
-                raise MvditError(f"override '{item}': '{where}' is a value, not a section")
+        key, text = item.split("=", 1)
         try:
-            node[leaf] = tomllib.loads(f"v = {value}")["v"]
+            value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            node[leaf] = value
+            value = text
+        _set_key(raw, key, value, f"override '{item}'")
     hint = f"check the spelling against {default_config_path()}"
     return validate(cls, raw, str(path or "default config"), hint)
