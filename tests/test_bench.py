@@ -81,7 +81,15 @@ def test_bench_tiny_preset_writes_every_field(tmp_path, capsys):
 
 def test_bench_a_model_directory_and_an_estimated_clip(tmp_path):
     conftest.save_tiny_pipeline(tmp_path / "m", ffn_dim=64, out_std=None)
-    r = B.run_bench([str(tmp_path / "m")], tmp_path / "b", threads=1, reps=1, ltx=False, gemm_n=256)
+    cfg = B.BenchConfig(
+        targets=[str(tmp_path / "m")],
+        out=str(tmp_path / "b"),
+        threads=1,
+        reps=1,
+        ltx=False,
+        gemm_n=256,
+    )
+    r = B.run_bench(cfg)
     (t,) = r["targets"]
     assert t["kind"] == "checkpoint" and t["sampler"]["nfe"] == 2 and t["end_to_end"]["measured"]
     assert t["ltx"] == {"skipped": "not requested"}
@@ -104,11 +112,11 @@ def test_bench_a_model_directory_and_an_estimated_clip(tmp_path):
 def test_bench_rejects_bad_input(tmp_path, capsys):
     code, out = run_cli(["bench", "huge", "--out", tmp_path], capsys)
     assert code == 2 and "'huge' is neither a preset" in out
-    with pytest.raises(MvditError, match="--reps"):
-        B.run_bench(["tiny"], tmp_path, reps=0)
+    code, out = run_cli(["bench", "tiny", "--reps", "0", "--out", tmp_path], capsys)
+    assert code == 2 and "--reps 0: Input should be greater than or equal to 1" in out
     if not torch.cuda.is_available():
         with pytest.raises(MvditError, match="no CUDA"):
-            B.run_bench(["tiny"], tmp_path, device="cuda")
+            B.run_bench(B.BenchConfig(targets=["tiny"], out=str(tmp_path), device="cuda"))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from conftest import run_cli, save_tiny_pipeline
 
 pytest.importorskip("gradio")
 
+from mvdit import MvditError  # noqa: E402
 from mvdit.data.shapes import parse_caption, parse_holdout  # noqa: E402
 from mvdit.demo import (  # noqa: E402
     EXAMPLES,
@@ -65,6 +66,7 @@ def test_models_available_adds_a_teacher_when_it_appears(tmp_path, monkeypatch):
     none = tmp_path / "runs" / "c" / NO_COMPARISON  # the compare picker's "no second model"
     for d in (a, b, none):
         d.mkdir(parents=True)
+        (d / "pipeline.json").write_text("{}")  # offered by name; loaded when picked
 
     models = models_available([a, b, a, none])
     # named by directory, told apart by parent, the same directory once, never "none"
@@ -77,6 +79,8 @@ def test_models_available_adds_a_teacher_when_it_appears(tmp_path, monkeypatch):
     )  # a directory without pipeline.json is not a model
     (teacher / "pipeline.json").write_text("{}")
     assert list(models_available([a])) == [SHIPPED_STUDENT, SHIPPED_TEACHER, "model"]
+    with pytest.raises(MvditError, match="has no pipeline.json"):
+        models_available([teacher.parent])
 
 
 def test_examples_are_in_the_shipped_vocabulary():

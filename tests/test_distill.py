@@ -144,7 +144,7 @@ def test_study_distill_trains_evaluates_and_times_each_row(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["study", "distill", "-m", teacher, "--config", SMOKE, "-o", out, "--seeds", "1",
             "-p", _prompts(tmp_path), "--rows", "teacher-4-cfg,teacher-4,student-4",
-            "--set", f"distill.student={teacher}", "--set", "optim.steps=2"]  # fmt: skip
+            "--student-set", f"distill.student={teacher}", "--student-set", "optim.steps=2"]  # fmt: skip
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     report = json.loads((out / "study.json").read_text())

@@ -166,7 +166,10 @@ def test_coreml_export_is_an_fp16_ml_program_with_tiled_ffn(student, tmp_path, c
 def test_export_rejects_what_it_cannot_do(student, tmp_path, capsys):
     for args, msg in (
         (["--precision", "fp16"], "not available for onnx"),
-        (["--format", "tflite"], "--format tflite is not one of"),
+        (
+            ["--format", "tflite"],
+            "--format 'tflite': Input should be 'onnx', 'executorch' or 'coreml'",
+        ),
         (["--format", "coreml", "--precision", "int8"], "not available for coreml"),
         (["--tiles", "2", "--tile-bytes", "100"], "not both"),
     ):

@@ -38,8 +38,9 @@ def test_a_four_step_pipeline_saves_reloads_and_reports_four_evaluations(tmp_pat
     assert "4 steps" in (tmp_path / "ev" / "eval.md").read_text()
 
     r = bench.run_bench(
-        [str(tmp_path / "student")], tmp_path / "b", threads=1, reps=1, ltx=False, gemm_n=128
-    )
+        bench.BenchConfig(targets=[str(tmp_path / "student")], out=str(tmp_path / "b"), threads=1,
+                          reps=1, ltx=False, gemm_n=128)
+    )  # fmt: skip
     assert r["targets"][0]["sampler"] == {"steps": 4, "guidance": 1.0, "nfe": 4}
 
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from torch.utils.data import Subset
 
 from mvdit import MvditError
 from mvdit.bench.measure import si
-from mvdit.config import PRESETS, DataConfig, ModelConfig, TrainConfig, VAEConfig, preset_config
+from mvdit.config import (
+    PRESETS,
+    DataConfig,
+    ModelConfig,
+    Strict,
+    TrainConfig,
+    VAEConfig,
+    preset_config,
+)
 from mvdit.data.cache import LatentCacheDataset, build_latent_cache
 from mvdit.data.folder import VideoFolderDataset
 from mvdit.data.shapes import ShapesDataset
@@ -129,7 +138,7 @@ def cache_from_config(
     limit: int | None = None,
     shard_size: int = 256,
     batch_size: int = 8,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     progress: bool = True,
     vae: VideoAutoencoder | None = None,
     text: TextEncoder | None = None,
@@ -137,6 +146,10 @@ def cache_from_config(
     """Cache the clips a training config's [data] names, with its [vae] and [text] encoders
     (or the ones given, already built from them)."""
     d = cfg.data
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise MvditError(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
+        dtype = getattr(torch, dtype)
     if d.kind == "cache":
         raise MvditError("data.kind is already 'cache': point [data] at the clips to encode")
     if limit is not None and limit < 1:
@@ -183,21 +196,39 @@ def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTCo
     )
 
 
-def describe_preset(
-    preset: str,
-    *,
-    frames: int,
-    height: int,
-    width: int,
-    temporal: int,
-    spatial: int,
-    latent_channels: int | None,
-    text_len: int,
-    text_dim: int | None,
-    patch: int,
-) -> str:
+class InfoConfig(Strict):
+    """[info]: a DiT preset at a clip size (`mvdit info`)."""
+
+    preset: str = Field(
+        default="paper-teacher", description="tiny, small, paper-teacher, paper-student"
+    )
+    frames: int = Field(default=49, description="clip frames")
+    height: int = Field(default=384, description="clip height")
+    width: int = Field(default=512, description="clip width")
+    temporal: int = Field(default=8, ge=1, description="VAE temporal compression")
+    spatial: int = Field(default=32, ge=1, description="VAE spatial compression")
+    latent_channels: int | None = Field(
+        default=None, ge=1, description="VAE latent channels (default: the preset's)"
+    )
+    text_len: int = Field(default=77, ge=1, description="text tokens (77 for CLIP)")
+    text_dim: int | None = Field(
+        default=None, ge=1, description="text encoder width (default: the preset's)"
+    )
+    patch: int = Field(
+        default=1, ge=1, description="DiT patch size over the latent's height and width"
+    )
+
+
+class InfoSections(Strict):
+    info: InfoConfig = Field(default_factory=InfoConfig)
+
+
+def describe_preset(cfg: InfoConfig) -> str:
     """`mvdit info`: a preset's parameters by part, its latent grid and tokens at a clip size, and
     its FLOPs per DiT step (the model built on the meta device: no memory for weights)."""
+    preset, frames, height, width = cfg.preset, cfg.frames, cfg.height, cfg.width
+    temporal, spatial, patch = cfg.temporal, cfg.spatial, cfg.patch
+    latent_channels, text_len, text_dim = cfg.latent_channels, cfg.text_len, cfg.text_dim
     if preset not in PRESETS:
         raise MvditError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     if frames < 1 or (frames - 1) % temporal:

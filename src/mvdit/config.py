@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
@@ -285,7 +285,12 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     return load_config(TrainConfig, path, overrides)
 
 
-def updated(cfg: M, changes: Mapping[str, Any], source: str = "the command line") -> M:
+def updated(
+    cfg: M,
+    changes: Mapping[str, Any],
+    source: str = "the command line",
+    names: Mapping[str, str] | None = None,
+) -> M:
     """A copy of a config section with dotted keys changed (`{"calibration.seeds": 4}`), checked
     exactly as a file is: how a command applies its flags and a study derives one row's config
     from another's (never by formatting `--set` strings)."""
@@ -293,7 +298,7 @@ def updated(cfg: M, changes: Mapping[str, Any], source: str = "the command line"
     for key, value in changes.items():
         value = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
         _set_key(raw, key, value, f"{source}: {key}")
-    return validate(type(cfg), raw, source)
+    return validate(type(cfg), raw, source, names=names)
 
 
 def _set_key(raw: dict, key: str, value: Any, what: str) -> None:
@@ -333,3 +338,52 @@ def load_config(
         _set_key(raw, key, value, f"override '{item}'")
     hint = f"check the spelling against {default_config_path()}"
     return validate(cls, raw, str(path or "default config"), hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# a section's keys as command-line flags (the CLI generates its stage flags from these)
+
+
+class KeyInfo(NamedTuple):
+    kind: Any  # what a flag of it takes: int, float, str, bool, or list[int | float | str]
+    choices: tuple  # the allowed values of a Literal key (else empty)
+    default: Any
+    description: str | None
+
+    def help(self, csv: bool = False) -> str:
+        """The key's description with its choices and default, as a flag's help shows them."""
+        d = self.default
+        shown = ",".join(map(str, d)) if isinstance(d, list) else d
+        return " ".join(filter(None, [
+            self.description,
+            f"(one of {', '.join(map(str, self.choices))})" if self.choices else "",
+            f"(default: {shown})" if shown not in (None, "") and not isinstance(d, bool) else "",
+            "(comma-separated)" if csv else "",
+        ]))  # fmt: skip
+
+
+def key_info(cls: type[BaseModel], key: str) -> KeyInfo:
+    """Type, choices, default and description of a dotted key (`calibration.seeds`) of a section
+    class, read from its pydantic field: each is written once, in the section."""
+    *parents, leaf = key.split(".")
+    for p in parents:
+        cls = cls.model_fields[p].annotation
+    field = cls.model_fields[leaf]
+    ann = field.annotation
+    if get_origin(ann) not in (list, Literal):  # `X | None` -> X
+        ann = next(a for a in get_args(ann) if a is not type(None)) if get_args(ann) else ann
+    choices = get_args(ann) if get_origin(ann) is Literal else ()
+    if get_origin(ann) is list:
+        item = get_args(ann)[0]
+        kind: Any = list[item] if item in (int, float) else list[str]
+    else:
+        kind = str if choices else ann
+    return KeyInfo(kind, choices, field.get_default(call_default_factory=True), field.description)
+
+
+def parse_csv(text: str, kind: type) -> list:
+    """A comma-separated flag value ("0.1,0.5", "block,ffn") as a list of `kind`."""
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MvditError(f"{text!r} is not a comma-separated list of {kind.__name__}s") from None

@@ -67,6 +67,12 @@ def models_available(extra_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
         models[SHIPPED_TEACHER] = teacher
     for d in extra_dirs:
         d = Path(d)
+        if not d.is_dir():
+            raise MvditError(f"--model {d}: no such model directory (pipeline.json + dit/ + vae/)")
+        if not (d / "pipeline.json").is_file():
+            raise MvditError(
+                f"--model {d} is not an mvdit model directory: it has no pipeline.json"
+            )
         full = d.resolve()
         # "none" is the compare picker's "no second model"; a model may not take that name
         taken = {*models, NO_COMPARISON}
@@ -385,6 +391,10 @@ def launch(
 
     block=True serves until interrupted; block=False returns the running page at once
     (`.local_url` is its address, `.close()` stops it)."""
+    try:
+        import gradio  # noqa: F401 (the demo extra, not a core dependency)
+    except ModuleNotFoundError:
+        raise MvditError("mvdit demo needs the demo extra: pip install 'mvdit[demo]'") from None
     if not 1 <= port <= 65535:
         raise MvditError(f"--port must be in 1…65535, got {port}")
     demo = build(models if models is not None else models_available())

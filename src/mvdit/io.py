@@ -14,7 +14,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -287,6 +287,9 @@ def read_record(directory: str | Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return raw if isinstance(raw, dict) and isinstance(raw.get("command"), str) else None
+
+
+OVERWRITE_HELP = "replace OUT even if it holds files mvdit did not write there"
 
 
 def claim_output_dir(
@@ -627,23 +630,35 @@ def load_state_strict(
     module.load_state_dict(state, strict=True, assign=assign)
 
 
-def format_validation_error(e: ValidationError, source: str, hint: str = "") -> str:
-    """One line naming the first bad key of a config and what is wrong with it."""
+def format_validation_error(
+    e: ValidationError, source: str, hint: str = "", names: Mapping[str, str] | None = None
+) -> str:
+    """One line naming the first bad key of a config and what is wrong with it; a key in `names`
+    (dotted key -> the flag that set it) is named by its flag, with the value given."""
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key '{loc}'" + (f" — {hint}" if hint else "")
+    if names and loc in names:
+        return f"{names[loc]} {err.get('input')!r}: {err['msg']}"
     return f"{source}: {loc}: {err['msg']}"
 
 
-def validate(cls: type[BaseModel], raw: dict, source: str, hint: str = ""):
-    """Build a pydantic config from a dict; a mistake becomes a one-line MvditError naming `source`."""
+def validate(
+    cls: type[BaseModel],
+    raw: dict,
+    source: str,
+    hint: str = "",
+    names: Mapping[str, str] | None = None,
+):
+    """Build a pydantic config from a dict; a mistake becomes a one-line MvditError naming `source`
+    (or the flag in `names` that set the bad key)."""
     if not isinstance(raw, dict):
         raise MvditError(f"{source}: expected a table of keys, got {type(raw).__name__}")
     try:
         return cls(**raw)
     except ValidationError as e:
-        raise MvditError(format_validation_error(e, source, hint)) from None
+        raise MvditError(format_validation_error(e, source, hint, names)) from None
 
 
 def read_config_json(cls: type[BaseModel], path: str | Path):

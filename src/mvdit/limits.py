@@ -56,6 +56,11 @@ LIMITS: dict[str, Bound] = {
 }
 
 
+# the help of the sampler options many commands share (defined once)
+STEPS_HELP = "sampling steps (default: the model's)"
+GUIDANCE_HELP = "classifier-free guidance scale; 1 turns it off (default: the model's)"
+
+
 def bounded(key: str, default: Any, **kw: Any) -> Any:
     """A pydantic Field whose bounds are LIMITS[key] (and finite, for a float)."""
     from pydantic import Field

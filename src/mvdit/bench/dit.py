@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from mvdit import MvditError
@@ -39,13 +40,15 @@ from mvdit.bench.measure import (
     timed,
 )
 from mvdit.build import build_autoencoder
-from mvdit.config import PRESETS, default_train_config, preset_config
+from mvdit.config import PRESETS, Strict, default_train_config, preset_config
 from mvdit.flow import euler_sample
 from mvdit.io import atomic_write_text, read_json, write_json
+from mvdit.limits import bounded
 from mvdit.models.dit import VideoDiT
 from mvdit.models.text import TextConfig, load_text_encoder
 from mvdit.models.vae import CausalVideoVAE, vae_preset
 from mvdit.pipeline import Pipeline, SamplerConfig, Sampling
+from mvdit.results import Result
 
 PAPER_CLIP = (49, 384, 512)  # the paper's clip: 8x32x32 VAE -> 7x12x16 latent, 1,344 tokens
 # Sampling of the paper's models: the teacher ~40 Euler steps with CFG, the student 4 steps without.
@@ -464,18 +467,10 @@ def _sampler(
 # the run
 
 
-def run_bench(
-    targets: list[str],
-    out: str | Path,
-    *,
-    device: str = "cpu",
-    threads: int | None = None,
-    reps: int = 3,
-    ltx: bool = True,
-    paper_decode: bool | None = None,
-    gemm_n: int = 4096,
-) -> dict:
+def run_bench(cfg: BenchConfig) -> Result:
     """Benchmark presets or model directories; write OUT/bench.json and OUT/bench.md."""
+    targets, out, device, threads, reps = cfg.targets, cfg.out, cfg.device, cfg.threads, cfg.reps
+    ltx, paper_decode, gemm_n = cfg.ltx, cfg.paper_decode, cfg.gemm_n
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MvditError("--device cuda but no CUDA GPU is visible; use --device cpu")
@@ -536,7 +531,14 @@ def run_bench(
     out = Path(out)
     write_json(out / "bench.json", result)
     atomic_write_text(out / "bench.md", bench_markdown(result))
-    return result
+    n = len(rows)
+    return Result(
+        result,
+        lambda r: (
+            f"{bench_markdown(r)}\nwrote {out / 'bench.json'} and {out / 'bench.md'} ({n} targets)"
+        ),
+        out,
+    )
 
 
 def bench_markdown(result: dict) -> str:
@@ -598,3 +600,42 @@ def bench_markdown(result: dict) -> str:
         if extra:
             lines.append(f"- {r['name']}: " + "; ".join(extra))
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# the [bench] section: `mvdit bench`
+
+
+class BenchConfig(Strict):
+    """[bench]"""
+
+    targets: list[str] = Field(
+        default_factory=lambda: ["tiny", "small", "paper-student", "paper-teacher"],
+        description="presets (tiny, small, paper-teacher, paper-student) and/or model directories",
+    )
+    out: str = Field(default="runs/bench", description="directory for bench.json and bench.md")
+    device: str = Field(default="cpu", description="cpu or cuda (bf16 on cuda)")
+    threads: int | None = bounded(
+        "threads",
+        None,
+        description="CPU threads for every measurement, GEMM peak included (default: torch's)",
+    )
+    reps: int = Field(
+        default=2,
+        ge=1,
+        description="timed repetitions of each stage after a warm-up (best is reported)",
+    )
+    ltx: bool = Field(
+        default=True,
+        description="also time diffusers' LTXVideoTransformer3DModel of the same shape",
+    )
+    paper_decode: bool | None = Field(
+        default=None, description="time the paper VAE decode at 49x384x512 (default: on GPU only)"
+    )
+    gemm_n: int = Field(
+        default=4096, ge=64, description="side of the square matmul that measures the GEMM peak"
+    )
+
+
+class BenchSections(Strict):
+    bench: BenchConfig = Field(default_factory=BenchConfig)

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.bench.measure import load_average, machine_info, seconds, time_once
-from mvdit.config import PRESETS
+from mvdit.config import PRESETS, Strict
 from mvdit.export.onnx import ort_session, save_onnx
 from mvdit.export.tiling import TiledLinear
 from mvdit.io import atomic_write_text, write_json
+from mvdit.limits import bounded
+from mvdit.results import Result
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 TOKENS = {"paper-student": 1344, "tiny": 48}  # 49x384x512 at 4x16x16 / patch 1; 9x32x32 at 4x8x8
@@ -47,13 +51,14 @@ def _ort_session(module: nn.Module, x: torch.Tensor, path: Path):
 def run_tiling_bench(
     out: str | Path,
     *,
-    ks: tuple[int, ...] = DEFAULT_KS,
-    reps: int = 3,
-    runtimes: tuple[str, ...] = ("eager", "onnxruntime"),
-    presets: tuple[str, ...] = ("paper-student", "tiny"),
-    threads: int | None = None,
+    ks: tuple[int, ...],
+    reps: int,
+    runtimes: tuple[str, ...],
+    presets: tuple[str, ...],
+    threads: int | None,
     progress: bool = True,
 ) -> dict:
+    """Time each preset's FFN GEMMs tiled into each k against untiled (defaults: [bench_tiling])."""
     if reps < 1:
         raise MvditError(f"--reps must be at least 1, got {reps}")
     if not ks or any(k < 1 for k in ks):
@@ -144,3 +149,37 @@ def tiling_markdown(result: dict) -> str:
             f"{r['speedup']:.2f}x | {r['flops'] / r['tiled_s'] / 1e9:.1f} | {r['max_abs_error']:.1e} |"
         )
     return "\n".join(lines) + "\n"
+
+
+class BenchTilingConfig(Strict):
+    """[bench_tiling]: `mvdit bench-tiling`"""
+
+    out: str = Field(
+        default="runs/bench-tiling", description="directory for tiling.json and tiling.md"
+    )
+    k: list[int] = Field(default_factory=lambda: list(DEFAULT_KS), description="tile counts")
+    reps: int = Field(
+        default=3, ge=1, description="alternated timed repetitions (best is reported)"
+    )
+    runtimes: list[Literal["eager", "onnxruntime"]] = Field(
+        default_factory=lambda: ["eager", "onnxruntime"], description="eager and/or onnxruntime"
+    )
+    presets: list[str] = Field(
+        default_factory=lambda: ["paper-student", "tiny"], description="whose FFN shapes"
+    )
+    threads: int | None = bounded("threads", None, description="CPU threads (default: torch's)")
+
+
+class BenchTilingSections(Strict):
+    bench_tiling: BenchTilingConfig = Field(default_factory=BenchTilingConfig)
+
+
+def bench_tiling(cfg: BenchTilingConfig) -> Result:
+    r = run_tiling_bench(cfg.out, ks=tuple(cfg.k), reps=cfg.reps, runtimes=tuple(cfg.runtimes),
+                         presets=tuple(cfg.presets), threads=cfg.threads)  # fmt: skip
+    out = Path(cfg.out)
+    return Result(
+        r,
+        lambda r: f"{tiling_markdown(r)}\nwrote {out / 'tiling.json'} and {out / 'tiling.md'}",
+        out,
+    )

@@ -13,13 +13,16 @@ import statistics
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from mvdit.bench.measure import PeakMemory, time_once
 from mvdit.build import build_autoencoder, load_autoencoder
-from mvdit.config import default_train_config, preset_config
+from mvdit.config import Strict, default_train_config, preset_config
 from mvdit.io import atomic_write_text, write_json
+from mvdit.limits import bounded
 from mvdit.models.dit import VideoDiT
 from mvdit.models.vae import CausalVideoVAE, vae_preset
+from mvdit.results import Result
 
 
 @torch.no_grad()
@@ -111,13 +114,14 @@ def bench_cpu_default(
 def run_vae_bench(
     out_dir: str | Path,
     *,
-    max_tile_bytes: int | None = 1 << 30,
-    threads: int | None = 1,
-    paper: bool = True,
-    vae_path: str | Path | None = None,
-    repeats: int = 20,
+    max_tile_bytes: int | None,
+    threads: int | None,
+    paper: bool,
+    vae_path: str | Path | None,
+    repeats: int,
 ) -> dict:
-    """Both benchmarks; writes bench.json and bench.md to out_dir and returns the results."""
+    """Both benchmarks; writes bench.json and bench.md to out_dir and returns the results
+    (defaults: the [bench_vae] section)."""
     if threads:
         torch.set_num_threads(threads)
     result: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -160,3 +164,39 @@ def bench_markdown(r: dict) -> str:
             f"| of which: the output clip | {p['output_clip_gb']:.2f} GB |",
         ]
     return "\n".join(lines) + "\n"
+
+
+class BenchVAEConfig(Strict):
+    """[bench_vae]: `mvdit bench-vae`"""
+
+    out: str = Field(default="runs/bench-vae", description="directory for bench.json and bench.md")
+    max_tile_mb: int = Field(
+        default=1024, ge=1, description="memory cap for one decode tile of the paper VAE, in MiB"
+    )
+    threads: int = bounded(
+        "threads", 1, description="CPU threads (1 is steadiest on a shared machine)"
+    )
+    repeats: int = Field(
+        default=20, ge=1, description="timed repeats of the CPU-preset decode and DiT steps"
+    )
+    paper: bool = Field(
+        default=True,
+        description="also decode 49x384x512 with the paper-width 8x32x32 VAE (minutes on CPU)",
+    )
+    vae: str | None = Field(
+        default=None,
+        description="VAE directory for the CPU-preset bench (default: the shipped one)",
+    )
+
+
+class BenchVAESections(Strict):
+    bench_vae: BenchVAEConfig = Field(default_factory=BenchVAEConfig)
+
+
+def bench_vae(cfg: BenchVAEConfig) -> Result:
+    r = run_vae_bench(cfg.out, max_tile_bytes=cfg.max_tile_mb << 20, threads=cfg.threads,
+                      paper=cfg.paper, vae_path=cfg.vae, repeats=cfg.repeats)  # fmt: skip
+    out = Path(cfg.out)
+    return Result(
+        r, lambda r: f"{bench_markdown(r)}\nwrote {out / 'bench.json'} and {out / 'bench.md'}", out
+    )

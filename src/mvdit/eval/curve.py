@@ -206,3 +206,13 @@ def plot_curve(result: dict, png: Path) -> None:
     ax.legend(fontsize=8, ncol=2, loc="lower right")
     ax.set_title(f"prompt faithfulness along {Path(result['run']).name}", fontsize=10)
     save_figure(fig, png, dpi=110)
+
+
+def curve_summary(result: dict, out: str | Path) -> str:
+    """What `mvdit eval-curve` prints: one line a checkpoint, then the files."""
+    lines = []
+    for p in result["points"]:
+        a = p["all"]
+        lines.append(f"step {p['step']:>7}: overall {a['overall']:.2f}  colour {a['colour']:.2f}  "
+                     f"shape {a['shape']:.2f}  motion {a['motion']:.2f}")  # fmt: skip
+    return "\n".join([*lines, f"wrote {Path(out) / 'curve.md'}, curve.json, curve.png"])

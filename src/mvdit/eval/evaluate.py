@@ -17,20 +17,30 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from mvdit import MvditError
 from mvdit.build import build_dataset
-from mvdit.config import DataConfig, default_train_config, load_train_config
+from mvdit.config import (
+    DataConfig,
+    Strict,
+    default_train_config,
+    load_train_config,
+    require_device,
+    required,
+)
 from mvdit.data.shapes import ShapesDataset, caption, parse_caption, render
 from mvdit.eval.faithfulness import ATTRIBUTES, score_clip, summarize
 from mvdit.eval.metrics import distribution_distance
 from mvdit.eval.vbench import score_videos
-from mvdit.io import atomic_write_text, read_text, write_json
+from mvdit.io import atomic_write_text, read_json, read_text, write_json
+from mvdit.limits import GUIDANCE_HELP, STEPS_HELP, bounded
 from mvdit.pipeline import Pipeline
+from mvdit.results import Result
 from mvdit.video import contact_sheet, save_png, write_mp4
 
 # ---------------------------------------------------------------------------------------------
@@ -40,6 +50,10 @@ from mvdit.video import contact_sheet, save_png, write_mp4
 # the shipped evaluation prompts (a repository file, not packaged): the default of every command
 # that calibrates or scores on prompts
 EVAL_PROMPTS = "prompts/shapes-eval.txt"
+HOLDOUT_PROMPTS = "prompts/shapes-holdout.txt"
+PARAPHRASE_PROMPTS = "prompts/shapes-paraphrase.txt"
+# the three shipped prompt files every model card and study scores on (96 prompts each)
+SHIPPED_PROMPTS = (EVAL_PROMPTS, HOLDOUT_PROMPTS, PARAPHRASE_PROMPTS)
 
 
 def read_prompts(path: str | Path) -> list[dict]:
@@ -315,22 +329,64 @@ def sample_prompts(
         yield i, row, g, time.perf_counter() - t0
 
 
-def evaluate(
-    model: str | Path,
-    prompt_files: Sequence[str | Path],
-    out: str | Path,
-    *,
-    seeds: int = 2,
-    steps: int | None = None,
-    guidance: float | None = None,
-    seed: int = 0,
-    feature_size: int = 224,
-    device: str = "cpu",
-) -> dict:
+class EvalConfig(Strict):
+    """[eval]: generate clips for prompt sets with fixed seeds and score them (`mvdit eval`)."""
+
+    model: str | None = Field(
+        default=None, description="model directory (pipeline.json + dit/ + vae/)"
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: list(SHIPPED_PROMPTS),
+        description="prompt files: text (one a line) or JSONL {prompt, split}; repeatable",
+    )
+    out: str | None = Field(
+        default=None,
+        description="output directory for eval.json, eval.md, contact_sheet.png, videos/",
+    )
+    seeds: int = Field(default=2, ge=1, description="samples per prompt")
+    seed: int = bounded("seed", 0, description="noise seed of each prompt's batch")
+    steps: int | None = bounded("steps", None, description=STEPS_HELP)
+    guidance: float | None = bounded(
+        "guidance", None, allow_inf_nan=False, description=GUIDANCE_HELP
+    )
+    feature_size: int = Field(
+        default=224, ge=8, description="frame side fed to the feature network (VBench: 224)"
+    )
+    device: str = Field(default="cpu", description="cpu or cuda")
+
+
+class EvalSections(Strict):
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def run_eval(cfg: EvalConfig) -> Result:
+    """`mvdit eval`: `evaluate` on a config section. Clips that went NaN/inf are kept and scored;
+    an MvditError at the end names them (after every file is written)."""
+    require_device(cfg.device, "eval.device (--device)")
+    out = Path(required(cfg.out, "eval.out (--out)"))
+    r = evaluate(cfg)
+    if bad := r["failed_clips"]:
+        raise MvditError(
+            f"{len(bad)} of {r['clips']} clips failed ({bad[0]['prompt']!r}: {bad[0]['why']}); "
+            f"they are listed in {out / 'eval.json'} under failed_clips"
+        )
+    return Result(r, lambda r: _eval_summary(r, out), out)
+
+
+def _eval_summary(r: Mapping, out: Path) -> str:
+    f = r["faithfulness"]
+    head = f"{r['clips']} clips scored" + (f"; faithfulness {f['all']['overall']:.3f}" if f else "")
+    return f"{head}\nresults: {out / 'eval.md'}   {out / 'eval.json'}   sheet: {out / 'contact_sheet.png'}"
+
+
+def evaluate(cfg: EvalConfig) -> dict:
     """Generate `seeds` clips per prompt (clip k of a prompt: sample k of a batch drawn from `seed`),
-    score everything and write OUT/eval.json, eval.md, contact_sheet.png and videos/."""
-    if seeds < 1:
-        raise MvditError(f"--seeds must be at least 1, got {seeds}")
+    score everything and write OUT/eval.json, eval.md, contact_sheet.png and videos/. Clips that
+    went NaN/inf are kept, scored and listed (`failed_clips`); run_eval reports them."""
+    model = required(cfg.model, "eval.model (--model)")
+    out = required(cfg.out, "eval.out (--out)")
+    prompt_files, seeds, steps, guidance = cfg.prompts, cfg.seeds, cfg.steps, cfg.guidance
+    seed, feature_size, device = cfg.seed, cfg.feature_size, cfg.device
     rows = [r for f in prompt_files for r in read_prompts(f)]
     pipe = Pipeline.from_pretrained(model, device=device)
     c = pipe.config
@@ -494,3 +550,24 @@ if __name__ == "__main__":
         sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2] if len(sys.argv) > 2 else "prompts"
     ):
         print(p)
+
+
+def compare_evals(a: str | Path, b: str | Path, out: str | Path | None = None) -> Result:
+    """`mvdit eval-compare`: faithfulness of A minus B per attribute with paired bootstrap
+    intervals over prompts; the table also written to `out` (.md) when given."""
+    evals = []
+    for p in (Path(a), Path(b)):
+        path = p / "eval.json" if p.is_dir() else p
+        f = read_json(path).get("faithfulness")
+        if not f:
+            raise MvditError(
+                f"{path} has no faithfulness scores (its prompts are not shapes captions)"
+            )
+        evals.append(f)
+    table = difference_markdown(paired_difference(*evals), "A", "B")
+    if out is not None:
+        atomic_write_text(out, f"A = `{a}`, B = `{b}`\n\n{table}")
+    text = f"A = {a}\nB = {b}, {evals[0]['all']['clips']} clips each\n{table}".rstrip("\n")
+    return Result(
+        {"table": table}, lambda r: text + (f"\nwrote {out}" if out else ""), out and Path(out)
+    )

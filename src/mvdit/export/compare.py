@@ -11,10 +11,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mvdit import MvditError
+from mvdit.bench.measure import si
 from mvdit.eval.evaluate import read_prompts
 from mvdit.eval.faithfulness import score_clip, summarize
 from mvdit.export.runtime import ExportedPipeline
+from mvdit.io import check_output_file, write_json
 from mvdit.pipeline import Pipeline, start_noise
+from mvdit.results import Result
 
 
 def torch_noise(shape: list[int], seed: int) -> np.ndarray:
@@ -77,3 +80,50 @@ def eval_exported(export_dir: str | Path, prompt_files: list[Path], seeds: int) 
         "faithfulness": summarize(scores),
         "seconds_per_clip": mean | {"total": sum(mean.values())},
     }
+
+
+def run_exported(export_dir: str | Path, prompt: str, output: str | Path, *, seed: int = 0,
+                 eager: bool = True) -> Result:  # fmt: skip
+    """`mvdit run-exported`: run_side_by_side, the clip written to `output` (.mp4)."""
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise MvditError(f"output must end in .mp4, got {output}")
+    check_output_file(output, "--output")
+    r = run_side_by_side(export_dir, prompt, seed, eager=eager)
+    r["pipe"].write(r["frames"], output)
+    record = {k: v for k, v in r.items() if k not in ("frames", "pipe")}
+    return Result(record, lambda r: _side_by_side_table(r, output), output)
+
+
+def _side_by_side_table(r: dict, output: Path) -> str:
+    lines = ["| runtime | load | text | DiT | decode |", "|---|---|---|---|---|"]
+    for row in [r["exported"]] + ([r["eager"]] if "eager" in r else []):
+        cells = " | ".join(f"{row[k] * 1e3:.1f} ms" for k in ("text", "dit", "decode"))
+        lines.append(f"| {row['runtime']} | {si(row['load'], 's')} | {cells} |")
+    if "max_frame_difference" in r:
+        lines.append(f"largest frame difference against eager: {r['max_frame_difference']} of 255")
+    elif "eager_missing" in r:
+        lines.append(r["eager_missing"])
+    return "\n".join([*lines, f"wrote {output}"])
+
+
+def eval_exported_to(export_dir: str | Path, prompt_files: list[Path], seeds: int,
+                     out: str | Path | None = None) -> Result:  # fmt: skip
+    """`mvdit eval-exported`: eval_exported, also written as JSON to `out` when given."""
+    if out is not None:
+        check_output_file(out, "--out")
+    r = eval_exported(export_dir, prompt_files, seeds)
+    if out is not None:
+        write_json(out, r)
+    return Result(r, lambda r: _eval_exported_lines(r, out), None if out is None else Path(out))
+
+
+def _eval_exported_lines(r: dict, out: str | Path | None) -> str:
+    f, t = r["faithfulness"], r["seconds_per_clip"]
+    attrs = ("overall", "count", "colour", "shape", "motion", "speed")
+    scores = ", ".join(f"{k} {f[k]:.3f}" for k in attrs if f.get(k) is not None)
+    lines = [
+        f"{r['runtime']} {r['precision']}, {r['bytes'] / 2**20:.2f} MiB, {f['clips']} clips: {scores}",
+        "per clip: " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()),
+    ]
+    return "\n".join(lines + ([f"wrote {out}"] if out is not None else []))

@@ -25,22 +25,26 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
 from mvdit import MvditError, __version__
 from mvdit.bench.dit import build_random, dit_inputs, preset_target
+from mvdit.config import Strict
 from mvdit.export.coreml import save_mlpackage
 from mvdit.export.executorch import run_pte, save_pte
 from mvdit.export.onnx import quantize_int8, run_onnx, save_onnx
 from mvdit.export.tiling import tile_ffn
-from mvdit.io import claim_output_dir, output_dir, tree_bytes, write_json
+from mvdit.io import OVERWRITE_HELP, claim_output_dir, output_dir, tree_bytes, write_json
 from mvdit.models.dit import Attention, VideoDiT
 from mvdit.models.text import default_minilm_path
-from mvdit.pipeline import Pipeline
+from mvdit.pipeline import Pipeline, shipped_model_path
+from mvdit.results import Result
 
 FORMATS = {  # format: (file suffix, precisions, default precision)
     "onnx": (".onnx", ("fp32", "int8"), "fp32"),
@@ -382,3 +386,71 @@ def export_dit_preset(
             + ("" if err is None else f", max |{fmt} - eager| {err:.2e}, one run {run_s:.1f} s")
         )
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# the [export] section: `mvdit export`
+
+
+class ExportConfig(Strict):
+    """[export]"""
+
+    model: str | None = Field(
+        default=None, description="pipeline directory (default: the shipped student)"
+    )
+    out: str = Field(default="runs/export", description="export directory")
+    format: Literal["onnx", "executorch", "coreml"] = Field(
+        default="onnx", description="graph format"
+    )
+    precision: str | None = Field(
+        default=None,
+        description="onnx, executorch: fp32 or int8 (dynamically quantized linears); coreml: fp16 or fp32",
+    )
+    tiles: int | None = Field(
+        default=None, ge=1, description="tile every FFN linear into this many partial GEMMs"
+    )
+    tile_bytes: int | None = Field(
+        default=None, ge=1, description="or: FFN tiles whose fp16 weight slice fits this many bytes"
+    )
+    attention: Literal["fused", "explicit"] = Field(
+        default="fused", description="fused (SDPA) or explicit (matmul + softmax + matmul)"
+    )
+    preset: str | None = Field(
+        default=None,
+        description="instead of --model: one DiT step of this preset, random weights (a size check)",
+    )
+    overwrite: bool = Field(default=False, description=OVERWRITE_HELP)
+
+
+class ExportSections(Strict):
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def run_export(cfg: ExportConfig, *, progress=print) -> Result:
+    """Export a pipeline (or with cfg.preset one random DiT step); the record is the manifest."""
+    kw = dict(precision=cfg.precision, tiles=cfg.tiles, tile_bytes=cfg.tile_bytes,
+              attention=cfg.attention, progress=progress, overwrite=cfg.overwrite)  # fmt: skip
+    if cfg.preset is not None:
+        if cfg.model is not None:
+            raise MvditError("give --model or --preset, not both")
+        m = export_dit_preset(cfg.preset, cfg.out, cfg.format, **kw)
+        return Result(m, lambda m: f"wrote {cfg.out}/manifest.json", Path(cfg.out))
+    m = export_pipeline(cfg.model or shipped_model_path(), cfg.out, cfg.format, **kw)
+    return Result(m, lambda m: _export_summary(m, cfg), Path(cfg.out))
+
+
+def _export_summary(m: dict, cfg: ExportConfig) -> str:
+    total = sum(a["bytes"] for a in m["artefacts"].values())
+    lines = [
+        f"wrote {cfg.out}: {len(m['artefacts'])} {cfg.format} graphs ({m['precision']}), "
+        f"{total / 2**20:.2f} MiB, manifest.json; {m['sampler']['nfe']} network evaluations a clip"
+    ]
+    if cfg.format == "onnx":
+        lines.append(
+            f'generate without PyTorch: python -m mvdit.export.runtime {cfg.out} "PROMPT" clip.npy'
+        )
+    if cfg.format == "coreml":
+        lines.append(
+            "Core ML predicts on macOS/iOS only: the packages were converted and their structure checked here"
+        )
+    return "\n".join(lines)

@@ -68,6 +68,7 @@ from mvdit.io import load_state_strict, write_json, write_record
 from mvdit.limits import bounded
 from mvdit.models.dit import UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline, SamplerConfig
+from mvdit.results import Result
 from mvdit.stages.teacher import flow_inputs
 from mvdit.train import make_batch_fn, plot_losses, train_loop
 from mvdit.video import contact_sheet, save_png
@@ -515,21 +516,23 @@ class TeacherSamples(Dataset):
 class SynthConfig(Strict):
     """[synth]: the teacher's samples of a prompt list as a latent cache (`mvdit synth`)."""
 
-    model: str | None = None  # the teacher's pipeline directory
-    prompts: str | None = None  # prompt file, one a line
-    out: str | None = None  # the latent cache directory (resumable)
-    seeds: int = Field(default=4, ge=1)  # samples per prompt
-    steps: int = bounded("steps", 40)  # the teacher's sampling steps
-    guidance: float | None = None  # None: the teacher's own
-    batch: int = bounded("batch", 8)  # clips sampled at once
-    seed: int = bounded("seed", 0)  # the first block's noise seed
+    model: str | None = Field(default=None, description="teacher pipeline directory")
+    prompts: str | None = Field(default=None, description="prompt file, one per line")
+    out: str | None = Field(default=None, description="latent cache directory (resumable)")
+    seeds: int = Field(default=4, ge=1, description="samples per prompt")
+    steps: int = bounded("steps", 40, description="teacher sampling steps")
+    guidance: float | None = Field(
+        default=None, description="classifier-free guidance scale (default: the teacher's)"
+    )
+    batch: int = bounded("batch", 8, description="clips sampled at once")
+    seed: int = bounded("seed", 0, description="noise seed of the first batch")
 
 
 class SynthSections(Strict):
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
-def run_synth(cfg: SynthConfig, *, progress: bool = True) -> Path:
+def run_synth(cfg: SynthConfig, *, progress: bool = True) -> Result:
     """The teacher's samples of every prompt of PROMPTS_FILE under `seeds` seeds, as a latent
     cache (data.kind = "cache", or distill.synthetic) at OUT; resumable shard by shard. Samples
     that went NaN/inf are kept, listed in OUT/failed.json and reported at the end (MvditError)."""
@@ -560,4 +563,8 @@ def run_synth(cfg: SynthConfig, *, progress: bool = True) -> Path:
             f"{len(ds.failed)} of {len(ds)} teacher samples are NaN/inf ({ds.failed[0]['why']}); "
             f"listed in {Path(out) / 'failed.json'}: training skips the steps whose batch holds one"
         )
-    return path
+    return Result(
+        ds.summary(),
+        lambda r: f"wrote {path} (index.json records the prompts, seeds and sampler)",
+        Path(path),
+    )

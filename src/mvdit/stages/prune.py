@@ -53,6 +53,7 @@ from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
 from mvdit.config import Strict, preset_config, required
 from mvdit.eval.evaluate import EVAL_PROMPTS, faithfulness, read_prompts, sample_prompts
 from mvdit.io import (
+    OVERWRITE_HELP,
     atomic_write_text,
     claim_output_dir,
     output_dir,
@@ -63,6 +64,7 @@ from mvdit.io import (
 from mvdit.limits import bounded
 from mvdit.models.dit import LEVEL_NAMES, UnitMask, VideoDiT
 from mvdit.pipeline import Pipeline
+from mvdit.results import Result
 
 DEPTHS = (0.125, 0.25, 0.375, 0.5)  # fractions of a level's units removed in the Figure-3 curves
 Level = Literal["block", "head", "cross_head", "ffn"]
@@ -78,11 +80,17 @@ class CalibrationConfig(Strict):
     encoder or VAE here: Gaussian latents of shape `latent` (T, H, W) and Gaussian text of
     `text_len` tokens, stated in the output."""
 
-    prompts: str = EVAL_PROMPTS
-    n_prompts: int = Field(default=8, ge=1)
-    seeds: int = Field(default=2, ge=1)
-    timesteps: list[float] = Field(default_factory=lambda: list(CALIBRATION_TIMESTEPS))
-    latent: list[int] = Field(default_factory=lambda: [3, 8, 8])
+    prompts: str = Field(default=EVAL_PROMPTS, description="prompt file of the calibration set")
+    n_prompts: int = Field(default=8, ge=1, description="calibration prompts (the file's first N)")
+    seeds: int = Field(default=2, ge=1, description="noise seeds per calibration prompt")
+    timesteps: list[float] = Field(
+        default_factory=lambda: list(CALIBRATION_TIMESTEPS),
+        description="flow times of the calibration set",
+    )
+    latent: list[int] = Field(
+        default_factory=lambda: [3, 8, 8],
+        description="T,H,W of a bare diffusers transformer's Gaussian calibration latents",
+    )
     text_len: int = Field(default=16, ge=1)
     batch: int = bounded("batch", 40)  # calibration items per forward pass
 
@@ -101,32 +109,49 @@ class CalibrationConfig(Strict):
         return v
 
 
+MODEL_HELP = "pipeline directory, or a diffusers Wan / LTX transformer"
+GROUP_HELP = "FFN channels per unit (default: at least 8 units a block)"
+
+
 class SensitivityConfig(Strict):
-    model: str | None = None  # a pipeline directory, or a diffusers Wan / LTX transformer
-    out: str | None = None  # output directory (resumable)
+    """[sensitivity]: what removing each block, head and FFN group costs (`mvdit sensitivity`)."""
+
+    model: str | None = Field(default=None, description=MODEL_HELP)
+    out: str | None = Field(default=None, description="output directory (resumable)")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    group: int | None = Field(default=None, ge=1)  # FFN channels a unit (None: >= 8 a block)
+    group: int | None = Field(default=None, ge=1, description=GROUP_HELP)
     depths: list[float] = Field(default_factory=lambda: list(DEPTHS))
-    faith_prompts: int = Field(default=16, ge=0)  # prompts generated per depth-curve point
+    faith_prompts: int = Field(
+        default=16, ge=0, description="prompts generated per point of the depth curves (0: none)"
+    )
 
 
 class PruneConfig(Strict):
-    model: str | None = None  # a pipeline directory, or a diffusers Wan / LTX transformer
-    out: str | None = None  # the pruned model's directory
-    # params=F, flops=F, latency=F (fractions kept) or memory=BYTES
-    budget: str = "params=0.55"
-    # the levels the search may cut; "head" covers cross-attention heads too unless "cross_head"
-    # is named on its own
-    levels: list[Level] = Field(default_factory=lambda: ["block", "head", "ffn"])
-    # the unit score (compress/importance.py); None: "kd", or "magnitude" for --preset paper,
-    # whose random weights have no meaningful KD score
-    criterion: Literal["kd", "magnitude", "taylor", "activation"] | None = None
+    """[prune]: the greedy tri-level search under a budget (`mvdit prune`)."""
+
+    model: str | None = Field(default=None, description=MODEL_HELP)
+    out: str | None = Field(default=None, description="the pruned model's directory")
+    budget: str = Field(
+        default="params=0.55",
+        description="params=F, flops=F, latency=F (fractions kept) or memory=BYTES",
+    )
+    levels: list[Level] = Field(
+        default_factory=lambda: ["block", "head", "ffn"],
+        description="levels the search may cut (head covers cross-attention heads; cross_head "
+        "alone names only those)",
+    )
+    # None: "kd", or "magnitude" for preset = "paper", whose random weights have no KD score
+    criterion: Literal["kd", "magnitude", "taylor", "activation"] | None = Field(
+        default=None, description="unit score (default: kd; magnitude for --preset paper)"
+    )
     rescore_every: int = Field(default=8, ge=1)  # re-score the units left every k removals
-    group: int | None = Field(default=None, ge=1)
+    group: int | None = Field(default=None, ge=1, description=GROUP_HELP)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    # "paper": prune a random paper-teacher to 20 blocks, 20 heads, FFN 6144 (instead of model)
-    preset: Literal["paper"] | None = None
-    overwrite: bool = False  # replace `out` even if it holds files mvdit did not write there
+    preset: Literal["paper"] | None = Field(
+        default=None,
+        description="'paper': prune a random paper-teacher to 20 blocks, 20 heads, FFN 6144",
+    )
+    overwrite: bool = Field(default=False, description=OVERWRITE_HELP)
 
     @field_validator("budget")
     @classmethod
@@ -217,7 +242,7 @@ def sampled_faithfulness(pipe: Pipeline, rows: list[dict], seeds: int) -> dict |
     return None if f is None else f | {"failed_clips": failed}
 
 
-def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> dict:
+def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> Result:
     """Score every unit of MODEL_DIR's DiT; write OUT/sensitivity.json and OUT/sensitivity.png.
 
     MODEL_DIR is an mvdit pipeline directory, or a diffusers Wan / LTX-Video transformer
@@ -301,7 +326,7 @@ def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> dict:
     write_json(out / "sensitivity.json", result)
     atomic_write_text(out / "sensitivity.md", sensitivity_markdown(result))
     plot_sensitivity(result, out / "sensitivity.png")
-    return result
+    return Result(result, sensitivity_summary, out)
 
 
 def sensitivity_summary(r: dict) -> str:
@@ -582,19 +607,20 @@ def _search(
     return result, report
 
 
-def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
+def run_prune(cfg: PruneConfig, *, progress: bool = True) -> Result:
     """Prune to cfg.budget and write the smaller model to cfg.out: an mvdit pipeline (its DiT
     sliced), a diffusers Wan / LTX transformer (through its adapter), or with cfg.preset = "paper"
-    the surgery on a random paper-teacher. Returns the report (prune.json)."""
+    the surgery on a random paper-teacher. The result's record is the report (prune.json)."""
     out = required(cfg.out, "prune.out (--out)")
     if cfg.preset == "paper":
         if cfg.model:
             raise MvditError("give prune.model (--model) or prune.preset = 'paper', not both")
-        return prune_paper_preset(out, cfg.criterion or "magnitude", overwrite=cfg.overwrite)
-    model = required(cfg.model, "prune.model (--model)")
-    if is_diffusers_transformer(model):
-        return run_prune_diffusers(cfg, progress=progress)
-    return _prune_pipeline(cfg, progress=progress)
+        r = prune_paper_preset(out, cfg.criterion or "magnitude", overwrite=cfg.overwrite)
+    elif is_diffusers_transformer(required(cfg.model, "prune.model (--model)")):
+        r = run_prune_diffusers(cfg, progress=progress)
+    else:
+        r = _prune_pipeline(cfg, progress=progress)
+    return Result(r, lambda rec: prune_summary(rec, cfg), Path(out))
 
 
 def _prune_pipeline(cfg: PruneConfig, *, progress: bool = True) -> dict:

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from mvdit import MvditError, distributed
-from mvdit.build import build_video_dataset
+from mvdit.build import build_video_dataset, load_autoencoder
 from mvdit.config import (
     Count,
     DataConfig,
@@ -43,9 +43,17 @@ from mvdit.eval.features import MEAN as FEATURE_MEAN
 from mvdit.eval.features import STD as FEATURE_STD
 from mvdit.eval.features import load_efficientnet_lite0
 from mvdit.eval.metrics import edge_f1, psnr, ssim
-from mvdit.io import atomic_dir, atomic_write_text, write_json
+from mvdit.io import atomic_dir, atomic_write_text, check_output_file, write_json
 from mvdit.models.autoencoder import to_uint8
-from mvdit.models.vae import CausalVideoVAE, VAEModelConfig, latent_stats, vae_preset
+from mvdit.models.vae import (
+    SHIPPED_VAES,
+    CausalVideoVAE,
+    VAEModelConfig,
+    latent_stats,
+    shipped_vae_path,
+    vae_preset,
+)
+from mvdit.results import Result
 from mvdit.train import make_batch_fn, plot_losses, train_loop
 from mvdit.video import contact_sheet, save_png
 
@@ -467,3 +475,65 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, progress: bool = True) 
     write_json(out / "eval.json", summary["eval"])
     reconstruction_sheet(trained, val_set, out / "reconstructions.png")
     return summary
+
+
+def train_summary(summary: dict, out: str | Path) -> str:
+    """What `mvdit train-vae` prints: steps, time, the held-out scores, where things are."""
+    out, ev = Path(out), summary["eval"]
+    lines = [
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f}s",
+        f"held-out reconstruction ({ev['clips']} clips): PSNR {ev['psnr']:.2f} dB, SSIM "
+        f"{ev['ssim']:.4f}, edge F1 {ev['edge_f1']:.3f}",
+    ]
+    if "faithfulness" in ev:
+        lines.append(
+            f"prompt faithfulness of the reconstructions: {format_faithfulness(ev['faithfulness'])}"
+        )
+    lines.append(
+        f"model: {out / 'model'}   loss curve: {out / 'loss.png'}   log: {out / 'metrics.jsonl'}"
+    )
+    return "\n".join(lines)
+
+
+def eval_vae(
+    model: str, config: str | Path | None = None, overrides: list[str] | None = None, *,
+    clips: int = 64, latent_noise: float = 0.0, sheet: str | Path | None = None,
+    json_out: str | Path | None = None,
+) -> Result:  # fmt: skip
+    """`mvdit eval-vae`: reconstruction PSNR / SSIM / edge F1 of an autoencoder on held-out clips
+    picked by the data section of a VAE config, optionally with `latent_noise` added to the
+    unit-scale latent (a DiT's error)."""
+    if clips < 1:
+        raise MvditError(f"--clips must be positive, got {clips}")
+    if latent_noise < 0:
+        raise MvditError(f"--latent-noise must be 0 or more, got {latent_noise}")
+    for path, flag in ((sheet, "--sheet"), (json_out, "--json")):
+        if path is not None:
+            check_output_file(path, flag)
+    path = shipped_vae_path(model) if model in SHIPPED_VAES else Path(model)
+    if not path.is_dir():
+        raise MvditError(f"autoencoder directory {path} does not exist")
+    data = load_vae_config(config, overrides).data
+    vae = load_autoencoder(path)
+    vae.check_clip(data.frames, data.height, data.width)
+    scores = evaluate_reconstruction(
+        vae, build_video_dataset(data, "val"), clips, latent_noise=latent_noise
+    )
+    clip = f"{data.frames}x{data.height}x{data.width}"
+    record = {"model": str(path), "config": str(config) if config else None, "clip": clip,
+              "latent_noise": latent_noise, **scores}  # fmt: skip
+    if sheet is not None:
+        reconstruction_sheet(vae, build_video_dataset(data, "val"), sheet)
+    if json_out is not None:
+        write_json(json_out, record)
+
+    def render(r: dict) -> str:
+        noise = f" (latent noise {latent_noise:g})" if latent_noise else ""
+        lines = [f"{path}: {r['clips']} held-out {clip} clips{noise}: PSNR {r['psnr']:.2f} dB, "
+                 f"SSIM {r['ssim']:.4f}, edge F1 {r['edge_f1']:.3f}"]  # fmt: skip
+        if "faithfulness" in r:
+            lines.append("prompt faithfulness of the reconstructions (the ceiling of a DiT on this "
+                         "VAE): " + format_faithfulness(r["faithfulness"]))  # fmt: skip
+        return "\n".join(lines + [f"wrote {p}" for p in (sheet, json_out) if p is not None])
+
+    return Result(record, render, None)

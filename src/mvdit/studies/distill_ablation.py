@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from mvdit import MvditError
 from mvdit.bench.measure import load_average
-from mvdit.eval.evaluate import evaluate
+from mvdit.config import Strict
+from mvdit.eval.evaluate import SHIPPED_PROMPTS, EvalConfig, evaluate
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
+from mvdit.results import Result
 from mvdit.stages import distill as distill_stage
 from mvdit.studies import claim_study_dir, raise_for_failed_clips
 
@@ -121,25 +124,16 @@ def _time_rows(models: dict[str, tuple[str, int | None, float | None]], reps: in
     }
 
 
-def run_distill_study(
-    teacher: str | Path,
-    config: str | Path,
-    out: str | Path,
-    *,
-    prompt_files: Sequence[str | Path],
-    seeds: int = 4,
-    rows: Sequence[str] | None = None,
-    overrides: Sequence[str] = (),
-    reps: int = 5,
-    threads: int | None = None,
-) -> dict:
-    """Train the students, evaluate every row, time them side by side (at `threads` CPU threads,
-    None: those in effect); write the study files."""
+def run_distill_study(cfg: StudyDistillConfig) -> dict:
+    """Train the students, evaluate every row, time them side by side (at cfg.threads CPU
+    threads, None: those in effect); write the study files."""
+    teacher, config, rows, overrides = cfg.teacher, cfg.distill_config, cfg.rows, cfg.student_set
+    prompt_files, seeds, reps, threads = cfg.prompts, cfg.seeds, cfg.reps, cfg.threads
     names = list(rows) if rows else list(ROWS)
     bad = [n for n in names if n not in ROWS]
     if bad:
         raise MvditError(f"unknown study row(s) {bad}; choose from {', '.join(ROWS)}")
-    out = claim_study_dir(out, "study distill")
+    out = claim_study_dir(cfg.out, "study distill")
     cfg = distill_stage.load_distill_config(config, list(overrides))
     start = cfg.distill.student
     if "start-4" in names and Path(start).resolve() == Path(teacher).resolve():
@@ -154,7 +148,8 @@ def run_distill_study(
         models[name] = (path, row.steps, row.guidance)
         ev = out / "rows" / name
         if not (ev / "eval.json").is_file():
-            evaluate(path, prompt_files, ev, seeds=seeds, steps=row.steps, guidance=row.guidance)
+            evaluate(EvalConfig(model=path, prompts=list(prompt_files), out=str(ev), seeds=seeds,
+                                steps=row.steps, guidance=row.guidance))  # fmt: skip
     timing, timed = _end_to_end(models, reps, threads)
     table = []
     for name in names:
@@ -263,3 +258,43 @@ def plot_samples(out: Path, names: Sequence[str], png: Path) -> None:
         ax.set_title(ROWS[n].label, fontsize=8)
         ax.axis("off")
     save_figure(fig, png, dpi=110)
+
+
+class StudyDistillConfig(Strict):
+    """[study_distill]: `mvdit study distill`"""
+
+    teacher: str = Field(default="runs/tiny/model", description="the teacher pipeline")
+    distill_config: str = Field(
+        default="configs/distill-tiny.toml",
+        description="distillation config the students are trained from",
+    )
+    out: str = Field(default="runs/study-distill", description="study directory; rerun to resume")
+    rows: list[str] = Field(default_factory=lambda: list(ROWS), description="rows to run")
+    prompts: list[str] = Field(
+        default_factory=lambda: list(SHIPPED_PROMPTS), description="prompt files"
+    )
+    seeds: int = Field(default=4, ge=1, description="clips per prompt")
+    student_set: list[str] = Field(
+        default_factory=list,
+        description="override a distillation key for every student, e.g. optim.steps=2",
+    )
+    reps: int = Field(default=5, ge=1, description="timed clips per row (the median is reported)")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads of the timing pass (default: torch's; 1 is steadiest)",
+    )
+
+
+class StudyDistillSections(Strict):
+    study_distill: StudyDistillConfig = Field(default_factory=StudyDistillConfig)
+
+
+def study_distill(cfg: StudyDistillConfig) -> Result:
+    report = run_distill_study(cfg)
+    out = Path(cfg.out)
+    return Result(
+        report,
+        lambda r: f"{study_markdown(r)}wrote {out / 'study.md'}, study.csv, study.json, study.png",
+        out,
+    )

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from mvdit import MvditError
 from mvdit.compress.importance import CALIBRATION_TIMESTEPS, LEVELS, Calibration, reference_outputs
 from mvdit.compress.search import BudgetUnreachable, parse_budget
-from mvdit.eval.evaluate import EVAL_PROMPTS, read_prompts
+from mvdit.config import Strict
+from mvdit.eval.evaluate import EVAL_PROMPTS, PARAPHRASE_PROMPTS, read_prompts
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
 from mvdit.pipeline import Pipeline
+from mvdit.results import Result
 from mvdit.stages import kd as kd_stage
 from mvdit.stages.prune import (
     CalibrationConfig,
@@ -77,22 +79,16 @@ def _measure(
     return out
 
 
-def run_prune_study(
-    teacher_dir: str | Path,
-    out_dir: str | Path,
-    kd_config: str | Path,
-    *,
-    variants: Sequence[str] | None = None,
-    budget: str = "params=0.55",
-    recovery_steps: int = 500,
-    calib_prompts: str | Path = EVAL_PROMPTS,
-    heldout_prompts: str | Path = "prompts/shapes-paraphrase.txt",
-    eval_prompts: Sequence[str | Path] = (EVAL_PROMPTS,),
-    eval_seeds: int = 1,
-    progress: bool = True,
-) -> list[dict]:
+def run_prune_study(cfg: StudyPruneConfig, *, progress: bool = True) -> list[dict]:
     """Prune, measure, recover and measure again, per variant; write study.{md,csv,json,png}."""
-    out_dir = claim_study_dir(out_dir, "study prune")
+    teacher_dir, kd_config, budget = cfg.teacher, cfg.kd_config, cfg.budget
+    recovery_steps, calib_prompts, heldout_prompts = (
+        cfg.recovery_steps,
+        cfg.calib_prompts,
+        cfg.heldout_prompts,
+    )
+    eval_prompts, eval_seeds, variants = cfg.prompts, cfg.seeds, cfg.variants
+    out_dir = claim_study_dir(cfg.out, "study prune")
     variants = list(variants or VARIANTS)
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -274,3 +270,55 @@ def plot_study(report: dict, png: Path) -> None:
         fontsize=10,
     )
     save_figure(fig, png, dpi=100)
+
+
+class StudyPruneConfig(Strict):
+    """[study_prune]: `mvdit study prune`"""
+
+    teacher: str = Field(default="runs/tiny/model", description="pipeline directory to prune")
+    out: str = Field(default="runs/study-prune", description="study directory; rerun to resume")
+    kd_config: str = Field(
+        default="configs/kd-tiny.toml",
+        description="KD config of the recovery (its data and optim sections; kd.student is set per variant)",
+    )
+    budget: str = Field(default="params=0.55", description="the budget every variant is pruned to")
+    recovery_steps: int = Field(
+        default=500, ge=0, description="KD steps per variant (the same for all)"
+    )
+    variants: list[str] = Field(
+        default_factory=lambda: list(VARIANTS), description="variants to run"
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: [EVAL_PROMPTS],
+        description="prompt files of the faithfulness columns",
+    )
+    seeds: int = Field(default=1, ge=1, description="clips per prompt for the faithfulness columns")
+    calib_prompts: str = Field(
+        default=EVAL_PROMPTS, description="prompts of the search's calibration set"
+    )
+    heldout_prompts: str = Field(
+        default=PARAPHRASE_PROMPTS, description="prompts of the held-out KD loss (other seeds too)"
+    )
+
+
+class StudyPruneSections(Strict):
+    study_prune: StudyPruneConfig = Field(default_factory=StudyPruneConfig)
+
+
+def study_prune(cfg: StudyPruneConfig) -> Result:
+    rows = run_prune_study(cfg)
+    return Result({"rows": rows}, lambda r: _study_lines(r["rows"], Path(cfg.out)), Path(cfg.out))
+
+
+def _study_lines(rows: list[dict], out: Path) -> str:
+    lines = []
+    for r in rows:
+        if "unreachable" in r:
+            lines.append(f"{r['variant']:>20}  not reachable: {r['unreachable']}")
+            continue
+        b, a = r["before"], r["after"]
+        lines.append(
+            f"{r['variant']:>20}  params {b['params']:>9,}  held-out KD {b['heldout_kd']:.4g} -> {a['heldout_kd']:.4g}"
+            + (f"  overall {b['overall']:.2f} -> {a['overall']:.2f}" if "overall" in a else "")
+        )
+    return "\n".join([*lines, f"wrote {out / 'study.md'}, study.csv, study.json, study.png"])

@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
+from mvdit import MvditError
 from mvdit.bench.measure import timed
-from mvdit.config import default_config_path, default_train_config, preset_config
-from mvdit.eval.evaluate import evaluate, write_prompt_files
+from mvdit.config import Strict, default_config_path, default_train_config, preset_config
+from mvdit.eval.evaluate import EvalConfig, evaluate, write_prompt_files
 from mvdit.io import atomic_write_text, read_json, save_figure, write_json
+from mvdit.limits import bounded
 from mvdit.models.dit import dit_flops
 from mvdit.models.vae import CausalVideoVAE, vae_preset
+from mvdit.results import Result
 from mvdit.stages.teacher import train_teacher
 from mvdit.stages.train_vae import (
     VAEArchConfig,
@@ -260,7 +264,8 @@ class DiTGenerationQuality:
         result = run / "eval" / "eval.json"
         if not result.is_file():
             files = write_prompt_files(default_config_path(), run / "prompts", n=self.prompts)
-            evaluate(run / "model", files, run / "eval", seeds=self.seeds)
+            evaluate(EvalConfig(model=str(run / "model"), prompts=[str(f) for f in files],
+                                out=str(run / "eval"), seeds=self.seeds))  # fmt: skip
         f = read_json(result)["faithfulness"]["all"]
         return {
             **{f"gen_{k}": f.get(k) for k in GEN_KEYS},
@@ -391,3 +396,80 @@ def quick_study(generate: bool) -> dict:
     return dict(clip=(9, 32, 32), steps=2, batch_size=2, width=8, eval_clips=2,
                 timing_repeats=1, generation_quality=quality if generate else None,
                 progress=False)  # fmt: skip
+
+
+class StudyVAEConfig(Strict):
+    """[study_vae]: `mvdit study vae`"""
+
+    out: str = Field(
+        default="runs/study-vae",
+        description="study directory (one run per ratio + study.md/csv/json/png); rerun to resume",
+    )
+    quick: bool = Field(
+        default=False, description="a seconds-long smoke run: tiny models, 2 steps, 9x32x32 clips"
+    )
+    steps: int = Field(
+        default=300, ge=1, description="training steps per ratio (the same budget for all)"
+    )
+    frames: int = Field(
+        default=17, ge=1, description="clip frames (1 + 8k, so every ratio applies)"
+    )
+    size: int = Field(default=64, ge=32, description="clip height and width (a multiple of 32)")
+    width: int = Field(
+        default=32, ge=1, description="VAE base width (channels of the finest stage)"
+    )
+    threads: int = bounded(
+        "threads", 1, description="CPU threads (1 is steadiest on a shared machine)"
+    )
+    ratio: list[str] = Field(
+        default_factory=lambda: list(STUDY_CHANNELS),
+        description="only these ratios (repeatable); two processes can each take some, and a last "
+        "run with all tabulates them",
+    )
+    generate: list[str] = Field(
+        default_factory=list,
+        description="train the default's tiny DiT on these ratios' latents and score what it draws "
+        "(repeatable; the gen. columns, and the DiT's seconds per step)",
+    )
+    dit_steps: int = Field(default=1500, ge=1, description="--generate: DiT training steps")
+    dit_clips: int = Field(
+        default=4000, ge=1, description="--generate: clips encoded once for the DiT to train on"
+    )
+
+
+class StudyVAESections(Strict):
+    study_vae: StudyVAEConfig = Field(default_factory=StudyVAEConfig)
+
+
+def study_vae(cfg: StudyVAEConfig) -> Result:
+    for flag, names in (("--ratio", cfg.ratio), ("--generate", cfg.generate)):
+        if unknown := [r for r in names if r not in STUDY_CHANNELS]:
+            raise MvditError(
+                f"{flag} {unknown[0]!r} is not in the study: use one of {', '.join(STUDY_CHANNELS)}"
+            )
+    generate = cfg.generate or None
+    if cfg.quick:
+        kw = quick_study(bool(generate))
+    else:
+        if (cfg.frames - 1) % 8 or cfg.size % 32:
+            raise MvditError(
+                f"--frames must be 1 + 8k and --size a multiple of 32 so every ratio applies, got "
+                f"{cfg.frames} and {cfg.size}"
+            )
+        clip = (cfg.frames, cfg.size, cfg.size)
+        quality = DiTGenerationQuality(clip, steps=cfg.dit_steps, cache_clips=cfg.dit_clips)
+        kw = dict(clip=clip, steps=cfg.steps, width=cfg.width,
+                  generation_quality=quality if generate else None)  # fmt: skip
+    rows = run_vae_study(cfg.out, ratios=cfg.ratio, threads=cfg.threads, generate=generate, **kw)
+    return Result({"rows": rows}, lambda r: _study_lines(r["rows"], Path(cfg.out)), Path(cfg.out))
+
+
+def _study_lines(rows: list[dict], out: Path) -> str:
+    lines = [
+        f"{r['ratio']:>8} {r['latent_channels']:>4}ch  tokens {r['tokens_49x384x512']:>6,}  PSNR "
+        f"{r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  decode {r['decode_ms']:.1f} ms"
+        + ("" if r["gen_overall"] is None
+           else f"  generated: overall {r['gen_overall']:.2f} shape {r['gen_shape']:.2f}")
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join([*lines, f"wrote {out / 'study.md'}, study.csv, study.json, study.png"])
