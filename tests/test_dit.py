@@ -249,8 +249,8 @@ def test_pooled_text_starts_as_the_model_without_it_and_then_follows_the_caption
     layer starts at zero, so the same weights give the same velocity as the model without it; once
     trained, the velocity depends on the caption through it, padding excluded from the mean."""
     from mvdit.build import build_dit_config
-    from mvdit.compress.importance import dit_params
     from mvdit.config import ModelConfig
+    from mvdit.models.dit import dit_params
 
     plain = _trained_like(tiny_dit_config)
     pooled_cfg = tiny_dit_config.model_copy(update={"pooled_text": True})

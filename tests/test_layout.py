@@ -95,7 +95,9 @@ def test_paper_steps_have_files_of_their_own():
         "models/vae.py",  # 1. the compressed causal video VAE
         "stages/train_vae.py",
         "stages/teacher.py",  # the DiT teacher
-        "compress/slicing.py",  # 2. cutting the DiT exactly (pruning builds on it)
+        "models/interface.py",  # 2. the DiT interface pruning is written against
+        "compress/importance.py",  # KD-guided unit scores
+        "compress/search.py",  # the tri-level search under a budget
         "bench/dit.py",
         "bench/vae_decode.py",
     ):

@@ -9,18 +9,23 @@ from conftest import run_cli, save_tiny_pipeline
 from mvdit import MvditError
 from mvdit.compress.importance import (
     Unit,
-    block_params,
     criterion_scores,
-    dit_params,
     enumerate_units,
     kd_scores,
-    masked_config,
     random_calibration,
     remove,
 )
 from mvdit.compress.search import greedy_prune, parse_budget, prune_to_shape
-from mvdit.compress.slicing import slice_dit
-from mvdit.models.dit import BlockSpec, DiTConfig, UnitMask, VideoDiT
+from mvdit.models.dit import (
+    BlockSpec,
+    DiTConfig,
+    UnitMask,
+    VideoDiT,
+    block_params,
+    dit_params,
+    masked_config,
+    slice_dit,
+)
 
 
 def _model(patch: int = 1) -> VideoDiT:

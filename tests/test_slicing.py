@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from mvdit import MvditError
-from mvdit.compress.slicing import keep_sets, slice_dit
-from mvdit.models.dit import BlockSpec, DiTConfig, UnitMask, VideoDiT
+from mvdit.models.dit import BlockSpec, DiTConfig, UnitMask, VideoDiT, keep_sets, slice_dit
 
 TOL = 1e-5
 

@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvdit import MvditError
-from mvdit.compress.importance import ffn_groups
+from mvdit.compress.importance import ADAPTER_CRITERIA
 from mvdit.io import load_tensors, only_safetensors_weights, output_dir, read_json, write_json
-from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask
+from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask, ffn_groups
 
 FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
 RECORD = "mvdit_prune.json"
@@ -205,16 +205,41 @@ class DiffusersConfig:
         return (t // pt) * (h // ph) * (w // pw)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a diffusers family keeps what the adapter reads."""
+
+    blocks: str  # the block list
+    attrs: tuple[str, str, str]  # a block's self-attention, cross-attention and FFN
+    per_token: tuple[str, ...]  # modules run once per latent token (patch embedding, output)
+    per_text_token: tuple[str, ...]  # modules run once per text token (caption projection)
+    # every other module outside the blocks runs once per sample (the time embedding)
+
+
+LAYOUTS = {
+    "wan": _Layout("blocks", ("attn1", "attn2", "ffn"), ("patch_embedding", "proj_out"),
+                   ("condition_embedder.text_embedder",)),
+    "ltx": _Layout("transformer_blocks", ("attn1", "attn2", "ff"), ("proj_in", "proj_out"),
+                   ("caption_projection",)),
+}  # fmt: skip
+
+
 def _block_attrs(family: str) -> tuple[str, str, str]:
-    return ("attn1", "attn2", "ffn") if family == "wan" else ("attn1", "attn2", "ff")
+    return LAYOUTS[family].attrs
+
+
+class _StopForward(Exception):
+    """Raised by a block hook to end a forward early (`features(stop_after=N)`)."""
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
-    return model.blocks if hasattr(model, "blocks") else model.transformer_blocks
+    return getattr(model, LAYOUTS[FAMILIES[type(model).__name__]].blocks)
 
 
 class DiffusersDiT(nn.Module):
     """A Wan or LTX-Video transformer seen as a prunable DiT (the module docstring)."""
+
+    criteria = ADAPTER_CRITERIA  # the unit scores it can be pruned by (no unit-mask gradients)
 
     def __init__(self, transformer: nn.Module, sources: list[dict] | None = None):
         super().__init__()
@@ -330,9 +355,7 @@ class DiffusersDiT(nn.Module):
                 new.norm2 = nn.Identity()  # it only feeds the cross-attention
             blocks.append(new)
         model = _shallow(self.transformer)
-        model._modules["blocks" if self.family == "wan" else "transformer_blocks"] = nn.ModuleList(
-            blocks
-        )
+        model._modules[LAYOUTS[self.family].blocks] = nn.ModuleList(blocks)
         return model, record
 
     def slice(self, mask: UnitMask) -> DiffusersDiT:
@@ -361,22 +384,50 @@ class DiffusersDiT(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor | None = None,
         blocks: Sequence[int] = (),
+        stop_after: int | None = None,
         unit_mask: UnitMask | None = None,
     ) -> DiTFeatures:
-        """Velocity, and (for any `blocks` asked) the last block's output tokens; the time
-        embedding is not handed out (t_emb is None), the text is the encoder's, unprojected."""
+        """The forward, handing out the output tokens of `blocks` (this model's block indices;
+        negative count from the end); with `stop_after` = N only the blocks up to index N - 1 run
+        and no velocity is computed. A block a mask removes hands out its input. The time
+        embedding is not handed out (t_emb is None); the text is the encoder's, unprojected."""
+        n = len(self.blocks)
+        if stop_after is not None and not 1 <= stop_after <= n:
+            raise MvditError(f"stop_after must be in 1..{n}, got {stop_after}")
+        if any(not -n <= i < n for i in blocks):
+            raise MvditError(f"block indices must be in -{n}..{n - 1}, got {list(blocks)}")
+        want = {i % n for i in blocks}
+        if stop_after is not None and want and max(want) >= stop_after:
+            raise MvditError(
+                f"block {max(want)} is not run when stopping after {stop_after} blocks"
+            )
         model, _ = self._masked(unit_mask)
-        grabbed: dict[str, torch.Tensor] = {}
+        running = [k["block"] for k in self._kept(unit_mask)]  # this model's index of each run
+        outs: dict[int, torch.Tensor] = {}  # this model's block index -> its output tokens
+        last = max((i for i, b in enumerate(running) if stop_after is None or b < stop_after),
+                   default=None)  # fmt: skip
 
-        def grab(_mod, args):
-            grabbed["h"] = args[0]
+        def hook(i: int):
+            def grab(_mod, _args, out):
+                outs[running[i]] = out[0] if isinstance(out, tuple) else out
+                if stop_after is not None and i == last:
+                    raise _StopForward
 
-        hook = model.norm_out.register_forward_pre_hook(grab)
+            return grab
+
+        handles = [blk.register_forward_hook(hook(i)) for i, blk in enumerate(_blocks(model))]
+        v = None
         try:
             v = self._run(model, x, t, text, text_mask)
+        except _StopForward:
+            pass
         finally:
-            hook.remove()
-        tokens = {len(self.blocks) - 1: grabbed["h"]} if blocks else {}
+            for h in handles:
+                h.remove()
+        # a block the mask removes passes its input on, as a masked block of mvdit's DiT does
+        tokens = {
+            w: outs[max(b for b in outs if b <= w)] for w in want if any(b <= w for b in outs)
+        }
         grid = tuple(n // p for n, p in zip(x.shape[-3:], self.config.patch, strict=True))
         return DiTFeatures(tokens, None, text, text_mask, grid, v)
 
@@ -415,12 +466,18 @@ class DiffusersDiT(nn.Module):
         return params, flops
 
     def cost(self, mask: UnitMask | None, tokens: int, text_len: int) -> dict[str, int]:
-        """Parameters and FLOPs per step (linear layers and attention products) under `mask`."""
+        """Parameters and FLOPs of one forward under `mask`: every matmul (2 per multiply-add),
+        attention products included."""
         outside = sum(p.numel() for n, p in self.transformer.named_parameters()
                       if not n.startswith(("blocks.", "transformer_blocks.")))  # fmt: skip
-        t = self.transformer
-        embed = t.patch_embedding if self.family == "wan" else t.proj_in
-        params, flops = outside, 2 * tokens * (embed.weight.numel() + t.proj_out.weight.numel())
+        layout, flops = LAYOUTS[self.family], 0
+        for name, mod in self.transformer.named_modules():
+            if name.startswith(layout.blocks + ".") or not isinstance(mod, nn.Linear | nn.Conv3d):
+                continue
+            rows = (tokens if name.startswith(layout.per_token) else
+                    text_len if name.startswith(layout.per_text_token) else 1)  # fmt: skip
+            flops += 2 * rows * mod.weight.numel()
+        params = outside
         for k in self._kept(mask):
             p, fl = self._block_cost(k["block"], len(k["heads"]), len(k["cross_heads"]),
                                      len(k["ffn"]), tokens, text_len)  # fmt: skip

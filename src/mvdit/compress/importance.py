@@ -6,7 +6,7 @@ away (mvdit.models.dit.UnitMask): the MSE between the reference model's predicte
 the masked model's (the classifier-free-guided velocity at the model's own guidance scale, the
 quantity its sampler integrates), and the same for the last block's output tokens, averaged over a fixed
 calibration set (`Calibration`: prompts x noise seeds x timesteps on the flow path). Masking
-equals slicing (mvdit.compress.slicing), so the score is exactly the damage of the removal.
+equals slicing (`slice` of the model: mvdit.models.interface), so the score is exactly the damage of the removal.
 
 The cheap criteria, for comparison and for models whose KD score means nothing (random weights):
 - magnitude: the L2 norm of the unit's weights;
@@ -29,11 +29,10 @@ from mvdit.flow import interpolate, velocity_target
 from mvdit.models.dit import (
     LEVELS,
     PER_BLOCK_LEVELS,
-    BlockSpec,
     DiTConfig,
     UnitMask,
     VideoDiT,
-    dit_flops,
+    ffn_groups,
 )
 
 # the flow times a calibration set noises each clip at (one definition for every stage and study)
@@ -67,11 +66,6 @@ def default_group(config: DiTConfig) -> int:
         return 1
     g = 2 ** int(math.log2(max(1, min(widths) // 8)))
     return max(1, g)
-
-
-def ffn_groups(width: int, group: int) -> list[list[int]]:
-    """Channel lists of a block's FFN groups (the last one takes the remainder)."""
-    return [list(range(s, min(s + group, width))) for s in range(0, width, group)]
 
 
 def enumerate_units(
@@ -111,63 +105,6 @@ def remove(mask: UnitMask, unit: Unit, group: int) -> UnitMask:
 
 # ---------------------------------------------------------------------------------------------
 # what a mask leaves: the config, parameters and FLOPs of the model it slices to
-
-
-def masked_config(config: DiTConfig, mask: UnitMask) -> DiTConfig:
-    """The config slice_dit would build from `mask` (without building it)."""
-    blocks = []
-    for b, spec in enumerate(config.blocks):
-        if mask.blocks[b] == 0:
-            continue
-        h, c, f = (int((m != 0).sum()) for m in mask.block(b))
-        if h or c or f:
-            src = spec.source if spec.source is not None else b
-            blocks.append(BlockSpec(heads=h, cross_heads=c, ffn_dim=f, source=src))
-    return config.model_copy(update={"blocks": blocks})
-
-
-def block_params(config: DiTConfig, spec: BlockSpec) -> int:
-    """Parameters of one DiT block of this shape (tests check it against the module)."""
-    d, hd, cap = config.hidden_size, config.head_dim, config.cap_dim
-    norm = 2 * hd if config.qk_norm else 0  # q_norm and k_norm weights
-    n = 6 * d  # scale_shift_table
-    if spec.heads:
-        a = spec.heads * hd
-        n += 3 * (d * a + a) + a * d + d + norm
-    if spec.cross_heads:
-        a = spec.cross_heads * hd
-        n += d * a + a + 2 * (cap * a + a) + a * d + d + norm + 2 * d  # norm2 has weight and bias
-    if spec.ffn_dim:
-        n += d * spec.ffn_dim + spec.ffn_dim + spec.ffn_dim * d + d
-    return n
-
-
-def dit_params(config: DiTConfig) -> int:
-    """Parameters of a whole DiT of this config."""
-    d, p2 = config.hidden_size, config.patch_size**2
-    cap = config.cap_dim
-    n = config.in_channels * p2 * d + d  # x_embed
-    n += config.freq_dim * d + d + d * d + d  # t_embed
-    n += d * 6 * d + 6 * d  # t_block
-    n += config.text_dim * cap + cap + cap * cap + cap  # caption_proj
-    if config.pooled_text:
-        n += config.text_dim * d + d + d * d + d  # pooled_embed
-    n += 2 * d + d * config.out_ch * p2 + config.out_ch * p2  # final table and out
-    return n + sum(block_params(config, b) for b in config.blocks)
-
-
-def mask_cost(config: DiTConfig, mask: UnitMask, tokens: int, text_len: int) -> dict[str, int]:
-    """Parameters and FLOPs per step of the model `mask` slices `config` to."""
-    cfg = masked_config(config, mask)
-    return {"params": dit_params(cfg), "flops": dit_flops(cfg, tokens, text_len)}
-
-
-def model_cost(model, mask: UnitMask, tokens: int, text_len: int) -> dict[str, int]:
-    """mask_cost for mvdit's DiT; an adapted third-party DiT (mvdit.compress.diffusers_dit)
-    counts its own."""
-    if isinstance(model, VideoDiT):
-        return mask_cost(model.config, mask, tokens, text_len)
-    return model.cost(mask, tokens, text_len)
 
 
 def keeps_a_block(mask: UnitMask) -> bool:
@@ -353,29 +290,6 @@ def kd_scores(
     return out
 
 
-@torch.no_grad()
-def magnitude_scores(model: VideoDiT, units: Sequence[Unit], group: int) -> dict[str, float]:
-    """L2 norm of each unit's weights (the rows that make its output and the columns that read it)."""
-    if not isinstance(model, VideoDiT):
-        return model.magnitude_scores(units, group)
-    hd = model.config.head_dim
-    out = {}
-    for u in units:
-        blk = model.blocks[u.block]
-        if u.level == "block":
-            sq = sum(float(p.pow(2).sum()) for p in blk.parameters())
-        elif u.level in ("head", "cross_head"):
-            a = blk.attn if u.level == "head" else blk.cross_attn
-            r = slice(u.index * hd, (u.index + 1) * hd)
-            sq = sum(float(getattr(a, n).weight[r].pow(2).sum()) for n in ("q", "k", "v"))
-            sq += float(a.out.weight[:, r].pow(2).sum())
-        else:
-            ch = ffn_groups(blk.ffn.fc1.out_features, group)[u.index]
-            sq = float(blk.ffn.fc1.weight[ch].pow(2).sum() + blk.ffn.fc2.weight[:, ch].pow(2).sum())
-        out[u.key] = math.sqrt(sq)
-    return out
-
-
 def _unit_value(
     u: Unit, per_level: dict[str, list[torch.Tensor] | torch.Tensor], group: int
 ) -> float:
@@ -492,12 +406,15 @@ def activation_scores(
 ADAPTER_CRITERIA = ("kd", "magnitude")  # what an adapted third-party DiT can be scored with
 
 
-def check_adapter_criterion(criterion: str) -> None:
-    """Raise MvditError unless an adapted third-party DiT can be scored with `criterion`."""
-    if criterion not in ADAPTER_CRITERIA:
+def check_criterion(criterion: str, allowed: Sequence[str] = CRITERIA) -> None:
+    """Raise MvditError unless `criterion` is one a model can be scored with (`model.criteria`:
+    every criterion for mvdit's DiT, ADAPTER_CRITERIA for an adapted third-party DiT)."""
+    if criterion not in CRITERIA:
+        raise MvditError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+    if criterion not in allowed:
         raise MvditError(
             f"criterion '{criterion}' needs mvdit's DiT (gradients through its unit mask, hooks "
-            f"on its layers); a diffusers transformer is scored with {' or '.join(ADAPTER_CRITERIA)}"
+            f"on its layers); this model is scored with {' or '.join(allowed)}"
         )
 
 
@@ -511,12 +428,11 @@ def criterion_scores(
     batch: int = 32,
 ) -> dict[str, float]:
     """One number per unit under `criterion` (CRITERIA); larger means more important."""
-    if not isinstance(model, VideoDiT):
-        check_adapter_criterion(criterion)
+    check_criterion(criterion, model.criteria)
     if criterion == "kd":
         return {k: v["kd"] for k, v in kd_scores(model, calib, units, group, mask, batch).items()}
     if criterion == "magnitude":
-        return magnitude_scores(model, units, group)
+        return model.magnitude_scores(units, group)
     if criterion == "taylor":
         return taylor_scores(model, calib, units, group, mask, batch)
     if criterion == "activation":

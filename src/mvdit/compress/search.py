@@ -13,7 +13,7 @@ left every `rescore_every` removals because removals interact, until the budget 
 cross-attention heads and `ffn` FFN channels: the paper's 28 -> 20 blocks, 32 -> 20 heads,
 8192 -> 6144 FFN surgery.
 
-Either returns a binary UnitMask; mvdit.compress.slicing.slice_model turns it into the smaller model
+Either returns a binary UnitMask; the model's `slice` turns it into the smaller model
 (mvdit's DiT, or a diffusers transformer through mvdit.compress.diffusers_dit).
 """
 
@@ -36,10 +36,8 @@ from mvdit.compress.importance import (
     enumerate_units,
     ffn_groups,
     keeps_a_block,
-    model_cost,
     remove,
 )
-from mvdit.compress.slicing import slice_model
 from mvdit.models.dit import UnitMask, VideoDiT
 
 BUDGET_KINDS = ("params", "flops", "latency", "memory")
@@ -97,7 +95,7 @@ def measured_cost(
 ) -> float:
     """Seconds of one forward (batch 1) of the sliced model, or its parameter bytes plus the
     activation peak of that forward, measured on the model's device."""
-    small = slice_model(model, mask).eval()
+    small = model.slice(mask).eval()
     dev = next(small.parameters()).device
     args = calib.inputs(slice(0, 1), dev)
     with torch.no_grad():
@@ -131,14 +129,14 @@ def greedy_prune(
     dev = next(model.parameters()).device
     mask = UnitMask.full(cfg, dev)
     proxy = "flops" if budget.kind in ("flops", "latency") else "params"
-    base = model_cost(model, mask, tokens, text_len)
+    base = model.cost(mask, tokens, text_len)
     if budget.kind in ("latency", "memory"):
         base[budget.kind] = measured_cost(model, mask, calib, budget.kind)
     limit = budget.value if budget.kind == "memory" else budget.value * base[budget.kind]
     result = PruneResult(mask, base=dict(base))
 
     def now(m: UnitMask, measure: bool) -> dict:
-        c = model_cost(model, m, tokens, text_len)
+        c = model.cost(m, tokens, text_len)
         if measure and budget.kind in ("latency", "memory"):
             c[budget.kind] = measured_cost(model, m, calib, budget.kind)
         return c
@@ -160,10 +158,10 @@ def greedy_prune(
             scores = criterion_scores(criterion, model, calib, units, group, mask, batch)
             result.rescored += 1
             since = 0
-        here = model_cost(model, mask, tokens, text_len)[proxy]
+        here = model.cost(mask, tokens, text_len)[proxy]
         best, best_value, best_saved = None, float("inf"), 0
         for u in units:
-            saved = here - model_cost(model, remove(mask, u, group), tokens, text_len)[proxy]
+            saved = here - model.cost(remove(mask, u, group), tokens, text_len)[proxy]
             if saved <= 0:
                 continue
             value = scores[u.key] / saved

@@ -52,7 +52,7 @@ from mvdit.video import contact_sheet, save_png, write_mp4
 EVAL_PROMPTS = "prompts/shapes-eval.txt"
 HOLDOUT_PROMPTS = "prompts/shapes-holdout.txt"
 PARAPHRASE_PROMPTS = "prompts/shapes-paraphrase.txt"
-# the three shipped prompt files every model card and study scores on (96 prompts each)
+# the three shipped prompt files every model card and study scores on (24 prompts each)
 SHIPPED_PROMPTS = (EVAL_PROMPTS, HOLDOUT_PROMPTS, PARAPHRASE_PROMPTS)
 
 

@@ -203,7 +203,7 @@ class UnitMask:
 
     A sub-layer whose units are all 0 is absent, output bias included (for self-attention and the
     FFN that bias is gated by time): that is what removing it leaves, so masking a unit and
-    slicing it away (mvdit.compress.slicing) give the same model, at every level.
+    slicing it away (`VideoDiT.slice`) give the same model, at every level.
     """
 
     blocks: torch.Tensor
@@ -422,6 +422,9 @@ class DiTFeatures:
 
 
 class VideoDiT(nn.Module):
+    """mvdit's video DiT; it implements the recipe's interface itself (models.interface)."""
+
+    criteria = ("kd", "magnitude", "taylor", "activation")  # the unit scores it can be pruned by
     # methods besides forward that run the network (FSDP gathers the weights for them)
     entry_points = ("features",)
 
@@ -591,6 +594,37 @@ class VideoDiT(nn.Module):
 
     # -- accounting ----------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def magnitude_scores(self, units: Sequence, group: int) -> dict[str, float]:
+        """L2 norm of each unit's weights (the rows that make its output and the columns that
+        read it); `units` have .level, .block, .index and .key (compress.importance.Unit)."""
+        hd = self.config.head_dim
+        out = {}
+        for u in units:
+            blk = self.blocks[u.block]
+            if u.level == "block":
+                sq = sum(float(p.pow(2).sum()) for p in blk.parameters())
+            elif u.level in ("head", "cross_head"):
+                a = blk.attn if u.level == "head" else blk.cross_attn
+                r = slice(u.index * hd, (u.index + 1) * hd)
+                sq = sum(float(getattr(a, n).weight[r].pow(2).sum()) for n in ("q", "k", "v"))
+                sq += float(a.out.weight[:, r].pow(2).sum())
+            else:
+                ch = ffn_groups(blk.ffn.fc1.out_features, group)[u.index]
+                w1, w2 = blk.ffn.fc1.weight, blk.ffn.fc2.weight
+                sq = float(w1[ch].pow(2).sum() + w2[:, ch].pow(2).sum())
+            out[u.key] = math.sqrt(sq)
+        return out
+
+    def slice(self, mask: UnitMask) -> VideoDiT:
+        """The physically smaller DiT that computes what this one computes under `mask`."""
+        return slice_dit(self, mask)
+
+    def cost(self, mask: UnitMask | None, tokens: int, text_len: int) -> dict[str, int]:
+        """Parameters and FLOPs per step of this DiT under `mask` (None: the whole model)."""
+        return mask_cost(self.config, mask if mask is not None else UnitMask.full(self.config),
+                         tokens, text_len)  # fmt: skip
+
     def param_counts(self) -> dict[str, int]:
         """Parameters per part: embeddings (x, t, caption), blocks, final layer, total."""
         count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
@@ -634,9 +668,13 @@ class VideoDiT(nn.Module):
 
 
 def dit_flops(cfg: DiTConfig, tokens: int, text_len: int, batch: int = 1) -> int:
+    """FLOPs of one forward: every matmul (2 per multiply-add), attention products included."""
     d, hd, n, L = cfg.hidden_size, cfg.head_dim, tokens, text_len
     p2 = cfg.patch_size**2
     f = 2 * n * cfg.in_channels * p2 * d + 2 * L * (cfg.text_dim * cfg.cap_dim + cfg.cap_dim**2)
+    f += 2 * (cfg.freq_dim * d + d * d + d * 6 * d)  # t_embed and t_block, once per sample
+    if cfg.pooled_text:
+        f += 2 * (cfg.text_dim * d + d * d)  # pooled_embed
     for b in cfg.blocks:
         a, ca = b.heads * hd, b.cross_heads * hd
         f += 2 * n * d * a * 4 + 4 * n * n * a  # qkv+out projections; QK^T and AV
@@ -644,3 +682,152 @@ def dit_flops(cfg: DiTConfig, tokens: int, text_len: int, batch: int = 1) -> int
         f += 2 * n * d * b.ffn_dim * 2
     f += 2 * n * d * cfg.out_ch * p2
     return int(f * batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# pruning units: FFN groups, what a mask leaves (config, parameters, FLOPs) and the exact cut
+#
+# Pruning scores a unit by masking it (UnitMask, applied in the forward) and then removes it
+# physically; the two agree to float rounding at every level: single heads, all heads of a
+# sub-layer (the sub-layer goes, output bias included), FFN channels, whole blocks. The sliced
+# model is an ordinary VideoDiT whose config records each block's widths and `source` (its index
+# in the model it was cut from), so save_pretrained / from_pretrained rebuild it with no extra code.
+
+
+def ffn_groups(width: int, group: int) -> list[list[int]]:
+    """Channel lists of a block's FFN groups (the last one takes the remainder)."""
+    return [list(range(s, min(s + group, width))) for s in range(0, width, group)]
+
+
+def masked_config(config: DiTConfig, mask: UnitMask) -> DiTConfig:
+    """The config slice_dit would build from `mask` (without building it)."""
+    blocks = []
+    for b, spec in enumerate(config.blocks):
+        if mask.blocks[b] == 0:
+            continue
+        h, c, f = (int((m != 0).sum()) for m in mask.block(b))
+        if h or c or f:
+            src = spec.source if spec.source is not None else b
+            blocks.append(BlockSpec(heads=h, cross_heads=c, ffn_dim=f, source=src))
+    return config.model_copy(update={"blocks": blocks})
+
+
+def block_params(config: DiTConfig, spec: BlockSpec) -> int:
+    """Parameters of one DiT block of this shape (tests check it against the module)."""
+    d, hd, cap = config.hidden_size, config.head_dim, config.cap_dim
+    norm = 2 * hd if config.qk_norm else 0  # q_norm and k_norm weights
+    n = 6 * d  # scale_shift_table
+    if spec.heads:
+        a = spec.heads * hd
+        n += 3 * (d * a + a) + a * d + d + norm
+    if spec.cross_heads:
+        a = spec.cross_heads * hd
+        n += d * a + a + 2 * (cap * a + a) + a * d + d + norm + 2 * d  # norm2 has weight and bias
+    if spec.ffn_dim:
+        n += d * spec.ffn_dim + spec.ffn_dim + spec.ffn_dim * d + d
+    return n
+
+
+def dit_params(config: DiTConfig) -> int:
+    """Parameters of a whole DiT of this config."""
+    d, p2 = config.hidden_size, config.patch_size**2
+    cap = config.cap_dim
+    n = config.in_channels * p2 * d + d  # x_embed
+    n += config.freq_dim * d + d + d * d + d  # t_embed
+    n += d * 6 * d + 6 * d  # t_block
+    n += config.text_dim * cap + cap + cap * cap + cap  # caption_proj
+    if config.pooled_text:
+        n += config.text_dim * d + d + d * d + d  # pooled_embed
+    n += 2 * d + d * config.out_ch * p2 + config.out_ch * p2  # final table and out
+    return n + sum(block_params(config, b) for b in config.blocks)
+
+
+def mask_cost(config: DiTConfig, mask: UnitMask, tokens: int, text_len: int) -> dict[str, int]:
+    """Parameters and FLOPs per step of the model `mask` slices `config` to."""
+    cfg = masked_config(config, mask)
+    return {"params": dit_params(cfg), "flops": dit_flops(cfg, tokens, text_len)}
+
+
+def keep_sets(mask: UnitMask) -> dict:
+    """The kept indices at every level of a binary mask (JSON-ready): blocks, and per kept block
+    its self-attention heads, cross-attention heads and FFN channels."""
+    for level in LEVELS:
+        vals = [mask.blocks] if level == "block" else mask.level(level)
+        if any(bool(((v != 0) & (v != 1)).any()) for v in vals):
+            raise MvditError(
+                f"slicing needs a binary mask; '{level}' has values other than 0 and 1"
+            )
+    idx = lambda m: [int(i) for i in torch.nonzero(m).flatten()]  # noqa: E731
+    blocks = []
+    for b in idx(mask.blocks):
+        heads, cross, ffn = (idx(m) for m in mask.block(b))
+        if heads or cross or ffn:  # a block with nothing left is a removed block
+            blocks.append({"block": b, "heads": heads, "cross_heads": cross, "ffn": ffn})
+    return {"blocks": blocks}
+
+
+def _rows(linear: nn.Linear, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return linear.weight[rows], linear.bias[rows]
+
+
+def _slice_attention(src: Attention, dst: Attention, heads: list[int]) -> None:
+    hd = src.head_dim
+    rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads])
+    for name in ("q", "k", "v"):
+        w, b = _rows(getattr(src, name), rows)
+        getattr(dst, name).weight.copy_(w)
+        getattr(dst, name).bias.copy_(b)
+    dst.out.weight.copy_(src.out.weight[:, rows])
+    dst.out.bias.copy_(src.out.bias)
+    dst.q_norm.load_state_dict(src.q_norm.state_dict())
+    dst.k_norm.load_state_dict(src.k_norm.state_dict())
+
+
+def _slice_ffn(src: FeedForward, dst: FeedForward, channels: list[int]) -> None:
+    rows = torch.tensor(channels, dtype=torch.long)
+    dst.fc1.weight.copy_(src.fc1.weight[rows])
+    dst.fc1.bias.copy_(src.fc1.bias[rows])
+    dst.fc2.weight.copy_(src.fc2.weight[:, rows])
+    dst.fc2.bias.copy_(src.fc2.bias)
+
+
+@torch.no_grad()
+def slice_dit(model: VideoDiT, mask: UnitMask) -> VideoDiT:
+    """A new, smaller VideoDiT holding only the units `mask` keeps (1) and none it removes (0).
+
+    Its forward equals `model(..., unit_mask=mask)` to float rounding (tests: ≤ 1e-5 in fp32).
+    Blocks left with no sub-layer are dropped; each kept block's `source` names where it came from.
+    """
+    mask.check(model.config)
+    keep = keep_sets(mask)["blocks"]
+    if not keep:
+        raise MvditError("the mask removes every block; keep at least one")
+    old = model.config.blocks
+    specs = [
+        BlockSpec(
+            heads=len(k["heads"]),
+            cross_heads=len(k["cross_heads"]),
+            ffn_dim=len(k["ffn"]),
+            source=old[k["block"]].source if old[k["block"]].source is not None else k["block"],
+        )
+        for k in keep
+    ]
+    config = model.config.model_copy(update={"blocks": specs})
+    with torch.device("meta"):
+        new = VideoDiT(config)
+    device = next(model.parameters()).device
+    new = new.to_empty(device=device).to(next(model.parameters()).dtype)
+    # everything outside the blocks is shared unchanged
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    new.load_state_dict(own, strict=False)
+    for dst, k in zip(new.blocks, keep, strict=True):
+        src = model.blocks[k["block"]]
+        dst.scale_shift_table.copy_(src.scale_shift_table)
+        if dst.attn is not None:
+            _slice_attention(src.attn, dst.attn, k["heads"])
+        if dst.cross_attn is not None:
+            dst.norm2.load_state_dict(src.norm2.state_dict())
+            _slice_attention(src.cross_attn, dst.cross_attn, k["cross_heads"])
+        if dst.ffn is not None:
+            _slice_ffn(src.ffn, dst.ffn, k["ffn"])
+    return new.train(model.training)

@@ -47,7 +47,6 @@ from torch.utils.data import Dataset
 from mvdit import MvditError, distributed
 from mvdit.build import build_dataset
 from mvdit.checkpoint import latest_checkpoint
-from mvdit.compress.slicing import slice_dit
 from mvdit.config import (
     Count,
     CountOrZero,
@@ -166,8 +165,8 @@ class Discriminator(nn.Module):
             raise MvditError(f"disc.feature_blocks must lie in 0..{cfg.blocks - 1}, got {feats}")
         mask = UnitMask.full(teacher.config)
         mask.blocks[cfg.blocks :] = 0
-        # its own copy of the weights (slice_dit copies): training it never touches the teacher
-        self.backbone = slice_dit(teacher, mask) if cfg.blocks < n else copy.deepcopy(teacher)
+        # its own copy of the weights (slice copies): training it never touches the teacher
+        self.backbone = teacher.slice(mask) if cfg.blocks < n else copy.deepcopy(teacher)
         self.backbone.requires_grad_(False)
         if cfg.trainable_blocks:
             for blk in list(self.backbone.blocks)[-cfg.trainable_blocks :]:

@@ -37,19 +37,17 @@ from mvdit.compress.importance import (
     Calibration,
     Unit,
     build_calibration,
-    check_adapter_criterion,
+    check_criterion,
     criterion_scores,
     default_group,
     enumerate_units,
     kd_discrepancy,
-    model_cost,
     random_calibration,
     rank_correlation,
     reference_outputs,
     remove,
 )
 from mvdit.compress.search import Budget, greedy_prune, parse_budget, prune_to_shape
-from mvdit.compress.slicing import keep_sets, slice_dit, slice_model
 from mvdit.config import Strict, preset_config, required
 from mvdit.eval.evaluate import EVAL_PROMPTS, faithfulness, read_prompts, sample_prompts
 from mvdit.io import (
@@ -62,7 +60,7 @@ from mvdit.io import (
     write_json,
 )
 from mvdit.limits import bounded
-from mvdit.models.dit import LEVEL_NAMES, UnitMask, VideoDiT
+from mvdit.models.dit import LEVEL_NAMES, UnitMask, VideoDiT, keep_sets
 from mvdit.pipeline import Pipeline
 from mvdit.results import Result
 
@@ -408,10 +406,10 @@ def depth_curves(
     full = UnitMask.full(cfg)
 
     def measure(mask: UnitMask, depth: float, removed: int) -> dict:
-        small = slice_model(dit, mask).eval()
+        small = dit.slice(mask).eval()
         lat, mem = latency_and_memory(small, calib)
         kd, kd_f = kd_discrepancy(dit, calib, mask, reference, batch)
-        point = {"depth": depth, "removed": removed, **model_cost(dit, mask, tokens, text_len)}
+        point = {"depth": depth, "removed": removed, **dit.cost(mask, tokens, text_len)}
         point |= {
             "latency_ms": round(1000 * lat, 3),
             "memory_bytes": int(mem),
@@ -639,7 +637,7 @@ def _prune_pipeline(cfg: PruneConfig, *, progress: bool = True) -> dict:
         dit, calib, parse_budget(cfg.budget), cfg.levels, criterion, group, cfg.rescore_every,
         batch, progress,
     )  # fmt: skip
-    small = slice_dit(dit, result.mask).eval()
+    small = dit.slice(result.mask).eval()
     # the sliced model computes what the masked teacher computed
     ref = reference_outputs(dit, calib, result.mask, batch)
     got = reference_outputs(small, calib, None, batch)
@@ -672,7 +670,7 @@ def run_prune_diffusers(cfg: PruneConfig, *, progress: bool = True) -> dict:
 
     model_dir, out, cal = cfg.model, cfg.out, cfg.calibration
     overwrite, criterion = cfg.overwrite, cfg.criterion or "kd"
-    check_adapter_criterion(criterion)
+    check_criterion(criterion, ADAPTER_CRITERIA)
     claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     model = load_transformer(model_dir).eval()
@@ -736,7 +734,7 @@ def prune_paper_preset(
     )
     scores = criterion_scores(criterion, teacher, calib, units, group, None, 1)
     mask = prune_to_shape(teacher, scores, blocks, heads, ffn, group)
-    small = slice_dit(teacher, mask).eval()
+    small = teacher.slice(mask).eval()
     before, after = (sum(p.numel() for p in m.parameters()) for m in (teacher, small))
     # equal to the masked teacher, on a small random input
     check = calib or random_calibration(cfg, (2, 4, 4), n=1, text_len=8)
