@@ -72,6 +72,8 @@ def test_a_bad_value_is_one_line_naming_the_key(capsys, captured):
         assert code == 2 and key in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli(["prune", "--timesteps", "0.2,x"], capsys)
     assert code == 2 and "comma-separated list of floats" in err
+    code, _, err = run_cli(["prune", "--levels", "block,bogus"], capsys)
+    assert code == 2 and "--levels 'bogus': Input should be 'block'" in err
 
 
 def test_help_is_the_sections_own(capsys):

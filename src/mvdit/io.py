@@ -639,8 +639,9 @@ def format_validation_error(
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key '{loc}'" + (f" — {hint}" if hint else "")
-    if names and loc in names:
-        return f"{names[loc]} {err.get('input')!r}: {err['msg']}"
+    key = next((k for k in names or () if loc == k or loc.startswith(k + ".")), None)
+    if key is not None:  # a list flag's bad item: "levels.0"
+        return f"{names[key]} {err.get('input')!r}: {err['msg']}"
     return f"{source}: {loc}: {err['msg']}"
 
 
