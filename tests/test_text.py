@@ -194,6 +194,28 @@ def test_tiny_t5_from_directory(tmp_path):
     torch.testing.assert_close(hidden, _reference(model, enc.tokenizer, PROMPTS, 8))
 
 
+@pytest.mark.parametrize("family", ["t5", "umt5"])
+def test_t5_family_loads_as_the_encoder_its_config_names(tmp_path, family):
+    """Wan's UMT5 is not T5 (per-layer position biases): "auto" and its own kind load it as
+    UMT5EncoderModel, the other T5 kind is refused in one line, never loaded as the wrong class."""
+    tokenizer = _word_tokenizer("a red ball bounces left two blue squares".split(), pad=True)
+    torch.manual_seed(0)
+    conf, cls = {"t5": (transformers.T5Config, transformers.T5EncoderModel),
+                 "umt5": (transformers.UMT5Config, transformers.UMT5EncoderModel)}[family]  # fmt: skip
+    model = cls(conf(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                     num_heads=4)).eval()  # fmt: skip
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    for kind in ("auto", family):
+        enc = load_text_encoder(TextConfig(kind=kind, path=str(tmp_path), max_length=8))
+        assert type(enc.model.inner) is cls
+        hidden, _ = enc.encode(PROMPTS)
+        torch.testing.assert_close(hidden, _reference(model, enc.tokenizer, PROMPTS, 8))
+    other = "t5" if family == "umt5" else "umt5"
+    with pytest.raises(MvditError, match=f"holds a '{family}' model: set text.kind = '{family}'"):
+        load_text_encoder(TextConfig(kind=other, path=str(tmp_path), max_length=8))
+
+
 def test_missing_or_broken_directories(tmp_path):
     with pytest.raises(MvditError, match="does not exist"):
         load_text_encoder(TextConfig(kind="clip", path=str(tmp_path / "nope")))

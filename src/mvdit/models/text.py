@@ -23,7 +23,7 @@ from mvdit import MvditError
 from mvdit.io import load_tensors, only_safetensors_weights, read_json
 from mvdit.tokenizer import fixed_length_tokenizer
 
-TextKind = Literal["minilm", "clip", "t5", "auto"]
+TextKind = Literal["minilm", "clip", "t5", "umt5", "auto"]
 
 
 class TextConfig(BaseModel):
@@ -260,6 +260,30 @@ class _LastHiddenState(nn.Module):
         return self.inner(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
+# model_type in a checkpoint's config.json -> (the kind that names it, its encoder-only class).
+# T5-family checkpoints must load as encoders: AutoModel builds the encoder-decoder, whose forward
+# wants decoder inputs, and UMT5 (Wan's text encoder) is not T5 (per-layer position biases).
+ENCODER_CLASSES = {
+    "clip": ("clip", "CLIPTextModel"),
+    "clip_text_model": ("clip", "CLIPTextModel"),
+    "t5": ("t5", "T5EncoderModel"),
+    "umt5": ("umt5", "UMT5EncoderModel"),
+}
+
+
+def _encoder_class(transformers, path: Path, kind: str):
+    """The transformers class that reads the encoder in `path`: the one its model_type names;
+    `kind` (other than "auto") must agree with it."""
+    model_type = read_json(path / "config.json").get("model_type")
+    named, cls = ENCODER_CLASSES.get(model_type, (None, "AutoModel"))
+    if kind != "auto" and named is not None and kind != named:
+        raise MvditError(
+            f"text.kind = {kind!r} but {path} holds a {model_type!r} model: set text.kind = "
+            f'{named!r} (or "auto")'
+        )
+    return getattr(transformers, cls)
+
+
 def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
     """Build the encoder `config` names, from local files only. MiniLM (BERT checkpoints) runs
     in plain torch; CLIP, T5 and "auto" go through transformers."""
@@ -285,9 +309,7 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
     from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
-    model_cls = {"clip": transformers.CLIPTextModel, "t5": transformers.T5EncoderModel}.get(
-        config.kind, transformers.AutoModel
-    )
+    model_cls = _encoder_class(transformers, path, config.kind)
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar at every load
     try:
