@@ -260,7 +260,7 @@ def test_prune_command_writes_a_smaller_pipeline_that_loads(tmp_path, capsys):
     assert code == 2 and "--budget" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
     code, _, err = run_cli(["prune", "-m", pipe, "-o", tmp_path / "x", "--levels", "heads"], capsys)
-    assert code == 2 and "levels.0: Input should be 'block', 'head'" in err
+    assert code == 2 and "--levels 'heads': Input should be 'block', 'head'" in err
 
 
 def test_alpha_t_peaks_at_one_mid_trajectory():
