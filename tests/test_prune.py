@@ -261,6 +261,8 @@ def test_prune_command_writes_a_smaller_pipeline_that_loads(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     code, _, err = run_cli(["prune", "-m", pipe, "-o", tmp_path / "x", "--levels", "heads"], capsys)
     assert code == 2 and "--levels 'heads': Input should be 'block', 'head'" in err
+    code, _, err = run_cli(["prune", "-m", pipe, "-o", tmp_path / "x", "--latent", "2,4,4"], capsys)
+    assert code == 2 and "calibration.latent (--latent) does not apply to" in err
 
 
 def test_alpha_t_peaks_at_one_mid_trajectory():

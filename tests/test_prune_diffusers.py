@@ -249,6 +249,12 @@ def test_prune_command_on_a_diffusers_directory(tmp_path, capsys):
     )
     assert code != 0 and "kd or magnitude" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+    # calibration options a Gaussian calibration does not read are refused, not ignored
+    for flag, value in (("--timesteps", "0.2,0.4"), ("--prompts", "prompts/shapes-train.txt")):
+        code, _, err = run_cli(["prune", "-m", tmp_path / "ltx", "-o", tmp_path / "x", flag, value],
+                               capsys)  # fmt: skip
+        assert code == 2 and f"({flag}) does not apply to" in err and "Gaussian" in err
+        assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("family", ["wan", "ltx"])

@@ -106,6 +106,26 @@ class CalibrationConfig(Strict):
             raise ValueError(f"latent is T, H, W (three positive integers), got {v}")
         return v
 
+    def check_applies(self, gaussian: bool, model: str) -> None:
+        """One line naming a key set away from its default that this model's calibration does
+        not read (a bare diffusers transformer: Gaussian inputs, no prompts or flow-time list; a
+        pipeline: its own VAE and text encoder, no Gaussian shapes), never a silent ignore."""
+        unread = ("prompts", "timesteps") if gaussian else ("latent", "text_len")
+        for key in unread:
+            if getattr(self, key) != type(self).model_fields[key].get_default(
+                call_default_factory=True
+            ):
+                how = (
+                    "a bare diffusers transformer is calibrated on Gaussian latents (latent, "
+                    "text_len, n_prompts x seeds items at random flow times)"
+                    if gaussian
+                    else "a pipeline is calibrated on its own prompts, VAE and text encoder"
+                )
+                raise MvditError(
+                    f"calibration.{key} (--{key.replace('_', '-')}) does not apply to {model}: "
+                    f"{how}; drop it"
+                )
+
 
 MODEL_HELP = "pipeline directory, or a diffusers Wan / LTX transformer"
 GROUP_HELP = "FFN channels per unit (default: at least 8 units a block)"
@@ -252,6 +272,7 @@ def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> Result:
     cal = cfg.calibration
     batch, depths, faith_prompts = cal.batch, cfg.depths, cfg.faith_prompts
     t_start = time.perf_counter()
+    cal.check_applies(is_diffusers_transformer(model_dir), model_dir)
     if is_diffusers_transformer(model_dir):
         pipe = None
         dit = load_transformer(model_dir).eval()
@@ -626,6 +647,7 @@ def _prune_pipeline(cfg: PruneConfig, *, progress: bool = True) -> dict:
     earlier prune's unless cfg.overwrite)."""
     model_dir, out, cal = cfg.model, cfg.out, cfg.calibration
     overwrite, criterion = cfg.overwrite, cfg.criterion or "kd"
+    cal.check_applies(False, model_dir)
     claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(model_dir)
@@ -671,6 +693,7 @@ def run_prune_diffusers(cfg: PruneConfig, *, progress: bool = True) -> dict:
     model_dir, out, cal = cfg.model, cfg.out, cfg.calibration
     overwrite, criterion = cfg.overwrite, cfg.criterion or "kd"
     check_criterion(criterion, ADAPTER_CRITERIA)
+    cal.check_applies(True, model_dir)
     claim_output_dir(out, command="prune", overwrite=overwrite, sources=[model_dir])
     t0 = time.perf_counter()
     model = load_transformer(model_dir).eval()
