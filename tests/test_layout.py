@@ -107,3 +107,15 @@ def test_paper_steps_have_files_of_their_own():
 def test_the_default_config_is_one_file():
     repo_copy = SRC.parent / "configs" / "tiny.toml"
     assert repo_copy.resolve() == default_config_path().resolve()
+
+
+def test_stages_are_written_against_the_interface():
+    """No stage or compression module asks which DiT it holds (models/interface.PrunableDiT)."""
+    asking = [
+        f"{f.relative_to(SRC)}:{n}"
+        for f in (SRC / "mvdit").rglob("*.py")
+        if "models" not in f.relative_to(SRC / "mvdit").parts
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if "isinstance(" in line and "VideoDiT)" in line
+    ]
+    assert asking == []
