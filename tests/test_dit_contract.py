@@ -146,3 +146,14 @@ def test_magnitude_scores_cover_every_unit(model):
     units = enumerate_units(model.config, 16)
     scores = model.magnitude_scores(units, 16)
     assert set(scores) == {u.key for u in units} and all(v > 0 for v in scores.values())
+
+
+def test_one_step_exports_without_float64(model):
+    """torch.export of one velocity step (what `mvdit export` lowers); no float64 node, which
+    mobile backends lack (diffusers builds Wan's rotary tables in float64)."""
+    x, t, text, tm = _inputs()
+    ep = torch.export.export(model, (x, t, text, tm))
+    kinds = {n.meta["val"].dtype for n in ep.graph.nodes if hasattr(n.meta.get("val"), "dtype")}
+    assert torch.float64 not in kinds and torch.float32 in kinds
+    with torch.no_grad():
+        assert torch.allclose(ep.module()(x, t, text, tm), model(x, t, text, tm), atol=1e-5)
