@@ -135,6 +135,7 @@ def build_video_dataset(cfg: DataConfig, split: str = "train"):
 def cache_from_config(
     cfg: TrainConfig,
     out_dir: str | Path,
+    *,
     limit: int | None = None,
     shard_size: int = 256,
     batch_size: int = 8,

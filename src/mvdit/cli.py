@@ -229,7 +229,8 @@ def cache(
     """Encode clips and captions once (VAE latents + text embeddings) so training skips both
     encoders."""
     cfg = load_train_config(config or default_config_path(), set_)
-    ds = cache_from_config(cfg, out, limit, shard_size, batch_size, dtype)
+    ds = cache_from_config(cfg, out, limit=limit, shard_size=shard_size, batch_size=batch_size,
+                           dtype=dtype)  # fmt: skip
     typer.echo(f"{len(ds)} clips cached in {out}: latents {'x'.join(map(str, ds.latent_shape))}")
     typer.echo(f"train on them with: --set data.kind=cache --set data.path={out}")
 
@@ -407,7 +408,7 @@ def eval_exported(
 ) -> None:
     """The shapes detector's scores of clips made by the exported graphs alone, with the mean
     seconds of each stage (compare precisions or runtimes on the same prompts and seeds)."""
-    typer.echo(str(export_compare.eval_exported_to(export_dir, prompts, seeds, out)))
+    typer.echo(str(export_compare.eval_exported_to(export_dir, prompts, seeds, out=out)))
 
 
 @app.command("eval-vae")
@@ -532,9 +533,8 @@ def data_shapes(
     ] = None,
 ) -> None:
     """Write example clips of the procedural `shapes` dataset (mp4 + captioned contact sheet)."""
-    paths = write_examples(
-        out, n, frames, height, width, fps, seed, split=split, holdout=holdout or ()
-    )
+    paths = write_examples(out, n=n, frames=frames, height=height, width=width, fps=fps,
+                           seed=seed, split=split, holdout=holdout or ())  # fmt: skip
     typer.echo(
         f"wrote {n} clips of {frames}x{height}x{width} to {out} (contact sheet: {paths[-2]})"
     )

@@ -383,6 +383,7 @@ def build(models: Mapping[str, Path], workdir: Path | None = None) -> gr.Blocks:
 
 def launch(
     models: Mapping[str, Path] | None = None,
+    *,
     host: str = "127.0.0.1",
     port: int = 7860,
     block: bool = True,

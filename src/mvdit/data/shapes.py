@@ -797,6 +797,7 @@ class ShapesDataset(torch.utils.data.Dataset):
 
 def write_examples(
     out_dir: str | Path,
+    *,
     n: int = 8,
     frames: int = 8,
     height: int = 32,

@@ -107,7 +107,7 @@ def _side_by_side_table(r: dict, output: Path) -> str:
     return "\n".join([*lines, f"wrote {output}"])
 
 
-def eval_exported_to(export_dir: str | Path, prompt_files: list[Path], seeds: int,
+def eval_exported_to(export_dir: str | Path, prompt_files: list[Path], seeds: int, *,
                      out: str | Path | None = None) -> Result:  # fmt: skip
     """`mvdit eval-exported`: eval_exported, also written as JSON to `out` when given."""
     if out is not None:

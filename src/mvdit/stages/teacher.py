@@ -91,7 +91,7 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
             cache_from_config(
                 cfg,
                 cache_dir,
-                d.cache_clips,
+                limit=d.cache_clips,
                 batch_size=32,
                 vae=vae,
                 text=text,
