@@ -44,7 +44,7 @@ from torch import nn
 from mvdit import MvditError
 from mvdit.compress.importance import ADAPTER_CRITERIA
 from mvdit.io import load_tensors, only_safetensors_weights, output_dir, read_json, write_json
-from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask, ffn_groups
+from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask, unit_weight_norms
 
 FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
 RECORD = "mvdit_prune.json"
@@ -484,31 +484,18 @@ class DiffusersDiT(nn.Module):
             params, flops = params + p, flops + fl
         return {"params": params, "flops": flops}
 
-    @torch.no_grad()
     def magnitude_scores(self, units, group: int) -> dict[str, float]:
-        """L2 norm of each unit's weights (the rows that make its output, the columns that read it)."""
+        """L2 norm of each unit's weights (mvdit.models.dit.unit_weight_norms)."""
         a1, a2, f = _block_attrs(self.family)
-        hd = self.config.head_dim
-        out = {}
-        for u in units:
-            blk = self.blocks[u.block]
-            if u.level == "block":
-                sq = sum(float(p.pow(2).sum()) for p in blk.parameters())
-            elif u.level in ("head", "cross_head"):
-                a = getattr(blk, a1 if u.level == "head" else a2)
-                r = slice(u.index * hd, (u.index + 1) * hd)
-                sq = sum(
-                    float(getattr(a, n).weight[r].pow(2).sum()) for n in ("to_q", "to_k", "to_v")
-                )
-                sq += float(a.to_out[0].weight[:, r].pow(2).sum())
-            else:
+
+        def linears(blk: nn.Module, level: str) -> tuple[nn.Linear, ...]:
+            if level == "ffn":
                 ff = getattr(blk, f)
-                ch = ffn_groups(ff.net[2].in_features, group)[u.index]
-                sq = float(
-                    ff.net[0].proj.weight[ch].pow(2).sum() + ff.net[2].weight[:, ch].pow(2).sum()
-                )
-            out[u.key] = sq**0.5
-        return out
+                return ff.net[0].proj, ff.net[2]
+            a = getattr(blk, a1 if level == "head" else a2)
+            return a.to_q, a.to_k, a.to_v, a.to_out[0]
+
+        return unit_weight_norms(self.blocks, units, group, self.config.head_dim, linears)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ the JSON config records the exact shape so `from_pretrained` rebuilds it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -594,27 +594,9 @@ class VideoDiT(nn.Module):
 
     # -- accounting ----------------------------------------------------------------------------
 
-    @torch.no_grad()
     def magnitude_scores(self, units: Sequence, group: int) -> dict[str, float]:
-        """L2 norm of each unit's weights (the rows that make its output and the columns that
-        read it); `units` have .level, .block, .index and .key (compress.importance.Unit)."""
-        hd = self.config.head_dim
-        out = {}
-        for u in units:
-            blk = self.blocks[u.block]
-            if u.level == "block":
-                sq = sum(float(p.pow(2).sum()) for p in blk.parameters())
-            elif u.level in ("head", "cross_head"):
-                a = blk.attn if u.level == "head" else blk.cross_attn
-                r = slice(u.index * hd, (u.index + 1) * hd)
-                sq = sum(float(getattr(a, n).weight[r].pow(2).sum()) for n in ("q", "k", "v"))
-                sq += float(a.out.weight[:, r].pow(2).sum())
-            else:
-                ch = ffn_groups(blk.ffn.fc1.out_features, group)[u.index]
-                w1, w2 = blk.ffn.fc1.weight, blk.ffn.fc2.weight
-                sq = float(w1[ch].pow(2).sum() + w2[:, ch].pow(2).sum())
-            out[u.key] = math.sqrt(sq)
-        return out
+        """L2 norm of each unit's weights (unit_weight_norms)."""
+        return unit_weight_norms(self.blocks, units, group, self.config.head_dim, _unit_linears)
 
     def slice(self, mask: UnitMask) -> VideoDiT:
         """The physically smaller DiT that computes what this one computes under `mask`."""
@@ -692,6 +674,43 @@ def dit_flops(cfg: DiTConfig, tokens: int, text_len: int, batch: int = 1) -> int
 # sub-layer (the sub-layer goes, output bias included), FFN channels, whole blocks. The sliced
 # model is an ordinary VideoDiT whose config records each block's widths and `source` (its index
 # in the model it was cut from), so save_pretrained / from_pretrained rebuild it with no extra code.
+
+
+def _unit_linears(blk: DiTBlock, level: str) -> tuple[nn.Linear, ...]:
+    if level == "ffn":
+        return blk.ffn.fc1, blk.ffn.fc2
+    a = blk.attn if level == "head" else blk.cross_attn
+    return a.q, a.k, a.v, a.out
+
+
+@torch.no_grad()
+def unit_weight_norms(
+    blocks: Sequence[nn.Module],
+    units: Sequence,
+    group: int,
+    head_dim: int,
+    linears: Callable[[nn.Module, str], tuple[nn.Linear, ...]],
+) -> dict[str, float]:
+    """The magnitude score of each unit (.level, .block, .index, .key): the L2 norm of the weights
+    that make its output and read it. `linears(block, level)` names a block's (q, k, v, out)
+    projections of the attention at a head level, or its FFN's (up, down) at "ffn"; a whole block
+    is all its parameters. One implementation for mvdit's DiT and every adapter."""
+    out = {}
+    for u in units:
+        blk = blocks[u.block]
+        if u.level == "block":
+            sq = sum(float(p.pow(2).sum()) for p in blk.parameters())
+        elif u.level == "ffn":
+            up, down = linears(blk, "ffn")
+            ch = ffn_groups(down.in_features, group)[u.index]
+            sq = float(up.weight[ch].pow(2).sum() + down.weight[:, ch].pow(2).sum())
+        else:
+            *qkv, o = linears(blk, u.level)
+            r = slice(u.index * head_dim, (u.index + 1) * head_dim)
+            sq = sum(float(lin.weight[r].pow(2).sum()) for lin in qkv)
+            sq += float(o.weight[:, r].pow(2).sum())
+        out[u.key] = math.sqrt(sq)
+    return out
 
 
 def ffn_groups(width: int, group: int) -> list[list[int]]:
