@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -119,4 +120,62 @@ def save_tiny_bert(path, hidden: int = 32):
     )
     transformers.BertModel(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def save_tiny_diffusers_pipeline(path, family: str, text_len: int = 16):
+    """A random diffusers WanPipeline or LTXPipeline directory (`save_pretrained`): a 3-block
+    transformer (4 heads of 8 channels, FFN 64), the family's VAE at 8 channels, a 2-layer
+    UMT5 (Wan) or T5 (LTX) with MiniLM's tokenizer in its own folder, a flow-matching scheduler,
+    and mvdit.json recording the clip it is meant for: 9 frames of 32x32 at 8 fps."""
+    import diffusers
+    import transformers
+
+    from mvdit.models.text import default_minilm_path
+
+    torch.manual_seed(0)
+    tok = transformers.AutoTokenizer.from_pretrained(default_minilm_path())
+    t5 = dict(vocab_size=tok.vocab_size, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+              relative_attention_num_buckets=8)  # fmt: skip
+    if family == "wan":
+        te = transformers.UMT5EncoderModel(transformers.UMT5Config(**t5))
+        tr = diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4,
+            out_channels=4, text_dim=16, freq_dim=32, ffn_dim=64, num_layers=3,
+            cross_attn_norm=True, rope_max_seq_len=32,
+        )  # fmt: skip
+        vae = diffusers.AutoencoderKLWan(
+            base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+            temperal_downsample=[False, True, True], latents_mean=[0.1] * 4,
+            latents_std=[2.0] * 4,
+        )  # fmt: skip
+        pipe = diffusers.WanPipeline(
+            tokenizer=tok, text_encoder=te, transformer=tr, vae=vae,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        )  # fmt: skip
+    else:
+        te = transformers.T5EncoderModel(transformers.T5Config(**t5))
+        tr = diffusers.LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8,
+            cross_attention_dim=32, num_layers=3, caption_channels=16,
+        )  # fmt: skip
+        vae = diffusers.AutoencoderKLLTXVideo(
+            latent_channels=8, block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
+            upsample_factor=(1,) * 4, patch_size=1,
+        )  # fmt: skip
+        pipe = diffusers.LTXPipeline(
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te,
+            tokenizer=tok, transformer=tr,
+        )  # fmt: skip
+    with torch.no_grad():  # weights far from zero: pruning must change what the model computes
+        for p in tr.parameters():
+            p.normal_(0, 0.3)
+    pipe.save_pretrained(path)
+    sidecar = {"frames": 9, "height": 32, "width": 32, "fps": 8.0, "text": {"max_length": text_len}}
+    (path / "mvdit.json").write_text(json.dumps(sidecar))
     return path

@@ -79,13 +79,15 @@ def _mask(d: DiffusersDiT) -> UnitMask:
 
 @pytest.mark.parametrize("family", MODELS)
 def test_unmasked_adapter_is_the_diffusers_model(family):
+    """The adapter conditions each model as its own pipeline does: Wan gets the padded text
+    positions as zeros and no mask (WanPipeline), LTX the states and the mask (LTXPipeline)."""
     model = MODELS[family]()
     d = DiffusersDiT(model)
     x, t, text, tm = _inputs()
     with torch.no_grad():
         got = d(x, t, text, tm)
         if family == "wan":
-            ref = model(x, t * 1000, text, return_dict=False)[0]
+            ref = model(x, t * 1000, text * tm[..., None], return_dict=False)[0]
         else:
             tok = x.flatten(2).transpose(1, 2)
             ref = model(tok, text, t * 1000, tm.float(), 3, 4, 4, return_dict=False)[0]
@@ -142,7 +144,8 @@ def test_uniform_wan_reloads_with_stock_from_pretrained(tmp_path):
     x, t, text, tm = _inputs()
     with torch.no_grad():
         ref = d(x, t, text, tm, unit_mask=mask)
-        assert (stock(x, t * 1000, text, return_dict=False)[0] - ref).abs().max() <= 1e-5
+        got = stock(x, t * 1000, text * tm[..., None], return_dict=False)[0]
+        assert (got - ref).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("family", MODELS)

@@ -214,7 +214,7 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
             raise
 
 
-def _link_tree(src: Path, dst: Path) -> None:
+def link_tree(src: Path, dst: Path) -> None:
     """Put `src` (a file or a directory) at `dst` by hard links (no copy of the data; a copy
     where the filesystem refuses links)."""
 
@@ -256,7 +256,7 @@ def atomic_dir(
                         f"{final / name} is not mvdit's but this command writes a file of that "
                         "name: move it away or pass --overwrite"
                     )
-                _link_tree(final / name, tmp / name)
+                link_tree(final / name, tmp / name)
             _fsync_tree(tmp)
             if final.exists():
                 old = final.with_name(_temp_prefix(final.name, "old") + "0")

@@ -1,9 +1,13 @@
 """Text → video: a DiT, an autoencoder and a text encoder, saved and loaded as one directory.
 
+An mvdit model directory:
 DIR/pipeline.json   format version, clip size, the text encoder's config and the sampler the
                     model was made for (steps or a fixed schedule, guidance, time shift, NFE)
 DIR/dit/            config.json + model.safetensors
 DIR/vae/            config.json (+ model.safetensors for a trained VAE)
+
+A diffusers pipeline directory (model_index.json: a Wan 2.1 or LTX-Video pipeline) is read and
+written as the same `Pipeline` (mvdit.diffusers_pipeline); a model read from one is saved as one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mvdit import MvditError
 from mvdit.build import load_autoencoder
+from mvdit.compress.diffusers_dit import is_diffusers_transformer, load_transformer
 from mvdit.data.cache import weights_hash
 from mvdit.flow import (
     check_schedule,
@@ -31,7 +36,15 @@ from mvdit.flow import (
 from mvdit.io import output_dir, read_json, validate, write_json
 from mvdit.limits import bounded, check_bound
 from mvdit.models.autoencoder import VideoAutoencoder, to_uint8
+from mvdit.diffusers_pipeline import (
+    is_diffusers_pipeline,
+    pipeline_settings,
+    read_components,
+    read_transformer,
+    write_components,
+)
 from mvdit.models.dit import VideoDiT
+from mvdit.models.interface import PrunableDiT
 from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder
 from mvdit.models.vae import shipped_vae_path
 
@@ -213,13 +226,43 @@ class Generation:
         return self
 
 
+def is_model_dir(path: str | Path) -> bool:
+    """Whether `path` holds a model a command can read: an mvdit model directory or a diffusers
+    pipeline directory."""
+    return (Path(path) / "pipeline.json").is_file() or is_diffusers_pipeline(path)
+
+
+def load_dit(path: str | Path, device: str | torch.device = "cpu") -> PrunableDiT:
+    """The DiT alone of a model directory (mvdit's or a diffusers pipeline's)."""
+    path = Path(path)
+    if is_diffusers_pipeline(path):
+        return read_transformer(path, device)
+    if not (path / "pipeline.json").is_file():
+        raise MvditError(f"{path} is not a model directory (pipeline.json or model_index.json)")
+    return _dit_of(path, device)
+
+
+def _dit_of(path: Path, device: str | torch.device) -> PrunableDiT:
+    """The DiT in an mvdit model directory's dit/: mvdit's own, or a diffusers transformer (a
+    Wan or LTX architecture beside mvdit's VAE and text encoder)."""
+    if is_diffusers_transformer(path / "dit"):
+        return load_transformer(path / "dit").to(device)
+    return VideoDiT.from_pretrained(path / "dit", device=device)
+
+
 class Pipeline:
+    """A DiT (any `PrunableDiT`), an autoencoder, a text encoder and the config they generate
+    with. `origin`: the diffusers pipeline directory whose other components a diffusers DiT's
+    pipeline keeps (it is saved as a diffusers pipeline directory beside them); None for mvdit's
+    own format."""
+
     def __init__(
         self,
-        dit: VideoDiT,
+        dit: PrunableDiT,
         vae: VideoAutoencoder,
         text_encoder: TextEncoder,
         config: PipelineConfig,
+        origin: Path | None = None,
     ):
         self.dit, self.vae, self.text_encoder, self.config = (
             dit.eval(),
@@ -227,7 +270,20 @@ class Pipeline:
             text_encoder,
             config,
         )
+        self.origin = origin
         vae.check_clip(config.frames, config.height, config.width)
+
+    def replace(
+        self, dit: PrunableDiT | None = None, config: PipelineConfig | None = None
+    ) -> Pipeline:
+        """The same pipeline with another DiT (a pruned or distilled one) or config."""
+        return Pipeline(
+            self.dit if dit is None else dit,
+            self.vae,
+            self.text_encoder,
+            self.config if config is None else config,
+            self.origin,
+        )
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -360,11 +416,17 @@ class Pipeline:
         dit_dtype: torch.dtype | None = None,
         shipped_vae: str | None = None,
     ) -> None:
-        """The pipeline's files (pipeline.json, dit/, vae/) into an existing directory (the
-        temporary one of an atomic save)."""
+        """The pipeline's files (pipeline.json, dit/, vae/; a diffusers pipeline's
+        model_index.json and component folders) into an existing directory (the temporary one of
+        an atomic save)."""
         state = dit_state if dit_state is not None else self.dit.state_dict()
         if dit_dtype is not None:
             state = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        if self.origin is not None:
+            if shipped_vae is not None:
+                raise MvditError("a diffusers pipeline keeps its own VAE: drop the shipped VAE")
+            write_components(directory, self.origin, self.dit, self.config.model_dump(), state)
+            return
         write_json(directory / "pipeline.json", self.config.model_dump())
         self.dit.save_pretrained(directory / "dit", state=state)
         if shipped_vae is None:
@@ -385,12 +447,21 @@ class Pipeline:
             raise MvditError(
                 f"model directory {path} does not exist (train one with `mvdit train`)"
             )
-        if not (path / "pipeline.json").is_file():
-            raise MvditError(f"{path} is not an mvdit model directory: it has no pipeline.json")
-        raw = upgrade_pipeline_json(read_json(path / "pipeline.json"))
-        config = validate(PipelineConfig, raw, str(path / "pipeline.json"))
-        dit = VideoDiT.from_pretrained(path / "dit", device=device)
-        vae = load_autoencoder(path / "vae").to(device)
+        origin = None
+        if is_diffusers_pipeline(path):
+            origin = path.resolve()
+            config = validate(PipelineConfig, pipeline_settings(path), str(path))
+            dit, vae = read_components(path, device)
+        elif not (path / "pipeline.json").is_file():
+            raise MvditError(
+                f"{path} is not a model directory: it has neither pipeline.json (mvdit) nor "
+                "model_index.json (a diffusers pipeline)"
+            )
+        else:
+            raw = upgrade_pipeline_json(read_json(path / "pipeline.json"))
+            config = validate(PipelineConfig, raw, str(path / "pipeline.json"))
+            dit = _dit_of(path, device)
+            vae = load_autoencoder(path / "vae").to(device)
         te = text_encoder or load_text_encoder(config.text)
         if te.dim != dit.config.text_dim:
             raise MvditError(
@@ -400,7 +471,7 @@ class Pipeline:
             raise MvditError(
                 f"{path}: the DiT expects {dit.config.in_channels} latent channels but the VAE gives {vae.latent_channels}"
             )
-        return cls(dit, vae, te, config)
+        return cls(dit, vae, te, config, origin)
 
     def with_sampler(self, steps: int | None = None, guidance: float | None = None) -> Pipeline:
         """The same networks with another default sampler (pipeline.json's), checked like a file;
@@ -414,8 +485,7 @@ class Pipeline:
             )
         raw = self.config.sampler.model_dump() | changes | {"nfe": None}
         sampler = validate(SamplerConfig, raw, "--steps/--guidance")
-        return Pipeline(self.dit, self.vae, self.text_encoder,
-                        self.config.model_copy(update={"sampler": sampler}))  # fmt: skip
+        return self.replace(config=self.config.model_copy(update={"sampler": sampler}))
 
     def with_clip(
         self, frames: int | None = None, height: int | None = None, width: int | None = None
@@ -428,4 +498,4 @@ class Pipeline:
                 if v is not None
             }
         )
-        return Pipeline(self.dit, self.vae, self.text_encoder, c)
+        return self.replace(config=c)

@@ -43,7 +43,14 @@ from torch import nn
 
 from mvdit import MvditError
 from mvdit.compress.importance import ADAPTER_CRITERIA
-from mvdit.io import load_tensors, only_safetensors_weights, output_dir, read_json, write_json
+from mvdit.io import (
+    load_tensors,
+    only_safetensors_weights,
+    output_dir,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask, unit_weight_norms
 
 FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
@@ -200,7 +207,8 @@ class DiffusersConfig:
     )  # per block: teacher block, heads, cross heads, ffn
 
     def tokens(self, latent: Sequence[int]) -> int:
-        t, h, w = latent
+        """Latent tokens of a latent of shape (C,) T, H, W."""
+        t, h, w = latent[-3:]
         pt, ph, pw = self.patch
         return (t // pt) * (h // ph) * (w // pw)
 
@@ -214,13 +222,16 @@ class _Layout:
     per_token: tuple[str, ...]  # modules run once per latent token (patch embedding, output)
     per_text_token: tuple[str, ...]  # modules run once per text token (caption projection)
     # every other module outside the blocks runs once per sample (the time embedding)
+    # whether the model takes the text's attention mask; without one (Wan), the padded positions
+    # reach it as zero states, as its own pipeline pads them
+    text_mask: bool
 
 
 LAYOUTS = {
     "wan": _Layout("blocks", ("attn1", "attn2", "ffn"), ("patch_embedding", "proj_out"),
-                   ("condition_embedder.text_embedder",)),
+                   ("condition_embedder.text_embedder",), text_mask=False),
     "ltx": _Layout("transformer_blocks", ("attn1", "attn2", "ff"), ("proj_in", "proj_out"),
-                   ("caption_projection",)),
+                   ("caption_projection",), text_mask=True),
 }  # fmt: skip
 
 
@@ -367,9 +378,23 @@ class DiffusersDiT(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
+    def prepare_conditioning(
+        self, text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """The forward's text arguments as a sampler passes them at every step (flow.euler_sample's
+        `prepare`): the text as its own pipeline gives it to the model (Wan: padded positions
+        zero, no mask; LTX: states and mask)."""
+        if not LAYOUTS[self.family].text_mask:
+            if text_mask is not None:
+                text = text * text_mask[..., None].to(text.dtype)
+            text_mask = None
+        return {"text": text, "text_mask": text_mask}
+
     def _run(self, model: nn.Module, x, t, text, text_mask):
         b, _, nt, nh, nw = x.shape
         timestep = t * 1000.0
+        cond = self.prepare_conditioning(text, text_mask)
+        text, text_mask = cond["text"], cond["text_mask"]
         if self.family == "wan":
             return model(x, timestep, text, return_dict=False)[0]
         tokens = x.flatten(2).transpose(1, 2)  # (B, T*H*W, C): LTX takes packed latents
@@ -433,6 +458,16 @@ class DiffusersDiT(nn.Module):
 
     def forward(self, x, t, text, text_mask=None, unit_mask: UnitMask | None = None):
         return self._run(self._masked(unit_mask)[0], x, t, text, text_mask)
+
+    # -- save and load -------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path, state: dict[str, torch.Tensor] | None = None):
+        """This transformer as a diffusers model directory (write_transformer)."""
+        write_transformer(self, Path(path), state)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> DiffusersDiT:
+        return load_transformer(path).to(device)
 
     # -- costs and the cheap criterion ---------------------------------------------------------
 
@@ -513,6 +548,36 @@ def stock_loadable(model: DiffusersDiT) -> bool:
     return full_heads and ffns == {4 * model.config.hidden_size}
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file name for a model's weights
+
+
+def write_transformer(
+    model: DiffusersDiT, directory: Path, state: dict[str, torch.Tensor] | None = None
+) -> str:
+    """The transformer's files into `directory` (config.json with the widths a stock loader can
+    express, the weights, and mvdit_prune.json with the per-block widths and teacher indices);
+    `state`: the adapter's state dict to write instead of its own weights. Returns "stock"
+    (diffusers' from_pretrained loads it) or "mvdit" (per-block widths: load_transformer)."""
+    stock = stock_loadable(model)
+    t = model.transformer
+    if stock and model.family == "wan":
+        t.register_to_config(ffn_dim=model.config.blocks[0].ffn_dim)
+    t.register_to_config(num_layers=len(model.config.blocks))
+    directory.mkdir(parents=True, exist_ok=True)
+    t.save_config(directory)
+    own = t.state_dict() if state is None else {
+        k.removeprefix("transformer."): v for k, v in state.items()
+    }  # fmt: skip
+    save_tensors(directory / WEIGHTS, own)
+    record = {
+        "loader": "stock" if stock else "mvdit",
+        "blocks": [s.model_dump() for s in model.config.blocks],
+        "sources": model.config.sources,
+    }
+    write_json(directory / RECORD, record)
+    return record["loader"]
+
+
 def save_pruned(
     model: DiffusersDiT,
     out: str | Path,
@@ -521,24 +586,12 @@ def save_pruned(
     overwrite: bool = False,
     sources: Sequence[str | Path] = (),
 ) -> str:
-    """Write `model` to OUT atomically; returns "stock" (diffusers' from_pretrained loads it) or
-    "mvdit" (per-block widths: load it with load_transformer)."""
-    stock = stock_loadable(model)
-    t = model.transformer
-    if stock and model.family == "wan":
-        t.register_to_config(ffn_dim=model.config.blocks[0].ffn_dim)
-    t.register_to_config(num_layers=len(model.config.blocks))
+    """Write `model` to OUT atomically (write_transformer); returns which loader reads it."""
     with output_dir(out, command="prune", overwrite=overwrite, sources=sources) as tmp:
-        t.save_pretrained(tmp, safe_serialization=True)
-        record = {
-            "loader": "stock" if stock else "mvdit",
-            "blocks": [s.model_dump() for s in model.config.blocks],
-            "sources": model.config.sources,
-        }
-        write_json(tmp / RECORD, record)
+        loader = write_transformer(model, tmp)
         if report is not None:
             write_json(tmp / "prune.json", report)
-    return "stock" if stock else "mvdit"
+    return loader
 
 
 def load_transformer(path: str | Path) -> DiffusersDiT:

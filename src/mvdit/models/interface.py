@@ -30,6 +30,7 @@ class PrunableDiT(Protocol):
 
     config: Any
     criteria: tuple[str, ...]  # the unit scores it supports (compress.importance.CRITERIA)
+    blocks: torch.nn.ModuleList  # the transformer blocks, in order
 
     def __call__(
         self,
@@ -54,6 +55,18 @@ class PrunableDiT(Protocol):
     ) -> DiTFeatures:
         """The forward, handing out the output tokens of `blocks`; with `stop_after` = N only the
         first N blocks run and the velocity is None (a discriminator's backbone)."""
+        ...
+
+    def prepare_conditioning(
+        self, text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """The forward's text keyword arguments, computed once per clip for a sampler's steps
+        (flow.euler_sample's `prepare`): the text as the model's own pipeline conditions it."""
+        ...
+
+    def save_pretrained(self, path: Any, state: dict[str, torch.Tensor] | None = None) -> None:
+        """The model's directory (its config and weights; `state`: weights to write instead of
+        its own, e.g. an EMA). The class's `from_pretrained(path, device)` reads it back."""
         ...
 
     def slice(self, mask: UnitMask) -> PrunableDiT:

@@ -30,10 +30,44 @@ class TextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: TextKind = "minilm"
     path: str | None = None  # local HF directory; None means the bundled MiniLM
+    tokenizer: str | None = None  # the tokenizer's own directory; None: the encoder's (path)
     max_length: int = 32
     # encode_cached keeps this many captions' states (least recently used go first): a folder of
     # real captions would otherwise grow the cache without bound
     cache_size: int = Field(default=4096, ge=0)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether two directories hold the same files with the same bytes (hard links compare by
+    inode, without reading them)."""
+    import filecmp
+
+    names = sorted(p.name for p in a.iterdir() if p.is_file())
+    if names != sorted(p.name for p in b.iterdir() if p.is_file()):
+        return False
+    for n in names:
+        sa, sb = (a / n).stat(), (b / n).stat()
+        if (sa.st_dev, sa.st_ino) != (sb.st_dev, sb.st_ino) and not filecmp.cmp(
+            a / n, b / n, shallow=False
+        ):
+            return False
+    return True
+
+
+def same_text_encoder(a: TextConfig, b: TextConfig) -> bool:
+    """Whether two configs encode text alike: the same settings and the same encoder and
+    tokenizer files, wherever they lie (a pipeline mvdit wrote holds links to its source's)."""
+    fields = ("path", "tokenizer")
+    if a.model_dump(exclude=set(fields)) != b.model_dump(exclude=set(fields)):
+        return False
+    for f in fields:
+        pa, pb = getattr(a, f), getattr(b, f)
+        if pa is None or pb is None:
+            if pa != pb:
+                return False
+        elif Path(pa).resolve() != Path(pb).resolve() and not _same_files(Path(pa), Path(pb)):
+            return False
+    return True
 
 
 def default_minilm_path() -> Path:
@@ -190,7 +224,7 @@ def input_major_weights(model: nn.Module) -> None:
             m.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=m.weight.requires_grad)
 
 
-def _minilm(path: Path, config: TextConfig) -> TextEncoder:
+def _minilm(path: Path, config: TextConfig, tok_path: Path) -> TextEncoder:
     """The BERT-architecture encoder in `path` through MiniLM and the `tokenizers` library."""
     cfg = read_json(path / "config.json")
     if cfg.get("model_type") != "bert":
@@ -198,9 +232,9 @@ def _minilm(path: Path, config: TextConfig) -> TextEncoder:
             f"text encoder kind 'minilm' reads BERT checkpoints, but {path} holds model_type "
             f'{cfg.get("model_type")!r}: set text.kind = "auto"'
         )
-    for name in ("model.safetensors", "tokenizer.json"):
-        if not (path / name).is_file():
-            raise MvditError(f"could not load text encoder from {path}: it has no {name}")
+    for where, name in ((path, "model.safetensors"), (tok_path, "tokenizer.json")):
+        if not (where / name).is_file():
+            raise MvditError(f"could not load text encoder from {where}: it has no {name}")
     limit = int(cfg["max_position_embeddings"])
     if config.max_length > limit:
         raise MvditError(
@@ -220,7 +254,7 @@ def _minilm(path: Path, config: TextConfig) -> TextEncoder:
         ) from None
     input_major_weights(model)
     tokenizer = fixed_length_tokenizer(
-        path / "tokenizer.json", config.max_length, int(cfg.get("pad_token_id", 0))
+        tok_path / "tokenizer.json", config.max_length, int(cfg.get("pad_token_id", 0))
     )
 
     def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,8 +336,11 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
         raise MvditError(
             f"text encoder directory {path} has no config.json (expected a Hugging Face-format model)"
         )
+    tok_path = Path(config.tokenizer) if config.tokenizer is not None else path
+    if not tok_path.is_dir():
+        raise MvditError(f"tokenizer directory {tok_path} does not exist (text.tokenizer)")
     if config.kind == "minilm":
-        return _minilm(path, config)
+        return _minilm(path, config, tok_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
     from transformers import AutoTokenizer
@@ -313,7 +350,7 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar at every load
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
         only_safetensors_weights(path)
         model = model_cls.from_pretrained(path, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as e:

@@ -65,7 +65,9 @@ from mvdit.eval.evaluate import read_prompts
 from mvdit.flow import interpolate, sample_timesteps
 from mvdit.io import load_state_strict, write_json, write_record
 from mvdit.limits import bounded
-from mvdit.models.dit import UnitMask, VideoDiT
+from mvdit.models.dit import UnitMask
+from mvdit.models.interface import PrunableDiT
+from mvdit.models.text import same_text_encoder
 from mvdit.pipeline import Pipeline, SamplerConfig
 from mvdit.results import Result
 from mvdit.stages.teacher import flow_inputs
@@ -151,7 +153,7 @@ class Discriminator(nn.Module):
     """The teacher's first blocks (a sliced copy: embeddings and blocks, no output layer) and an
     MLP head per feature block; logits per clip ("pooled") or per token ("token")."""
 
-    def __init__(self, teacher: VideoDiT, cfg: DiscSection):
+    def __init__(self, teacher: PrunableDiT, cfg: DiscSection):
         super().__init__()
         n = len(teacher.blocks)
         if cfg.blocks > n:
@@ -223,9 +225,9 @@ def student_schedule(teacher: Pipeline, cfg: DistillSection) -> list[float]:
 
 
 def make_distill_loss(
-    student: VideoDiT,
+    student: PrunableDiT,
     disc: Discriminator,
-    teacher: VideoDiT,
+    teacher: PrunableDiT,
     pipe: Pipeline,
     schedule: list[float],
     cfg: DistillConfig,
@@ -373,7 +375,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     teacher_pipe = Pipeline.from_pretrained(ds.teacher)
     # one text encoder: the teacher and the discriminator read the student's text states
     pipe = Pipeline.from_pretrained(ds.student, text_encoder=teacher_pipe.text_encoder)
-    if pipe.config.text != teacher_pipe.config.text:
+    if not same_text_encoder(pipe.config.text, teacher_pipe.config.text):
         raise MvditError(
             f"the teacher {ds.teacher} and the student {ds.student} use different text encoders "
             f"({teacher_pipe.config.text.model_dump()} vs {pipe.config.text.model_dump()}); "
@@ -400,12 +402,13 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     sampler = SamplerConfig(schedule=schedule, guidance=1.0)
     student_config = pipe.config.model_copy(update={"sampler": sampler})
 
+    # a copy of the module holds the exported weights (the student itself stays in training mode
+    # and, under torchrun, sharded or replicated): saved, then sampled without reading them back
+    template = copy.deepcopy(student).eval()
+
     def export(path: Path, state: dict[str, torch.Tensor], _step: int) -> None:
-        # a fresh module holds the weights (the student itself stays in training mode and, under
-        # torchrun, sharded or replicated): saved, then sampled without reading them back
-        ema = VideoDiT(student.config, init=False)
-        load_state_strict(ema, state, "the student's EMA", assign=True)
-        exported = Pipeline(ema, pipe.vae, pipe.text_encoder, student_config)
+        load_state_strict(template, state, "the student's EMA", assign=True)
+        exported = pipe.replace(dit=template, config=student_config)
         exported.save_pretrained(path)
         sample_grid(exported, out_dir, ds.sample_prompts)
         # the two players beside loss.png: discriminator accuracy, gradient norms, rollout share

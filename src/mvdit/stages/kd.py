@@ -44,8 +44,8 @@ from mvdit.config import (
 )
 from mvdit.flow import interpolate
 from mvdit.io import read_json
-from mvdit.models.dit import VideoDiT
-from mvdit.pipeline import Pipeline
+from mvdit.models.interface import PrunableDiT
+from mvdit.pipeline import Pipeline, load_dit
 from mvdit.stages.teacher import flow_inputs, train_shift
 from mvdit.train import make_batch_fn, train_loop
 
@@ -104,7 +104,7 @@ def alpha_t(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 class KDStudent(nn.Module):
     """The trained module: the student DiT and the projectors of its aligned features."""
 
-    def __init__(self, student: VideoDiT, teacher_width: int, blocks: list[int]):
+    def __init__(self, student: PrunableDiT, teacher_width: int, blocks: list[int]):
         super().__init__()
         self.student = student
         d = student.config.hidden_size
@@ -128,7 +128,7 @@ def resolve_teacher(kd: KDSection) -> Path:
     return Path(read_json(report)["teacher"])
 
 
-def aligned_blocks(student: VideoDiT, teacher: VideoDiT, chosen: list[int] | None) -> list[int]:
+def aligned_blocks(student: PrunableDiT, teacher: PrunableDiT, chosen: list[int] | None) -> list[int]:
     n = len(student.blocks)
     blocks = list(range(n)) if chosen is None else [i % n for i in chosen]
     if chosen is not None and any(not -n <= i < n for i in chosen):
@@ -143,7 +143,7 @@ def aligned_blocks(student: VideoDiT, teacher: VideoDiT, chosen: list[int] | Non
     return blocks
 
 
-def make_kd_loss(wrapped: KDStudent, teacher: VideoDiT, pipe: Pipeline, cfg: KDConfig):
+def make_kd_loss(wrapped: KDStudent, teacher: PrunableDiT, pipe: Pipeline, cfg: KDConfig):
     kd = cfg.kd
     student = wrapped.student
     inputs = flow_inputs(
@@ -188,7 +188,7 @@ def train_kd(cfg: KDConfig, resume: bool = False, progress: bool = True) -> dict
     distributed.setup(cfg.run.parallel, cfg.run.device)  # under torchrun: join the group first
     student_pipe = Pipeline.from_pretrained(cfg.kd.student)
     teacher_path = resolve_teacher(cfg.kd)
-    teacher = VideoDiT.from_pretrained(teacher_path / "dit")  # its VAE and text are the student's
+    teacher = load_dit(teacher_path)  # its VAE and text are the student's
     student = student_pipe.dit
     if teacher.config.in_channels != student.config.in_channels:
         raise MvditError(f"the teacher {teacher_path} and the student read different latents")

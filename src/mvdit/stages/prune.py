@@ -438,7 +438,7 @@ def depth_curves(
             "kd_features": kd_f,
         }
         if rows and pipe is not None:
-            p = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
+            p = pipe.replace(dit=small)
             f = sampled_faithfulness(p, rows, 1)
             if f is not None:
                 point["faithfulness"] = {
@@ -673,7 +673,7 @@ def _prune_pipeline(cfg: PruneConfig, *, progress: bool = True) -> dict:
         "history": result.history,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    pruned = Pipeline(small, pipe.vae, pipe.text_encoder, pipe.config)
+    pruned = pipe.replace(dit=small)
     with output_dir(
         out, command="prune", overwrite=overwrite, sources=[model_dir], teacher=str(model_dir)
     ) as tmp:

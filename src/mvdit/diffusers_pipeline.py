@@ -1,0 +1,142 @@
+"""Diffusers pipeline directories (`model_index.json`) read and written as mvdit pipelines.
+
+A diffusers text-to-video pipeline directory holds one folder per component:
+
+DIR/model_index.json   the pipeline class and each component's library and class
+DIR/transformer/       the DiT: through mvdit.compress.diffusers_dit (a pruned one carries
+                       mvdit_prune.json with its per-block widths)
+DIR/vae/               through mvdit.models.diffusers_vae (latents normalised as the pipeline does)
+DIR/text_encoder/      through mvdit.models.text: the transformers class its config names
+                       (UMT5 for Wan, T5 for LTX-Video, CLIP), with the tokenizer of DIR/tokenizer/
+DIR/scheduler/         its flow shift becomes the Euler sampler's time shift
+DIR/mvdit.json         (optional, written by mvdit) the clip size the pipeline is meant to generate
+                       at and its sampler; without it, the pipeline class's own defaults
+
+mvdit samples a diffusers model with its own Euler sampler on the rectified-flow ODE at the
+scheduler's shift (the sampler is named in every result). A pipeline mvdit writes keeps the source
+pipeline's other components (hard links where the filesystem allows, else copies) and replaces the
+transformer. Nothing here runs code found in a model directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mvdit import MvditError
+from mvdit.compress.diffusers_dit import DiffusersDiT, load_transformer
+from mvdit.io import link_tree, read_json, write_json
+from mvdit.models.autoencoder import VideoAutoencoder
+from mvdit.models.diffusers_vae import DiffusersVideoVAE
+from mvdit.models.text import TextConfig
+
+INDEX = "model_index.json"
+SIDECAR = "mvdit.json"  # the clip size and sampler mvdit records beside the components
+
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """What a diffusers pipeline class generates when its caller names nothing (its __call__'s
+    defaults): the clip, the sampler and the text length it pads prompts to."""
+
+    frames: int
+    height: int
+    width: int
+    fps: float
+    steps: int
+    guidance: float
+    max_length: int
+
+
+# the pipeline classes mvdit reads, with their __call__ defaults
+PIPELINES = {
+    "WanPipeline": PipelineDefaults(81, 480, 832, 16.0, 50, 5.0, 512),
+    "LTXPipeline": PipelineDefaults(161, 512, 704, 25.0, 50, 3.0, 128),
+}
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def is_diffusers_pipeline(path: str | Path) -> bool:
+    return (Path(path) / INDEX).is_file()
+
+
+def _index(path: Path) -> dict:
+    index = read_json(path / INDEX)
+    name = index.get("_class_name")
+    if name not in PIPELINES:
+        raise MvditError(
+            f"{path}/{INDEX} names pipeline {name!r}; mvdit reads {', '.join(PIPELINES)}"
+        )
+    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    if missing:
+        raise MvditError(f"{path} is a {name} directory without {', '.join(missing)}/")
+    return index
+
+
+def _shift(path: Path) -> float | None:
+    """The flow shift the pipeline's scheduler applies (None: no fixed shift)."""
+    cfg_path = path / "scheduler" / "scheduler_config.json"
+    if not cfg_path.is_file():
+        return None
+    cfg = read_json(cfg_path)
+    if cfg.get("use_dynamic_shifting"):
+        return None  # shifted by the token count, as mvdit's own sampler does without a shift
+    shift = cfg.get("flow_shift", cfg.get("shift"))
+    return float(shift) if shift is not None else None
+
+
+def pipeline_settings(path: str | Path) -> dict:
+    """The raw mvdit pipeline config (clip, text encoder, sampler) of a diffusers directory: its
+    mvdit.json where mvdit wrote one, else the pipeline class's defaults; the text encoder and
+    tokenizer are the directory's own."""
+    path = Path(path).resolve()
+    index = _index(path)
+    d = PIPELINES[index["_class_name"]]
+    sidecar = read_json(path / SIDECAR) if (path / SIDECAR).is_file() else {}
+    text = {"kind": "auto", "max_length": d.max_length} | sidecar.get("text", {})
+    text |= {"path": str(path / "text_encoder"), "tokenizer": str(path / "tokenizer")}
+    sampler = sidecar.get("sampler") or {"steps": d.steps, "guidance": d.guidance, "shift": _shift(path)}
+    clip = {"frames": d.frames, "height": d.height, "width": d.width, "fps": d.fps}
+    clip |= {k: sidecar[k] for k in clip if k in sidecar}
+    return clip | {"text": text, "sampler": sampler}
+
+
+def read_transformer(path: str | Path, device: str | torch.device = "cpu") -> DiffusersDiT:
+    """The transformer of a diffusers pipeline directory, through the adapter."""
+    path = Path(path)
+    _index(path)
+    return load_transformer(path / "transformer").to(device)
+
+
+def read_components(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[DiffusersDiT, VideoAutoencoder]:
+    """The transformer (through the adapter) and the VAE of a diffusers pipeline directory."""
+    path = Path(path)
+    dit = read_transformer(path, device)
+    vae = DiffusersVideoVAE.from_pretrained(path / "vae", device=device)
+    return dit, vae
+
+
+def write_components(
+    directory: Path,
+    origin: Path,
+    dit: DiffusersDiT,
+    settings: dict,
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """A diffusers pipeline directory into `directory`: `origin`'s model_index.json and components,
+    the transformer replaced by `dit` (with `state` as its weights where given), and `settings`
+    (mvdit's pipeline config: clip, text length, sampler) as mvdit.json."""
+    index = _index(origin)
+    for name in index:
+        if name.startswith("_") or name == "transformer" or not (origin / name).is_dir():
+            continue
+        link_tree(origin / name, directory / name)
+    dit.save_pretrained(directory / "transformer", state=state)
+    write_json(directory / INDEX, index)
+    text = {k: v for k, v in settings["text"].items() if k not in ("path", "tokenizer")}
+    sidecar = {k: settings[k] for k in ("frames", "height", "width", "fps")}
+    write_json(directory / SIDECAR, sidecar | {"text": text, "sampler": settings["sampler"]})
