@@ -172,7 +172,7 @@ def test_report_names_what_is_missing(tmp_path, capsys):
 
 
 def test_linear_shapes_cover_every_gemm_of_a_step(tiny_dit_config):
-    shapes = B.linear_shapes(tiny_dit_config, tokens=60, text_len=7)
+    shapes = tiny_dit_config.linear_shapes(tokens=60, text_len=7)
     assert (60, 32, 64) in shapes and (60, 64, 32) in shapes  # FFN up and down
     assert (60, 32, 32) in shapes and (7, 24, 32) in shapes  # attention, caption projection
     assert len(shapes) == len(set(shapes))

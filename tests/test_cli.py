@@ -102,7 +102,7 @@ def test_checkpoint_of_another_architecture(tiny_model, tmp_path, capsys):
 
 def test_not_a_model_directory(tmp_path, capsys):
     code, _, err = run_cli(["generate", "a cat", "--model", tmp_path], capsys)
-    assert code == 2 and "no pipeline.json" in err
+    assert code == 2 and "neither pipeline.json" in err
 
 
 def test_train_rejects_unknown_key(tmp_path, capsys):

@@ -79,7 +79,7 @@ def test_models_available_adds_a_teacher_when_it_appears(tmp_path, monkeypatch):
     )  # a directory without pipeline.json is not a model
     (teacher / "pipeline.json").write_text("{}")
     assert list(models_available([a])) == [SHIPPED_STUDENT, SHIPPED_TEACHER, "model"]
-    with pytest.raises(MvditError, match="has no pipeline.json"):
+    with pytest.raises(MvditError, match="neither pipeline.json"):
         models_available([teacher.parent])
 
 
@@ -130,7 +130,7 @@ def test_cli_refuses_bad_flags_in_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "no such model directory" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(["demo", "--model", tmp_path / "empty"], capsys)
-    assert code == 2 and "has no pipeline.json" in err
+    assert code == 2 and "neither pipeline.json" in err
 
     # without gradio installed the command names the extra to install (before it reads the
     # port: a regression here exits on --port 0 instead of serving for ever)

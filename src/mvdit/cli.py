@@ -273,11 +273,13 @@ def eval_(cfg):
 
 
 @section_command(app, "convert", convert_stage.ConvertSections, MODEL, OUT, flag("dtype"),
-                 flag("shipped_vae"), *SAMPLER, flag("overwrite"))  # fmt: skip
+                 flag("shipped_vae"), *SAMPLER, flag("frames"), flag("height"), flag("width"),
+                 flag("overwrite"))  # fmt: skip
 def convert(cfg):
-    """Rewrite a pipeline directory smaller: the DiT stored in fp16 (loading casts it back to
-    fp32), optionally its VAE as a reference to a VAE shipped in the package, and optionally
-    another default sampler (steps, guidance; not for a fixed-schedule student)."""
+    """Rewrite a pipeline directory (mvdit's or a diffusers one) smaller: the DiT stored in fp16
+    (loading casts it back to fp32), optionally its VAE as a reference to a VAE shipped in the
+    package, another default sampler (steps, guidance; not for a fixed-schedule student), and
+    the clip size it is meant to generate at."""
     return convert_stage.run_convert(cfg)
 
 

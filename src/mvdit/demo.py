@@ -34,7 +34,13 @@ from mvdit.data.shapes import (
     SPEED_WORDS,
 )
 from mvdit.limits import check_bound, prompt_problem
-from mvdit.pipeline import Generation, Pipeline, shipped_model_path, shipped_teacher_path
+from mvdit.pipeline import (
+    Generation,
+    Pipeline,
+    is_model_dir,
+    shipped_model_path,
+    shipped_teacher_path,
+)
 from mvdit.video import auto_scale, contact_sheet, write_mp4
 
 SHIPPED_STUDENT = "shipped student"
@@ -69,9 +75,10 @@ def models_available(extra_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
         d = Path(d)
         if not d.is_dir():
             raise MvditError(f"--model {d}: no such model directory (pipeline.json + dit/ + vae/)")
-        if not (d / "pipeline.json").is_file():
+        if not is_model_dir(d):
             raise MvditError(
-                f"--model {d} is not an mvdit model directory: it has no pipeline.json"
+                f"--model {d} is not a model directory: it has neither pipeline.json (mvdit) "
+                "nor model_index.json (a diffusers pipeline)"
             )
         full = d.resolve()
         # "none" is the compare picker's "no second model"; a model may not take that name

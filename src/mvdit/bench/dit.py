@@ -71,23 +71,6 @@ def gemm_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int
     return 2 * n**3 / min(timed(lambda: a @ b, device, reps))
 
 
-def linear_shapes(cfg, tokens: int, text_len: int) -> list[tuple[int, int, int]]:
-    """The distinct (rows, in, out) of a DiT's linear layers at a token count: the GEMMs one
-    network evaluation is made of (time-embedding MLPs, one row each, left out)."""
-    hd, d = cfg.head_dim, cfg.hidden_size
-    shapes = {(text_len, cfg.text_dim, cfg.cap_dim), (text_len, cfg.cap_dim, cfg.cap_dim)}
-    shapes |= {(tokens, cfg.in_channels, d), (tokens, d, cfg.out_ch)}
-    for b in cfg.blocks:
-        if b.heads:
-            shapes |= {(tokens, d, b.heads * hd), (tokens, b.heads * hd, d)}
-        if b.cross_heads:
-            shapes |= {(tokens, d, b.cross_heads * hd), (tokens, b.cross_heads * hd, d)}
-            shapes.add((text_len, cfg.cap_dim, b.cross_heads * hd))
-        if b.ffn_dim:
-            shapes |= {(tokens, d, b.ffn_dim), (tokens, b.ffn_dim, d)}
-    return sorted(shapes)
-
-
 def linear_peak(
     cfg, tokens: int, text_len: int, device: torch.device, dtype: torch.dtype, reps: int = 3
 ) -> float:
@@ -95,7 +78,7 @@ def linear_peak(
     machine these can beat the square matmul; the peak a model is compared with is the best of
     both, so its share of the peak cannot read high."""
     best = 0.0
-    for m, k, n in linear_shapes(cfg, tokens, text_len):
+    for m, k, n in cfg.linear_shapes(tokens, text_len):
         x = torch.randn(m, k, device=device, dtype=dtype)
         w = torch.randn(n, k, device=device, dtype=dtype)
         best = max(best, 2 * m * k * n / min(timed(lambda: x @ w.T, device, reps)))  # noqa: B023
@@ -343,10 +326,10 @@ def bench_target(
         dit_s.append(time_once(ours, device))
         if twin is not None:
             ltx_s.append(time_once(other, device))
-    flops = dit.flops_per_step(tokens, target.text_len)
-    counts = dit.param_counts()
+    cost = dit.cost(None, tokens, target.text_len)
+    flops = cost["flops"]
     r["params"] = {
-        "dit": counts["total"],
+        "dit": cost["params"],
         "text_encoder": params(text_encoder.model),
         "vae": params(target.vae),
     }

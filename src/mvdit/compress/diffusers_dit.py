@@ -212,6 +212,20 @@ class DiffusersConfig:
         pt, ph, pw = self.patch
         return (t // pt) * (h // ph) * (w // pw)
 
+    def linear_shapes(self, tokens: int, text_len: int) -> list[tuple[int, int, int]]:
+        """The distinct (rows, in, out) of the linear layers at a token count (both families
+        project the text to the hidden width first; time-embedding MLPs left out)."""
+        d, hd, patch = self.hidden_size, self.head_dim, self.patch[0] * self.patch[1] * self.patch[2]
+        shapes = {(text_len, self.text_dim, d), (text_len, d, d)}
+        shapes |= {(tokens, self.in_channels * patch, d), (tokens, d, self.in_channels * patch)}
+        for b in self.blocks:
+            for n, kv_rows in ((b.heads, tokens), (b.cross_heads, text_len)):
+                if n:
+                    shapes |= {(tokens, d, n * hd), (kv_rows, d, n * hd), (tokens, n * hd, d)}
+            if b.ffn_dim:
+                shapes |= {(tokens, d, b.ffn_dim), (tokens, b.ffn_dim, d)}
+        return sorted(shapes)
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -607,7 +621,8 @@ def load_transformer(path: str | Path) -> DiffusersDiT:
     record = read_json(rec_path) if rec_path.is_file() else None
     if record is None or record["loader"] == "stock":
         only_safetensors_weights(path)
-        model = cls.from_pretrained(path, use_safetensors=True)
+        # fp32 whatever the stored dtype (mvdit convert stores fp16), as mvdit's DiT loads
+        model = cls.from_pretrained(path, use_safetensors=True, torch_dtype=torch.float32)
         sources = record["sources"] if record is not None else None
         return DiffusersDiT(model.eval(), sources)
     model = cls.from_config(cls.load_config(path))

@@ -16,7 +16,7 @@ from mvdit.eval.evaluate import read_prompts
 from mvdit.eval.faithfulness import score_clip, summarize
 from mvdit.export.runtime import ExportedPipeline
 from mvdit.io import check_output_file, write_json
-from mvdit.pipeline import Pipeline, start_noise
+from mvdit.pipeline import Pipeline, is_model_dir, start_noise
 from mvdit.results import Result
 
 
@@ -43,7 +43,7 @@ def run_side_by_side(export_dir: str | Path, prompt: str, seed: int, *, eager: b
     source = Path(exported.manifest["source"])
     if not eager:
         return out
-    if not (source / "pipeline.json").is_file():
+    if not is_model_dir(source):
         out["eager_missing"] = f"the source pipeline {source} is not on disk: no eager comparison"
         return out
     t0 = time.perf_counter()

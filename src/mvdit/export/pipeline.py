@@ -88,12 +88,24 @@ def _io(example: dict[str, torch.Tensor]) -> list[dict]:
 
 
 def _tokenizer_files(pipe: Pipeline) -> Path:
+    """The directory of the pipeline's tokenizer; the exported runtime reads its tokenizer.json
+    (a fast tokenizer's file) with the `tokenizers` library."""
     t = pipe.config.text
-    if t.kind != "minilm":
+    where = t.tokenizer or t.path
+    path = Path(where) if where else default_minilm_path()
+    if not (path / "tokenizer.json").is_file():
         raise MvditError(
-            f"export takes the MiniLM (BERT) text encoder; this pipeline uses {t.kind!r}"
+            f"the tokenizer in {path} has no tokenizer.json, which the exported runtime reads: "
+            "save the tokenizer as a fast tokenizer (transformers' save_pretrained of a "
+            "PreTrainedTokenizerFast writes it)"
         )
-    return Path(t.path) if t.path else default_minilm_path()
+    return path
+
+
+def _pad_id(tokenizer) -> int:
+    """The padding token's id of a `tokenizers` Tokenizer (MiniLM) or a transformers one."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else int(tokenizer.padding["pad_id"])
 
 
 def _save(fmt: str, module, example: dict, output: str, path: Path, precision: str) -> dict:
@@ -288,9 +300,9 @@ def export_pipeline(
                 "tokenizer": "tokenizer/tokenizer.json",
                 "max_length": te.max_length,
                 "dim": te.dim,
-                "pad_id": te.tokenizer.padding["pad_id"],
+                "pad_id": _pad_id(te.tokenizer),
                 "padding": "right, to max_length; attention_mask 1 on tokens, 0 on padding",
-                "truncation": "to max_length, [CLS] and [SEP] kept",
+                "truncation": "to max_length, the tokenizer's special tokens kept",
             },
             "video": {
                 "layout": "(1, 3, T, H, W)",

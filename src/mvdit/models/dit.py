@@ -115,6 +115,22 @@ class DiTConfig(BaseModel):
         """Sequence length of a latent grid (T, H, W)."""
         return math.prod(self.token_grid(latent))
 
+    def linear_shapes(self, tokens: int, text_len: int) -> list[tuple[int, int, int]]:
+        """The distinct (rows, in, out) of the linear layers at a token count: the GEMMs one
+        network evaluation is made of (time-embedding MLPs, one row each, left out)."""
+        hd, d = self.head_dim, self.hidden_size
+        shapes = {(text_len, self.text_dim, self.cap_dim), (text_len, self.cap_dim, self.cap_dim)}
+        shapes |= {(tokens, self.in_channels, d), (tokens, d, self.out_ch)}
+        for b in self.blocks:
+            if b.heads:
+                shapes |= {(tokens, d, b.heads * hd), (tokens, b.heads * hd, d)}
+            if b.cross_heads:
+                shapes |= {(tokens, d, b.cross_heads * hd), (tokens, b.cross_heads * hd, d)}
+                shapes.add((text_len, self.cap_dim, b.cross_heads * hd))
+            if b.ffn_dim:
+                shapes |= {(tokens, d, b.ffn_dim), (tokens, b.ffn_dim, d)}
+        return sorted(shapes)
+
 
 # the smallest t a "sample" prediction divides by: below it the velocity (x_t - x0) / t would
 # amplify the network's error without bound (the last Euler step from t to 0 still lands on x0)

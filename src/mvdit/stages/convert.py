@@ -1,8 +1,9 @@
-"""`mvdit convert`: rewrite a pipeline directory smaller or with another default sampler.
+"""`mvdit convert`: rewrite a pipeline directory smaller, with another default sampler or clip.
 
 The DiT is stored in fp16 (loading casts it back to fp32), its VAE optionally as a reference to
-a VAE shipped in the package, and its sampler optionally changed (steps, guidance; not for a
-fixed-schedule student)."""
+a VAE shipped in the package, its sampler optionally changed (steps, guidance; not for a
+fixed-schedule student) and the clip size it is meant to generate at recorded (a diffusers
+pipeline's mvdit.json)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ class ConvertConfig(Strict):
     guidance: float | None = bounded(
         "guidance", None, allow_inf_nan=False, description=GUIDANCE_HELP
     )
+    frames: int | None = bounded("frames", None, description="the clip's frames it is meant for")
+    height: int | None = bounded("side", None, description="the clip's height it is meant for")
+    width: int | None = bounded("side", None, description="the clip's width it is meant for")
     overwrite: bool = Field(default=False, description=OVERWRITE_HELP)
 
 
@@ -51,6 +55,7 @@ def run_convert(cfg: ConvertConfig) -> Result:
     out = Path(required(cfg.out, "convert.out (--out)"))
     claim_output_dir(out, command="convert", overwrite=cfg.overwrite, sources=[model])
     pipe = Pipeline.from_pretrained(model).with_sampler(steps=cfg.steps, guidance=cfg.guidance)
+    pipe = pipe.with_clip(cfg.frames, cfg.height, cfg.width)
     pipe.save_pretrained(
         out, dit_dtype=DTYPES[cfg.dtype], shipped_vae=cfg.shipped_vae, command="convert",
         overwrite=cfg.overwrite, sources=(model,),

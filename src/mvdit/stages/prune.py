@@ -285,7 +285,7 @@ def run_sensitivity(cfg: SensitivityConfig, *, progress: bool = True) -> Result:
         pipe = Pipeline.from_pretrained(model_dir)  # a bad model directory leaves no OUT behind
         dit = pipe.dit.eval()
         calib, rows = calibration_for(pipe, cal.prompts, cal.n_prompts, cal.seeds, cal.timesteps)
-        criteria = list(CRITERIA[1:])
+        criteria = [c for c in CRITERIA if c != "kd" and c in dit.criteria]
     group = cfg.group or default_group(dit.config)
     record = calib.record | {"group": group, "model": str(Path(model_dir).resolve())}
     out.mkdir(parents=True, exist_ok=True)
