@@ -48,12 +48,13 @@ class PipelineDefaults:
     steps: int
     guidance: float
     max_length: int
+    attend_padding: bool  # its text encoder runs without the attention mask
 
 
-# the pipeline classes mvdit reads, with their __call__ defaults
+# the pipeline classes mvdit reads, with their __call__ defaults and how they encode a prompt
 PIPELINES = {
-    "WanPipeline": PipelineDefaults(81, 480, 832, 16.0, 50, 5.0, 512),
-    "LTXPipeline": PipelineDefaults(161, 512, 704, 25.0, 50, 3.0, 128),
+    "WanPipeline": PipelineDefaults(81, 480, 832, 16.0, 50, 5.0, 512, attend_padding=False),
+    "LTXPipeline": PipelineDefaults(161, 512, 704, 25.0, 50, 3.0, 128, attend_padding=True),
 }
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -95,7 +96,8 @@ def pipeline_settings(path: str | Path) -> dict:
     index = _index(path)
     d = PIPELINES[index["_class_name"]]
     sidecar = read_json(path / SIDECAR) if (path / SIDECAR).is_file() else {}
-    text = {"kind": "auto", "max_length": d.max_length} | sidecar.get("text", {})
+    text = {"kind": "auto", "max_length": d.max_length, "attend_padding": d.attend_padding}
+    text |= sidecar.get("text", {})
     text |= {"path": str(path / "text_encoder"), "tokenizer": str(path / "tokenizer")}
     sampler = sidecar.get("sampler") or {"steps": d.steps, "guidance": d.guidance, "shift": _shift(path)}
     clip = {"frames": d.frames, "height": d.height, "width": d.width, "fps": d.fps}

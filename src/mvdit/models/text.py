@@ -32,6 +32,9 @@ class TextConfig(BaseModel):
     path: str | None = None  # local HF directory; None means the bundled MiniLM
     tokenizer: str | None = None  # the tokenizer's own directory; None: the encoder's (path)
     max_length: int = 32
+    # the encoder reads the padding tokens too (LTXPipeline runs its T5 without the attention
+    # mask); their states stay masked in the DiT either way
+    attend_padding: bool = False
     # encode_cached keeps this many captions' states (least recently used go first): a folder of
     # real captions would otherwise grow the cache without bound
     cache_size: int = Field(default=4096, ge=0)
@@ -111,13 +114,13 @@ class TextEncoder(nn.Module):
 
         Padded positions are zeros (as Wan's pipeline pads its T5 states): the encoder's attention
         and every consumer's (through the mask) ignore them, so the encoder runs on the longest
-        prompt's tokens only."""
+        prompt's tokens only (on all of them with `attend_padding`)."""
         device = next(self.model.parameters()).device
         ids, mask = self.tokenize(list(prompts))
         full = ids.shape[1]
         n = max(1, int(mask.sum(1).max()))
-        if mask[:, n:].any():  # padded on the left: nothing to skip
-            n = full
+        if mask[:, n:].any() or self.config.attend_padding:  # padded on the left, or the
+            n = full  # encoder reads its padding: nothing to skip
         mask = mask.to(device)
         hidden = self.model(ids[:, :n].to(device), mask[:, :n]).float() * mask[:, :n, None]
         if n < full:
@@ -280,17 +283,21 @@ def hf_text_encoder(tokenizer, model: nn.Module, config: TextConfig) -> TextEnco
 
     mc = model.config
     dim = int(mc.hidden_size if hasattr(mc, "hidden_size") else mc.d_model)
-    return TextEncoder(tokenize, _LastHiddenState(model), dim, config, tokenizer)
+    encoder = _LastHiddenState(model, config.attend_padding)
+    return TextEncoder(tokenize, encoder, dim, config, tokenizer)
 
 
 class _LastHiddenState(nn.Module):
-    """(ids, mask) -> last hidden state of a transformers encoder model."""
+    """(ids, mask) -> last hidden state of a transformers encoder model (`attend_padding`: the
+    mask is not given to the encoder)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, attend_padding: bool = False):
         super().__init__()
         self.inner = model
+        self.attend_padding = attend_padding
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = None if self.attend_padding else mask
         return self.inner(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
@@ -340,6 +347,8 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
     if not tok_path.is_dir():
         raise MvditError(f"tokenizer directory {tok_path} does not exist (text.tokenizer)")
     if config.kind == "minilm":
+        if config.attend_padding:
+            raise MvditError('text.attend_padding is for transformers encoders: set text.kind = "auto"')
         return _minilm(path, config, tok_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers

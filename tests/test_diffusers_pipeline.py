@@ -1,0 +1,136 @@
+"""A user's diffusers pipeline directory (WanPipeline / LTXPipeline `save_pretrained`, tiny random
+components, nothing downloaded) through every stage of the recipe by the same commands as
+mvdit's own DiT: generate, sensitivity, prune, kd, synth, distill, convert, export, run-exported,
+eval and bench."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import run_cli, save_tiny_diffusers_pipeline
+
+pytest.importorskip("diffusers")
+import diffusers  # noqa: E402
+
+from mvdit.pipeline import Pipeline  # noqa: E402
+
+FAMILIES = ("wan", "ltx")
+PROMPT = "a red circle moves to the left on a black background"
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def teacher(request, tmp_path_factory):
+    return save_tiny_diffusers_pipeline(
+        tmp_path_factory.mktemp(request.param) / "teacher", request.param
+    )
+
+
+def _prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"{PROMPT}\na green square moves up on a gray background\n")
+    return path
+
+
+def _ok(args, capsys) -> str:
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    return out
+
+
+def test_the_recipe_runs_on_a_diffusers_pipeline(teacher, tmp_path, capsys):
+    prompts = _prompts(tmp_path)
+    _ok(["generate", PROMPT, "-m", teacher, "-o", tmp_path / "t.mp4"], capsys)
+    assert (tmp_path / "t.mp4").stat().st_size > 0
+
+    pruned = tmp_path / "pruned"
+    _ok(["prune", "-m", teacher, "--budget", "params=0.6", "-o", pruned, "--prompts", prompts,
+         "--n-prompts", 2, "--seeds", 1], capsys)  # fmt: skip
+    # a diffusers pipeline directory again: the teacher's components, the pruned transformer
+    assert json.loads((pruned / "model_index.json").read_text()) == json.loads(
+        (teacher / "model_index.json").read_text()
+    )
+    assert (pruned / "transformer" / "mvdit_prune.json").is_file()
+    big, small = Pipeline.from_pretrained(teacher), Pipeline.from_pretrained(pruned)
+    tokens = big.dit.config.tokens(big.latent_shape)
+    kept = small.dit.cost(None, tokens, 16)["params"] / big.dit.cost(None, tokens, 16)["params"]
+    assert kept <= 0.6
+
+    cfg = tmp_path / "kd.toml"
+    cfg.write_text(
+        f'[kd]\nstudent = "{pruned}"\n[data]\nkind = "shapes"\nframes = 9\nheight = 32\nwidth = 32\n'
+        f'[optim]\nsteps = 4\nbatch_size = 2\nwarmup_steps = 0\n'
+        f'[run]\nout_dir = "{tmp_path / "kd"}"\ncheckpoint_every = 2\nlog_every = 1\n'
+    )
+    _ok(["kd", cfg], capsys)
+    kd = tmp_path / "kd" / "model"
+    assert (kd / "model_index.json").is_file()
+
+    _ok(["synth", "-m", teacher, "-p", prompts, "-o", tmp_path / "synth", "--seeds", 1,
+         "--steps", 2], capsys)  # fmt: skip
+    _ok(["distill", "configs/distill-smoke.toml", "--set", f"distill.student='{kd}'",
+         "--set", f"distill.teacher='{teacher}'", "--set", f"distill.synthetic='{tmp_path / 'synth'}'",
+         "--set", f"run.out_dir='{tmp_path / 'distill'}'"], capsys)  # fmt: skip
+    student = tmp_path / "distill" / "model"
+    s = Pipeline.from_pretrained(student)
+    assert s.config.sampler.fixed and s.sampling().nfe == 4
+    assert (student / "transformer" / "mvdit_prune.json").is_file()
+
+    small_dir = tmp_path / "fp16"
+    _ok(["convert", "-m", student, "-o", small_dir, "--frames", 5], capsys)
+    assert json.loads((small_dir / "mvdit.json").read_text())["frames"] == 5
+
+    export = tmp_path / "export"
+    _ok(["export", "-m", student, "--format", "onnx", "-o", export], capsys)
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["sampler"]["nfe"] == 4 and (export / manifest["text"]["tokenizer"]).is_file()
+    out = _ok(["run-exported", export, PROMPT, "-o", tmp_path / "x.mp4"], capsys)
+    assert "largest frame difference against eager" in out and (tmp_path / "x.mp4").is_file()
+
+    _ok(["eval", "-m", student, "-p", prompts, "--seeds", 1, "-o", tmp_path / "eval"], capsys)
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())
+    _ok(["bench", student, "-o", tmp_path / "bench", "--reps", 1], capsys)
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text())
+
+
+def test_sensitivity_scores_a_pipeline_on_its_own_samples(teacher, tmp_path, capsys):
+    out = tmp_path / "sens"
+    _ok(["sensitivity", "-m", teacher, "-o", out, "--prompts", _prompts(tmp_path),
+         "--n-prompts", 2, "--seeds", 1, "--faith-prompts", 0], capsys)  # fmt: skip
+    result = json.loads((out / "sensitivity.json").read_text())
+    assert result["calibration"]["prompts"] and "latent" not in result["calibration"]
+    assert {u["level"] for u in result["units"]} >= {"block", "head", "ffn"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_reaches_the_model_as_its_own_pipeline_gives_it(family, tmp_path):
+    """Wan: UMT5 states of the prompt, zero-padded to max_sequence_length, no mask (WanPipeline);
+    LTX: T5 states and their mask (LTXPipeline)."""
+    path = save_tiny_diffusers_pipeline(tmp_path / family, family)
+    pipe = Pipeline.from_pretrained(path)
+    text, mask = pipe.text_encoder.encode([PROMPT])
+    cond = pipe.dit.prepare_conditioning(text, mask)
+    stock = diffusers.DiffusionPipeline.from_pretrained(path)
+    with torch.no_grad():
+        if family == "wan":
+            ref, _ = stock.encode_prompt(PROMPT, do_classifier_free_guidance=False,
+                                         max_sequence_length=16)  # fmt: skip
+            assert cond["text_mask"] is None
+            torch.testing.assert_close(cond["text"], ref, atol=1e-5, rtol=1e-5)
+        else:
+            ref, ref_mask, _, _ = stock.encode_prompt(PROMPT, do_classifier_free_guidance=False,
+                                                      max_sequence_length=16)  # fmt: skip
+            assert torch.equal(cond["text_mask"].bool(), ref_mask.bool())
+            keep = ref_mask.bool()
+            torch.testing.assert_close(cond["text"][keep], ref[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_a_broken_pipeline_directory_is_one_line(tmp_path, capsys):
+    path = save_tiny_diffusers_pipeline(tmp_path / "wan", "wan")
+    shutil.rmtree(path / "vae")
+    code, _, err = run_cli(["generate", PROMPT, "-m", path, "-o", tmp_path / "a.mp4"], capsys)
+    assert code == 2 and "without vae/" in err and "Traceback" not in err
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps(index | {"_class_name": "FluxPipeline"}))
+    code, _, err = run_cli(["prune", "-m", path, "-o", tmp_path / "p"], capsys)
+    assert code == 2 and "FluxPipeline" in err and not (tmp_path / "p").exists()
