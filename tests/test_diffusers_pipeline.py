@@ -134,3 +134,21 @@ def test_a_broken_pipeline_directory_is_one_line(tmp_path, capsys):
     (path / "model_index.json").write_text(json.dumps(index | {"_class_name": "FluxPipeline"}))
     code, _, err = run_cli(["prune", "-m", path, "-o", tmp_path / "p"], capsys)
     assert code == 2 and "FluxPipeline" in err and not (tmp_path / "p").exists()
+
+
+def test_model_architecture_keys_are_checked():
+    from mvdit import MvditError
+    from mvdit.build import build_model
+    from mvdit.config import ModelConfig
+
+    wan = build_model(ModelConfig(architecture="wan", diffusers={"num_layers": 2,
+                      "num_attention_heads": 2, "attention_head_dim": 8}), 8, 24)  # fmt: skip
+    assert len(wan.blocks) == 2 and wan.config.in_channels == 8 and wan.config.text_dim == 24
+    for cfg, words in [
+        (ModelConfig(architecture="wan", hidden_size=64), "model.hidden_size is a key of mvdit"),
+        (ModelConfig(diffusers={"num_layers": 2}), 'model.architecture = "wan"'),
+        (ModelConfig(architecture="ltx", diffusers={"in_channels": 4}), "follows them"),
+        (ModelConfig(architecture="ltx", diffusers={"depth": 4}), "depth"),
+    ]:
+        with pytest.raises(MvditError, match=words):
+            build_model(cfg, 8, 24)

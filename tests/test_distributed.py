@@ -156,3 +156,48 @@ def test_many_processes_need_a_parallel_kind(monkeypatch):
         setup("none", "cpu")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert setup("fsdp", "cpu")[0].world == 1  # one process ignores it
+
+
+# configs/tiny-wan.toml made small: 2 blocks of 2 heads x 16 channels, FFN 64
+WAN = ["model.diffusers.num_layers=2", "model.diffusers.num_attention_heads=2",
+       "model.diffusers.attention_head_dim=16", "model.diffusers.ffn_dim=64"]  # fmt: skip
+
+
+def test_a_wan_teacher_its_kd_and_its_distillation_run_as_one_process_does(tmp_path, capsys):
+    """A diffusers Wan-architecture DiT through the same training code: its teacher run under
+    FSDP2, its pruned student's KD under DDP and its distillation under FSDP2, each equal to one
+    process with the same global batch."""
+    pytest.importorskip("diffusers")
+    base = [*TEACHER_SETS, "optim.steps=4", *WAN]
+    config = ROOT / "configs" / "tiny-wan.toml"
+    one, two = tmp_path / "t-one", tmp_path / "t-two"
+    _mvdit(["train", config, *_sets([*base, "optim.grad_accum=2", f"run.out_dir={one}"])], 1)
+    _mvdit(["train", config, *_sets([*base, "run.parallel=fsdp", f"run.out_dir={two}"])], 2)
+    _same_run(one, two, 4, WEIGHTS)
+    teacher = one / "model"
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left\na blue circle on black\n")
+    pruned = tmp_path / "pruned"
+    code, _, err = run_cli(["prune", "-m", teacher, "-o", pruned, "--budget", "params=0.9",
+                            "--prompts", prompts, "--n-prompts", 2, "--seeds", 1], capsys)  # fmt: skip
+    assert code == 0, err
+    kd = tmp_path / "kd.toml"
+    kd.write_text(
+        f'[kd]\nstudent = "{pruned}"\n[data]\nkind = "shapes"\nframes = 9\nheight = 32\nwidth = 32\n'
+        "[optim]\nsteps = 4\nbatch_size = 2\nwarmup_steps = 1\n"
+        "[run]\ncheckpoint_every = 2\nlog_every = 1\nthreads = 1\n"
+    )
+    one, two = tmp_path / "kd-one", tmp_path / "kd-two"
+    _mvdit(["kd", kd, *_sets(["optim.grad_accum=2", f"run.out_dir={one}"])], 1)
+    _mvdit(["kd", kd, *_sets(["run.parallel=ddp", f"run.out_dir={two}"])], 2)
+    _same_run(one, two, 4, WEIGHTS)
+
+    smoke = ROOT / "configs" / "distill-smoke.toml"
+    sets = [f"distill.student={one / 'model'}", f"distill.teacher={teacher}",
+            "optim.batch_size=2", "run.threads=1"]  # fmt: skip
+    one, two = tmp_path / "d-one", tmp_path / "d-two"
+    _mvdit(["distill", smoke, *_sets([*sets, "optim.grad_accum=4", f"run.out_dir={one}"])], 1)
+    _mvdit(["distill", smoke, *_sets([*sets, "optim.grad_accum=2", "run.parallel=fsdp",
+                                      f"run.out_dir={two}"])], 2)  # fmt: skip
+    _same_run(one, two, 4, ("model.safetensors", "disc.safetensors", "ema.safetensors"))

@@ -29,7 +29,9 @@ from mvdit.data.shapes import ShapesDataset
 from mvdit.io import read_json
 from mvdit.models import diffusers_vae
 from mvdit.models.autoencoder import PatchifyAutoencoder, VideoAutoencoder
+from mvdit.compress.diffusers_dit import build_dit
 from mvdit.models.dit import DiTConfig, VideoDiT
+from mvdit.models.interface import PrunableDiT
 from mvdit.models.text import TextEncoder, load_text_encoder
 from mvdit.models.vae import SHIPPED_VAES, CausalVideoVAE, shipped_vae_path
 
@@ -167,6 +169,27 @@ def cache_from_config(
 
 # ---------------------------------------------------------------------------------------------
 # the DiT
+
+
+def build_model(cfg: ModelConfig, in_channels: int, text_dim: int) -> PrunableDiT:
+    """A freshly initialised DiT of `[model]`: mvdit's own, or a diffusers Wan / LTX-Video
+    transformer through its adapter (`architecture`, its class's keys in `[model.diffusers]`)."""
+    if cfg.architecture == "mvdit":
+        if cfg.diffusers:
+            raise MvditError(
+                "model.diffusers sets a diffusers transformer's keys: set model.architecture = "
+                '"wan" or "ltx", or drop it'
+            )
+        return VideoDiT(build_dit_config(cfg, in_channels, text_dim))
+    own = {k for k, v in cfg.model_dump().items()
+           if k not in ("architecture", "diffusers") and v != ModelConfig.model_fields[k].default}  # fmt: skip
+    if own:
+        k = sorted(own)[0]
+        raise MvditError(
+            f"model.{k} is a key of mvdit's DiT, not of a {cfg.architecture} transformer: set it "
+            "in model.diffusers with the diffusers class's own name"
+        )
+    return build_dit(cfg.architecture, cfg.diffusers, in_channels, text_dim)
 
 
 def build_dit_config(cfg: ModelConfig, in_channels: int, text_dim: int) -> DiTConfig:

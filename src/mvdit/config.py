@@ -120,6 +120,11 @@ class VAEConfig(Strict):
 
 
 class ModelConfig(Strict):
+    # whose DiT: mvdit's own (the keys below), or a diffusers Wan 2.1 / LTX-Video transformer built
+    # from `diffusers` (the class's own config keys; its latent channels and text width come from
+    # the VAE and the text encoder)
+    architecture: Literal["mvdit", "wan", "ltx"] = "mvdit"
+    diffusers: dict[str, Any] = Field(default_factory=dict)
     preset: str = "tiny"
     hidden_size: int | None = None
     depth: int | None = None

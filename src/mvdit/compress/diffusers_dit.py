@@ -53,7 +53,6 @@ from mvdit.io import (
 )
 from mvdit.models.dit import BlockSpec, DiTFeatures, UnitMask, unit_weight_norms
 
-FAMILIES = {"WanTransformer3DModel": "wan", "LTXVideoTransformer3DModel": "ltx"}
 RECORD = "mvdit_prune.json"
 
 
@@ -231,6 +230,8 @@ class DiffusersConfig:
 class _Layout:
     """Where a diffusers family keeps what the adapter reads."""
 
+    class_name: str  # the diffusers transformer class
+    text_key: str  # its config key of the text encoder's width
     blocks: str  # the block list
     attrs: tuple[str, str, str]  # a block's self-attention, cross-attention and FFN
     per_token: tuple[str, ...]  # modules run once per latent token (patch embedding, output)
@@ -242,11 +243,34 @@ class _Layout:
 
 
 LAYOUTS = {
-    "wan": _Layout("blocks", ("attn1", "attn2", "ffn"), ("patch_embedding", "proj_out"),
-                   ("condition_embedder.text_embedder",), text_mask=False),
-    "ltx": _Layout("transformer_blocks", ("attn1", "attn2", "ff"), ("proj_in", "proj_out"),
-                   ("caption_projection",), text_mask=True),
+    "wan": _Layout("WanTransformer3DModel", "text_dim", "blocks", ("attn1", "attn2", "ffn"),
+                   ("patch_embedding", "proj_out"), ("condition_embedder.text_embedder",),
+                   text_mask=False),
+    "ltx": _Layout("LTXVideoTransformer3DModel", "caption_channels", "transformer_blocks",
+                   ("attn1", "attn2", "ff"), ("proj_in", "proj_out"), ("caption_projection",),
+                   text_mask=True),
 }  # fmt: skip
+FAMILIES = {layout.class_name: family for family, layout in LAYOUTS.items()}
+
+
+def build_dit(family: str, keys: dict, in_channels: int, text_dim: int) -> DiffusersDiT:
+    """A freshly initialised Wan or LTX-Video transformer of the class's own config `keys`
+    (`[model.diffusers]`), reading `in_channels` latent channels and `text_dim`-wide text."""
+    layout = LAYOUTS[family]
+    fixed = {"in_channels": in_channels, "out_channels": in_channels, layout.text_key: text_dim}
+    clash = {k: v for k, v in keys.items() if k in fixed and v != fixed[k]}
+    if clash:
+        k = next(iter(clash))
+        raise MvditError(
+            f"model.diffusers.{k} = {clash[k]} but the VAE and text encoder make it {fixed[k]}: "
+            "drop it (it follows them)"
+        )
+    cls = getattr(_diffusers(), layout.class_name)
+    try:
+        model = cls(**(keys | fixed))
+    except TypeError as e:
+        raise MvditError(f"model.diffusers: {e} (the keys are {layout.class_name}'s)") from None
+    return DiffusersDiT(model)
 
 
 def _block_attrs(family: str) -> tuple[str, str, str]:
@@ -265,6 +289,7 @@ class DiffusersDiT(nn.Module):
     """A Wan or LTX-Video transformer seen as a prunable DiT (the module docstring)."""
 
     criteria = ADAPTER_CRITERIA  # the unit scores it can be pruned by (no unit-mask gradients)
+    entry_points = ("features",)  # called besides forward (FSDP2 gathers for them too)
 
     def __init__(self, transformer: nn.Module, sources: list[dict] | None = None):
         super().__init__()

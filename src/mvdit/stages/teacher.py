@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 from mvdit import distributed
-from mvdit.build import build_autoencoder, build_dataset, build_dit_config, cache_from_config
+from mvdit.build import build_autoencoder, build_dataset, build_model, cache_from_config
 from mvdit.checkpoint import check_fresh_run
 from mvdit.config import FlowConfig, TrainConfig
 from mvdit.data.cache import LatentCacheDataset
 from mvdit.flow import flow_loss, sample_timesteps, shift_for_tokens
 from mvdit.models.autoencoder import VideoAutoencoder
-from mvdit.models.dit import VideoDiT
+from mvdit.models.interface import PrunableDiT
 from mvdit.models.text import TextEncoder, load_text_encoder
 from mvdit.pipeline import Pipeline, PipelineConfig, SamplerConfig
 from mvdit.train import make_batch_fn, train_loop
@@ -49,13 +49,13 @@ def flow_inputs(vae: VideoAutoencoder, text: TextEncoder, flow: FlowConfig, shif
     return inputs
 
 
-def train_shift(dit: VideoDiT, vae: VideoAutoencoder, data, flow: FlowConfig) -> float:
+def train_shift(dit: PrunableDiT, vae: VideoAutoencoder, data, flow: FlowConfig) -> float:
     """The time shift of training: flow.shift, or the one the token count asks for."""
     tokens = dit.config.tokens(vae.latent_shape(data.frames, data.height, data.width))
     return shift_for_tokens(tokens) if flow.shift == "auto" else float(flow.shift)
 
 
-def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg: TrainConfig):
+def make_flow_loss(dit: PrunableDiT, vae: VideoAutoencoder, text: TextEncoder, cfg: TrainConfig):
     """The teacher's loss: rectified-flow velocity regression with caption dropout for CFG."""
     inputs = flow_inputs(vae, text, cfg.flow, train_shift(dit, vae, cfg.data, cfg.flow))
 
@@ -70,7 +70,7 @@ def make_flow_loss(dit: VideoDiT, vae: VideoAutoencoder, text: TextEncoder, cfg:
 class TeacherParts:
     """Everything a teacher run is made of, built from its config (train_teacher trains it)."""
 
-    dit: VideoDiT
+    dit: PrunableDiT
     vae: VideoAutoencoder
     text: TextEncoder
     dataset: object
@@ -84,7 +84,7 @@ def build_teacher(cfg: TrainConfig) -> TeacherParts:
     vae.check_clip(d.frames, d.height, d.width)
     text = load_text_encoder(cfg.text)
     torch.manual_seed(cfg.run.seed)  # the initial weights
-    dit = VideoDiT(build_dit_config(cfg.model, vae.latent_channels, text.dim))
+    dit = build_model(cfg.model, vae.latent_channels, text.dim)
     if d.cache_clips and d.kind != "cache":
         cache_dir = Path(cfg.run.out_dir) / "latents"
         with distributed.main_first():  # under torchrun rank 0 writes it, the others read it
