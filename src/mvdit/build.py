@@ -14,6 +14,7 @@ from torch.utils.data import Subset
 
 from mvdit import MvditError
 from mvdit.bench.measure import si
+from mvdit.compress.diffusers_dit import build_dit
 from mvdit.config import (
     PRESETS,
     DataConfig,
@@ -29,7 +30,6 @@ from mvdit.data.shapes import ShapesDataset
 from mvdit.io import read_json
 from mvdit.models import diffusers_vae
 from mvdit.models.autoencoder import PatchifyAutoencoder, VideoAutoencoder
-from mvdit.compress.diffusers_dit import build_dit
 from mvdit.models.dit import DiTConfig, VideoDiT
 from mvdit.models.interface import PrunableDiT
 from mvdit.models.text import TextEncoder, load_text_encoder

@@ -30,7 +30,6 @@ from mvdit.compress.diffusers_dit import DiffusersDiT, load_transformer
 from mvdit.io import link_tree, read_json, write_json
 from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.diffusers_vae import DiffusersVideoVAE
-from mvdit.models.text import TextConfig
 
 INDEX = "model_index.json"
 SIDECAR = "mvdit.json"  # the clip size and sampler mvdit records beside the components
@@ -99,7 +98,11 @@ def pipeline_settings(path: str | Path) -> dict:
     text = {"kind": "auto", "max_length": d.max_length, "attend_padding": d.attend_padding}
     text |= sidecar.get("text", {})
     text |= {"path": str(path / "text_encoder"), "tokenizer": str(path / "tokenizer")}
-    sampler = sidecar.get("sampler") or {"steps": d.steps, "guidance": d.guidance, "shift": _shift(path)}
+    sampler = sidecar.get("sampler") or {
+        "steps": d.steps,
+        "guidance": d.guidance,
+        "shift": _shift(path),
+    }
     clip = {"frames": d.frames, "height": d.height, "width": d.width, "fps": d.fps}
     clip |= {k: sidecar[k] for k in clip if k in sidecar}
     return clip | {"text": text, "sampler": sampler}

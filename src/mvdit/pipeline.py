@@ -26,6 +26,13 @@ from mvdit import MvditError
 from mvdit.build import load_autoencoder
 from mvdit.compress.diffusers_dit import is_diffusers_transformer, load_transformer
 from mvdit.data.cache import weights_hash
+from mvdit.diffusers_pipeline import (
+    is_diffusers_pipeline,
+    pipeline_settings,
+    read_components,
+    read_transformer,
+    write_components,
+)
 from mvdit.flow import (
     check_schedule,
     euler_sample,
@@ -36,13 +43,6 @@ from mvdit.flow import (
 from mvdit.io import output_dir, read_json, validate, write_json
 from mvdit.limits import bounded, check_bound
 from mvdit.models.autoencoder import VideoAutoencoder, to_uint8
-from mvdit.diffusers_pipeline import (
-    is_diffusers_pipeline,
-    pipeline_settings,
-    read_components,
-    read_transformer,
-    write_components,
-)
 from mvdit.models.dit import VideoDiT
 from mvdit.models.interface import PrunableDiT
 from mvdit.models.text import TextConfig, TextEncoder, load_text_encoder

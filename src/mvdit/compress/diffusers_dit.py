@@ -153,6 +153,33 @@ class _LTXKeptHeadsProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class _WanProcessor:
+    """Wan's text-to-video attention (diffusers' WanAttnProcessor without the image branch, which
+    the adapter refuses), the same numbers with the rotary embedding written without
+    `empty_like` + strided writes: those export as `empty_permuted`, which ExecuTorch's edge
+    dialect does not take."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None):  # fmt: skip
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(ctx)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(ctx).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            q, k = (_rotate(x, *rotary_emb) for x in (q, k))
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding of x (B, L, H, D): channel pairs (2i, 2i+1) rotated."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).type_as(x)
+
+
 def _head_channels(heads: Sequence[int], head_dim: int) -> list[int]:
     return [h * head_dim + i for h in heads for i in range(head_dim)]
 
@@ -214,7 +241,11 @@ class DiffusersConfig:
     def linear_shapes(self, tokens: int, text_len: int) -> list[tuple[int, int, int]]:
         """The distinct (rows, in, out) of the linear layers at a token count (both families
         project the text to the hidden width first; time-embedding MLPs left out)."""
-        d, hd, patch = self.hidden_size, self.head_dim, self.patch[0] * self.patch[1] * self.patch[2]
+        d, hd, patch = (
+            self.hidden_size,
+            self.head_dim,
+            self.patch[0] * self.patch[1] * self.patch[2],
+        )
         shapes = {(text_len, self.text_dim, d), (text_len, d, d)}
         shapes |= {(tokens, self.in_channels * patch, d), (tokens, d, self.in_channels * patch)}
         for b in self.blocks:
@@ -307,6 +338,10 @@ class DiffusersDiT(nn.Module):
             )
         if self.family == "ltx" and (cfg.patch_size != 1 or cfg.patch_size_t != 1):
             raise MvditError("the LTX pruner needs patch_size = patch_size_t = 1 (LTX-Video's own)")
+        if self.family == "wan":
+            for m in transformer.modules():
+                if type(m.__dict__.get("processor")).__name__ == "WanAttnProcessor":
+                    m.processor = _WanProcessor()
         a1, a2, f = _block_attrs(self.family)
         specs = []
         for blk in _blocks(transformer):

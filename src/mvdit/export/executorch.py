@@ -26,43 +26,79 @@ from mvdit import MvditError
 from mvdit.models.vae import ChannelShortcut
 
 
+def _taps_conv2d(x, weight, bias, stride, padding, kt: int) -> torch.Tensor:
+    """A 3-D convolution without temporal padding as one `conv2d`: the kt frames each output
+    frame reads are stacked into channels (`weight`: (Co, Ci*kt, kh, kw), the 3-D weight
+    (Co, Ci, kt, kh, kw) so reshaped), output frames folded into the batch; no tensor over 6
+    dimensions (XNNPACK's limit)."""
+    st = stride[0]
+    b, c, t, h, w = x.shape
+    frames = (t - kt) // st + 1
+    last = st * (frames - 1) + 1
+    taps = torch.stack([x[:, :, i : i + last : st] for i in range(kt)], dim=2)
+    taps = taps.permute(0, 3, 1, 2, 4, 5).reshape(b * frames, c * kt, h, w)
+    y = F.conv2d(taps, weight, bias, stride=tuple(stride[1:]), padding=tuple(padding[1:]))
+    return y.reshape(b, frames, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
 class Conv3dAs2d(nn.Module):
-    """A stride-1 `Conv3d` without temporal padding as one `conv2d`: the kt frames each output
-    frame reads are stacked into channels (weight (Co, Ci, kt, kh, kw) -> (Co, Ci*kt, kh, kw)),
-    frames folded into the batch."""
+    """A fixed stride-1 3-D convolution (mvdit's VAE channel shortcut) as one `conv2d`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> None:
         super().__init__()
-        co, ci, kt, kh, kw = weight.shape
-        self.kt, self.padding = kt, tuple(padding[1:])
-        self.register_buffer("weight", weight.detach().reshape(co, ci * kt, kh, kw).clone())
+        co, ci, self.kt, kh, kw = weight.shape
+        self.padding = tuple(padding)
+        self.register_buffer("weight", weight.detach().reshape(co, ci * self.kt, kh, kw).clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        frames = t - self.kt + 1
-        taps = torch.stack([x[:, :, i : i + frames] for i in range(self.kt)], dim=2)
-        taps = taps.permute(0, 3, 1, 2, 4, 5).reshape(b * frames, c * self.kt, h, w)
-        y = F.conv2d(taps, self.weight, self.bias, padding=self.padding)
-        return y.reshape(b, frames, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+        return _taps_conv2d(x, self.weight, self.bias, (1, 1, 1), self.padding, self.kt)
 
 
-def conv3d_as_conv2d(module: nn.Module) -> nn.Module:
-    """A copy of `module` with every Conv3d (stride 1, no temporal padding, one group) and every
-    ChannelShortcut as Conv3dAs2d; anything else 3-D is refused with its name."""
+def _as_2d(name: str, conv: nn.Conv3d) -> None:
+    """Make `conv` compute through `_taps_conv2d`, in place. Its own forward stays (a subclass's
+    padding or frame cache, e.g. Wan's causal convolution, runs as before); only the convolution
+    it ends in changes."""
+    if conv.groups != 1 or conv.padding[0] != 0 or conv.padding_mode != "zeros":
+        raise MvditError(
+            f"{name}: only ungrouped Conv3d without temporal padding exports (pad time before it)"
+        )
+    stride, padding = conv.stride, conv.padding
+    co, ci, kt, kh, kw = conv.weight.shape
+    # a constant of the exported graph (a reshape inside it would keep XNNPACK from the conv)
+    conv.register_buffer("weight_2d", conv.weight.detach().reshape(co, ci * kt, kh, kw).clone())
+    conv._conv_forward = lambda x, _weight, bias: _taps_conv2d(
+        x, conv.weight_2d, bias, stride, padding, kt
+    )
+
+
+def conv3d_as_conv2d(module: nn.Module, args: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
+    """A copy of `module` whose every Conv3d (ungrouped, no temporal padding; any stride) computes
+    through one 2-D convolution, and every ChannelShortcut is a Conv3dAs2d. With `args`, only the
+    ones a forward on them runs (a diffusers VAE's decoder beside an encoder it never calls);
+    anything else 3-D that runs is refused with its name."""
     if not any(isinstance(m, nn.Conv3d | ChannelShortcut) for m in module.modules()):
         return module  # no copy of a large DiT
     module = copy.deepcopy(module)
-    for name, child in list(module.named_modules()):
+    convs = [
+        (n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv3d | ChannelShortcut)
+    ]
+    if args is not None:
+        ran: set[str] = set()
+        hooks = [m.register_forward_pre_hook(lambda *_, n=n: ran.add(n)) for n, m in convs]
+        try:
+            with torch.no_grad():
+                module(*args)
+        finally:
+            for h in hooks:
+                h.remove()
+        convs = [(n, m) for n, m in convs if n in ran]
+    for name, child in convs:
         if isinstance(child, nn.Conv3d):
-            if child.stride != (1, 1, 1) or child.groups != 1 or child.padding[0] != 0:
-                raise MvditError(f"{name}: only stride-1, ungrouped, time-unpadded Conv3d export")
-            new = Conv3dAs2d(child.weight, child.bias, child.padding)
-        elif isinstance(child, ChannelShortcut):
-            new = Conv3dAs2d(child.weight, None, (0, 0, 0))
-        else:
+            _as_2d(name, child)
             continue
         parent, _, leaf = name.rpartition(".")
+        new = Conv3dAs2d(child.weight, None, (0, 0, 0))
         setattr(module.get_submodule(parent) if parent else module, leaf, new)
     return module
 
@@ -126,7 +162,7 @@ def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, prec
     import warnings
 
     _quiet()
-    module = conv3d_as_conv2d(module)
+    module = conv3d_as_conv2d(module, args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         refused = None
@@ -134,11 +170,16 @@ def save_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, prec
             edge = _lower(_program(module, args, precision), delegate=True)
         except AssertionError as e:
             # XNNPACK's partitioner found subgraphs that depend on each other (seen on the int8
-            # DiT step before each linear had its own quantization chain)
-            raise MvditError(
-                f"XNNPACK's partitioner failed on the {precision} graph of {path.stem} ({e}); "
-                "export it in fp32 for executorch, or in int8 for onnx"
-            ) from None
+            # DiT step before each linear had its own quantization chain, and on Wan's VAE
+            # decoder in fp32, whose frame cache feeds one convolution from another's input):
+            # fp32 goes portable, int8 has no portable fallback worth having
+            if precision == "fp32":
+                refused = f"XNNPACK's partitioner failed ({_last_line(e)})"
+            else:
+                raise MvditError(
+                    f"XNNPACK's partitioner failed on the {precision} graph of {path.stem} ({e}); "
+                    "export it in fp32 for executorch, or in int8 for onnx"
+                ) from None
         except Exception as e:  # noqa: BLE001 - a backend pass failing: report it, go portable
             # seen on the VAE decoder when int8 quantized its convolutions as well:
             # ChannelsLastTaggedReshapePass tagged a 5-D tensor for channels-last

@@ -348,7 +348,9 @@ def load_text_encoder(config: TextConfig | None = None) -> TextEncoder:
         raise MvditError(f"tokenizer directory {tok_path} does not exist (text.tokenizer)")
     if config.kind == "minilm":
         if config.attend_padding:
-            raise MvditError('text.attend_padding is for transformers encoders: set text.kind = "auto"')
+            raise MvditError(
+                'text.attend_padding is for transformers encoders: set text.kind = "auto"'
+            )
         return _minilm(path, config, tok_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers

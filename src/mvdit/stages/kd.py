@@ -128,7 +128,9 @@ def resolve_teacher(kd: KDSection) -> Path:
     return Path(read_json(report)["teacher"])
 
 
-def aligned_blocks(student: PrunableDiT, teacher: PrunableDiT, chosen: list[int] | None) -> list[int]:
+def aligned_blocks(
+    student: PrunableDiT, teacher: PrunableDiT, chosen: list[int] | None
+) -> list[int]:
     n = len(student.blocks)
     blocks = list(range(n)) if chosen is None else [i % n for i in chosen]
     if chosen is not None and any(not -n <= i < n for i in chosen):
