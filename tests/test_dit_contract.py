@@ -76,12 +76,7 @@ def _inputs():
 
 
 def _tokens(model) -> int:
-    patch = getattr(model.config, "patch", None) or (
-        1,
-        model.config.patch_size,
-        model.config.patch_size,
-    )
-    return LATENT[0] // patch[0] * (LATENT[1] // patch[1]) * (LATENT[2] // patch[2])
+    return model.config.tokens(LATENT)
 
 
 MASKS = {
@@ -157,3 +152,26 @@ def test_one_step_exports_without_float64(model):
     assert torch.float64 not in kinds and torch.float32 in kinds
     with torch.no_grad():
         assert torch.allclose(ep.module()(x, t, text, tm), model(x, t, text, tm), atol=1e-5)
+
+
+def test_a_sliced_model_saves_and_loads_back(model, tmp_path):
+    small = model.slice(MASKS["one head"](UnitMask.full(model.config)))
+    small.save_pretrained(tmp_path / "m")
+    back = type(small).from_pretrained(tmp_path / "m")
+    x, t, text, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            back(x, t, text, mask), small(x, t, text, mask), atol=1e-6, rtol=0
+        )
+    assert [b.model_dump() for b in back.config.blocks] == [
+        b.model_dump() for b in small.config.blocks
+    ]
+
+
+def test_prepared_conditioning_is_what_the_forward_reads(model):
+    """The sampler prepares the text once per clip (prepare_conditioning) and passes the result
+    at every step: the same velocity as the forward on the raw text."""
+    x, t, text, mask = _inputs()
+    with torch.no_grad():
+        v = model(x, t, **model.prepare_conditioning(text, mask))
+        torch.testing.assert_close(v, model(x, t, text, mask), atol=1e-6, rtol=0)
