@@ -33,7 +33,7 @@ not supported. diffusers is an optional dependency (extra "interop").
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +184,9 @@ def _head_channels(heads: Sequence[int], head_dim: int) -> list[int]:
     return [h * head_dim + i for h in heads for i in range(head_dim)]
 
 
-def _slice_attention(attn: nn.Module, heads: list[int], family: str, rope: list[int] | None):
-    """`attn` keeping only `heads` (indices into its own heads); `rope`: for LTX, the rotary-table
-    channels those heads had in the unpruned model."""
+def _slice_attention(attn: nn.Module, heads: list[int], rope: list[int] | None):
+    """`attn` keeping only `heads` (indices into its own heads); `rope`: where one rotary table
+    spans every head's channels (LTX), the channels those heads had in the unpruned model."""
     if not heads:
         return _Absent()
     hd = attn.inner_dim // attn.heads
@@ -201,8 +201,8 @@ def _slice_attention(attn: nn.Module, heads: list[int], family: str, rope: list[
         new.kv_inner_dim = new.inner_dim
     if hasattr(attn, "inner_kv_dim"):
         new.inner_kv_dim = new.inner_dim
-    if family == "ltx":
-        new.processor = _LTXKeptHeadsProcessor(rope if rope is not None else idx.tolist())
+    if rope is not None:
+        new.processor = _LTXKeptHeadsProcessor(rope)
     return new
 
 
@@ -271,15 +271,43 @@ class _Layout:
     # whether the model takes the text's attention mask; without one (Wan), the padded positions
     # reach it as zero states, as its own pipeline pads them
     text_mask: bool
+    packed: bool  # its forward takes packed tokens (B, T*H*W, C) and the grid, not the latent
+    patch: Callable[[dict], tuple[int, int, int]]  # its (t, h, w) patch, from its config
+    # what the adapter cannot take, from its config: the reason, or None
+    refuse: Callable[[dict], str | None]
+    # the norm in a block that only feeds its cross-attention (dropped with it), if any
+    cross_norm: str | None
+    # queries and keys rotated by one table over all heads' channels before the heads split: a
+    # sliced attention keeps its heads' columns of that table
+    rope_over_heads: bool
+    # the config key of one FFN width shared by every block (None: the class fixes it at 4 x width)
+    ffn_key: str | None
+    # its attention processor class name -> the adapter's (same numbers, exportable)
+    processors: dict[str, Callable[[], object]] = field(default_factory=dict)
+
+
+def _wan_refuses(cfg) -> str | None:
+    if cfg.get("added_kv_proj_dim") is not None:
+        return "image-conditioned Wan (added_kv_proj_dim) is not supported"
+    return None
+
+
+def _ltx_refuses(cfg) -> str | None:
+    if cfg.patch_size != 1 or cfg.patch_size_t != 1:
+        return "LTX-Video needs patch_size = patch_size_t = 1 (LTX-Video's own) here"
+    return None
 
 
 LAYOUTS = {
     "wan": _Layout("WanTransformer3DModel", "text_dim", "blocks", ("attn1", "attn2", "ffn"),
                    ("patch_embedding", "proj_out"), ("condition_embedder.text_embedder",),
-                   text_mask=False),
+                   text_mask=False, packed=False, patch=lambda cfg: tuple(cfg.patch_size),
+                   refuse=_wan_refuses, cross_norm="norm2", rope_over_heads=False,
+                   ffn_key="ffn_dim", processors={"WanAttnProcessor": _WanProcessor}),
     "ltx": _Layout("LTXVideoTransformer3DModel", "caption_channels", "transformer_blocks",
                    ("attn1", "attn2", "ff"), ("proj_in", "proj_out"), ("caption_projection",),
-                   text_mask=True),
+                   text_mask=True, packed=True, patch=lambda cfg: (1, 1, 1),
+                   refuse=_ltx_refuses, cross_norm=None, rope_over_heads=True, ffn_key=None),
 }  # fmt: skip
 FAMILIES = {layout.class_name: family for family, layout in LAYOUTS.items()}
 
@@ -332,16 +360,13 @@ class DiffusersDiT(nn.Module):
         self.family = FAMILIES[name]
         self.transformer = transformer
         cfg = transformer.config
-        if self.family == "wan" and cfg.get("added_kv_proj_dim") is not None:
-            raise MvditError(
-                "image-conditioned Wan (added_kv_proj_dim) is not supported by the pruner"
-            )
-        if self.family == "ltx" and (cfg.patch_size != 1 or cfg.patch_size_t != 1):
-            raise MvditError("the LTX pruner needs patch_size = patch_size_t = 1 (LTX-Video's own)")
-        if self.family == "wan":
-            for m in transformer.modules():
-                if type(m.__dict__.get("processor")).__name__ == "WanAttnProcessor":
-                    m.processor = _WanProcessor()
+        layout = LAYOUTS[self.family]
+        if why := layout.refuse(cfg):
+            raise MvditError(f"{name}: {why}")
+        for m in transformer.modules():
+            own = layout.processors.get(type(m.__dict__.get("processor")).__name__)
+            if own is not None:
+                m.processor = own()
         a1, a2, f = _block_attrs(self.family)
         specs = []
         for blk in _blocks(transformer):
@@ -368,8 +393,8 @@ class DiffusersDiT(nn.Module):
             hidden_size=n_heads * hd,
             head_dim=hd,
             in_channels=cfg.in_channels,
-            text_dim=cfg.text_dim if self.family == "wan" else cfg.caption_channels,
-            patch=tuple(cfg.patch_size) if self.family == "wan" else (1, 1, 1),
+            text_dim=cfg[layout.text_key],
+            patch=layout.patch(cfg),
             sources=sources,
         )
 
@@ -404,7 +429,8 @@ class DiffusersDiT(nn.Module):
         kept = self._kept(mask)
         if not kept:
             raise MvditError("the mask removes every block; keep at least one")
-        a1, a2, f = _block_attrs(self.family)
+        layout = LAYOUTS[self.family]
+        a1, a2, f = layout.attrs
         blocks, record = [], []
         hd = self.config.head_dim
         for k in kept:
@@ -431,13 +457,12 @@ class DiffusersDiT(nn.Module):
                 mod = getattr(blk, attr)
                 n = 0 if isinstance(mod, _Absent) else mod.heads
                 if len(own) != n:
-                    setattr(
-                        new, attr, _slice_attention(mod, own, self.family, _head_channels(orig, hd))
-                    )
+                    rope = _head_channels(orig, hd) if layout.rope_over_heads else None
+                    setattr(new, attr, _slice_attention(mod, own, rope))
             if len(k["ffn"]) != spec.ffn_dim:
                 setattr(new, f, _slice_ffn(getattr(blk, f), k["ffn"]))
-            if self.family == "wan" and not k["cross_heads"]:
-                new.norm2 = nn.Identity()  # it only feeds the cross-attention
+            if layout.cross_norm is not None and not k["cross_heads"]:
+                setattr(new, layout.cross_norm, nn.Identity())  # it only fed the cross-attention
             blocks.append(new)
         model = _shallow(self.transformer)
         model._modules[LAYOUTS[self.family].blocks] = nn.ModuleList(blocks)
@@ -469,9 +494,9 @@ class DiffusersDiT(nn.Module):
         timestep = t * 1000.0
         cond = self.prepare_conditioning(text, text_mask)
         text, text_mask = cond["text"], cond["text_mask"]
-        if self.family == "wan":
+        if not LAYOUTS[self.family].packed:
             return model(x, timestep, text, return_dict=False)[0]
-        tokens = x.flatten(2).transpose(1, 2)  # (B, T*H*W, C): LTX takes packed latents
+        tokens = x.flatten(2).transpose(1, 2)  # (B, T*H*W, C): packed latents and their grid
         mask = text_mask.to(x.dtype) if text_mask is not None else None
         out = model(tokens, text, timestep, mask, nt, nh, nw, return_dict=False)[0]
         return out.transpose(1, 2).reshape(b, -1, nt, nh, nw)
@@ -547,9 +572,11 @@ class DiffusersDiT(nn.Module):
 
     def _block_cost(self, b: int, heads: int, cross: int, ffn: int, tokens: int, text_len: int):
         """(parameters, FLOPs) of block b with that many heads, cross heads and FFN channels."""
-        a1, a2, f = _block_attrs(self.family)
+        layout = LAYOUTS[self.family]
+        a1, a2, f = layout.attrs
         blk = self.blocks[b]
-        sub = (a1 + ".", a2 + ".", f + ".") + (("norm2.",) if self.family == "wan" else ())
+        cross_norm = getattr(blk, layout.cross_norm) if layout.cross_norm else None
+        sub = (a1 + ".", a2 + ".", f + ".") + ((layout.cross_norm + ".",) if cross_norm else ())
         fixed = sum(p.numel() for n, p in blk.named_parameters() if not n.startswith(sub))
         params, flops = fixed, 0
         hd = self.config.head_dim
@@ -565,8 +592,8 @@ class DiffusersDiT(nn.Module):
             params += sum(ch for nm in (mod.norm_q, mod.norm_k) if nm.weight is not None)
             flops += 2 * ch * (tokens * q.in_features + kv_tokens * (k.in_features + v.in_features))
             flops += 2 * tokens * ch * o.out_features + 4 * tokens * kv_tokens * ch
-            if attr == a2 and self.family == "wan" and not isinstance(blk.norm2, nn.Identity):
-                params += sum(p.numel() for p in blk.norm2.parameters())
+            if attr == a2 and cross_norm is not None:
+                params += sum(p.numel() for p in cross_norm.parameters())
         ff = getattr(blk, f)
         if ffn and not isinstance(ff, _Absent):
             up, down = ff.net[0].proj, ff.net[2]
@@ -617,7 +644,7 @@ def stock_loadable(model: DiffusersDiT) -> bool:
     full_heads = all(s.heads == cfg.num_attention_heads and s.cross_heads == cfg.num_attention_heads
                      for s in model.config.blocks)  # fmt: skip
     ffns = {s.ffn_dim for s in model.config.blocks}
-    if model.family == "wan":
+    if LAYOUTS[model.family].ffn_key is not None:  # one width for every block, in the config
         return full_heads and len(ffns) == 1
     return full_heads and ffns == {4 * model.config.hidden_size}
 
@@ -634,8 +661,9 @@ def write_transformer(
     (diffusers' from_pretrained loads it) or "mvdit" (per-block widths: load_transformer)."""
     stock = stock_loadable(model)
     t = model.transformer
-    if stock and model.family == "wan":
-        t.register_to_config(ffn_dim=model.config.blocks[0].ffn_dim)
+    ffn_key = LAYOUTS[model.family].ffn_key
+    if stock and ffn_key is not None:
+        t.register_to_config(**{ffn_key: model.config.blocks[0].ffn_dim})
     t.register_to_config(num_layers=len(model.config.blocks))
     directory.mkdir(parents=True, exist_ok=True)
     t.save_config(directory)
@@ -711,11 +739,12 @@ def load_transformer(path: str | Path) -> DiffusersDiT:
 
 
 def _restore_rope(model: DiffusersDiT) -> None:
-    if model.family != "ltx":
+    layout = LAYOUTS[model.family]
+    if not layout.rope_over_heads:
         return
     hd = model.config.head_dim
     for blk, src in zip(model.blocks, model.config.sources, strict=True):
-        for attr, heads in (("attn1", src["heads"]), ("attn2", src["cross_heads"])):
+        for attr, heads in ((layout.attrs[0], src["heads"]), (layout.attrs[1], src["cross_heads"])):
             mod = getattr(blk, attr)
             if not isinstance(mod, _Absent) and hasattr(mod, "processor"):
                 if isinstance(mod.processor, _LTXKeptHeadsProcessor):
