@@ -167,3 +167,51 @@ def test_a_diffusers_pipeline_exports_to_executorch_and_runs_there(family, tmp_p
         assert art["max_abs_error_vs_eager"] is not None, name
     out = _ok(["run-exported", export, PROMPT, "-o", tmp_path / "x.mp4"], capsys)
     assert "ExecuTorch" in out and "largest frame difference against eager" in out
+
+
+STOCK_LOAD = """
+import sys, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+out = pipe(prompt="a red circle moves left", num_frames=9, height=32, width=32,
+           num_inference_steps=4, guidance_scale=1.0, output_type="latent", max_sequence_length=16)
+x, t, text = torch.load(sys.argv[2])
+with torch.no_grad():
+    v = pipe.transformer(x, t * 1000, text, return_dict=False)[0]
+torch.save({"latents": out.frames, "v": v, "mvdit": [m for m in sys.modules if m.split(".")[0] == "mvdit"],
+            "class": type(pipe.transformer).__name__}, sys.argv[3])
+"""
+
+
+def test_a_pruned_wan_pipeline_loads_in_stock_diffusers(tmp_path, capsys):
+    """Per-block widths (heads, FFN) that WanTransformer3DModel's config cannot express: the
+    pruned pipeline carries them in a custom component, which stock diffusers loads with
+    trust_remote_code in a process that never imports mvdit, and generates with; its transformer
+    computes what mvdit's adapter computes."""
+    import subprocess
+    import sys
+
+    teacher = save_tiny_diffusers_pipeline(tmp_path / "wan", "wan")
+    pruned = tmp_path / "pruned"
+    _ok(["prune", "-m", teacher, "--budget", "params=0.6", "-o", pruned, "--prompts",
+         _prompts(tmp_path), "--n-prompts", 2, "--seeds", 1], capsys)  # fmt: skip
+    index = json.loads((pruned / "model_index.json").read_text())
+    assert index["transformer"] == ["mvdit_wan", "MvditWanTransformer3DModel"]
+    g = torch.Generator().manual_seed(0)
+    x, t, text = (
+        torch.randn(1, 4, 3, 4, 4, generator=g),
+        torch.tensor([0.6]),
+        torch.randn(1, 16, 16, generator=g),
+    )
+    torch.save((x, t, text), tmp_path / "in.pt")
+    script = tmp_path / "stock.py"
+    script.write_text(STOCK_LOAD)
+    proc = subprocess.run([sys.executable, script, pruned, tmp_path / "in.pt", tmp_path / "out.pt"],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = torch.load(tmp_path / "out.pt")
+    assert got["mvdit"] == [] and got["class"] == "MvditWanTransformer3DModel"
+    assert got["latents"].shape == (1, 4, 3, 4, 4) and torch.isfinite(got["latents"]).all()
+    with torch.no_grad():
+        ours = Pipeline.from_pretrained(pruned).dit(x, t, text)
+    torch.testing.assert_close(got["v"], ours, atol=1e-5, rtol=1e-5)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mvdit import MvditError
-from mvdit.compress.diffusers_dit import DiffusersDiT, load_transformer
+from mvdit.compress.diffusers_dit import DiffusersDiT, index_entry, load_transformer
 from mvdit.io import link_tree, read_json, write_json
 from mvdit.models.autoencoder import VideoAutoencoder
 from mvdit.models.diffusers_vae import DiffusersVideoVAE
@@ -125,6 +125,39 @@ def read_components(
     return dit, vae
 
 
+def _readme(pipeline: str, entry: list[str], directory: Path) -> str:
+    """What a pipeline directory mvdit wrote is and how it loads, for whoever opens it."""
+    record = read_json(directory / "transformer" / "mvdit_prune.json")
+    if entry[0] != "diffusers":
+        how = (
+            f"The transformer keeps its own width in each block, which {entry[1]}'s parent class's "
+            f"config cannot express: `transformer/{entry[0]}.py` defines {entry[1]}, a subclass "
+            "that builds each block at the width `block_widths` in `transformer/config.json` "
+            "gives it (diffusers and torch only). Loading runs that file:\n\n"
+            "    DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)\n\n"
+            "diffusers' own `save_pretrained` of the loaded pipeline does not round-trip it (it "
+            "drops the component file and `mvdit_prune.json`, and the copy loads nowhere): "
+            "re-save with `mvdit convert -m DIR -o NEW` instead."
+        )
+    elif record["loader"] == "stock":
+        how = (
+            "The transformer's widths fit its class's config: stock diffusers loads it with "
+            "`DiffusionPipeline.from_pretrained(DIR)`."
+        )
+    else:
+        how = (
+            "The transformer keeps its own width in each block, which its class's config cannot "
+            "express and for which mvdit has no custom component: mvdit loads it "
+            "(`mvdit generate -m DIR`); stock diffusers does not."
+        )
+    return (
+        f"# A {pipeline} directory written by mvdit\n\n{how}\n\n"
+        "`mvdit.json` records the clip size, the sampler and the text length mvdit generates "
+        "with; `transformer/mvdit_prune.json` each block's widths and the teacher's index of every "
+        "unit it kept. mvdit reads this directory as its own and never runs code found in it.\n"
+    )
+
+
 def write_components(
     directory: Path,
     origin: Path,
@@ -141,7 +174,9 @@ def write_components(
             continue
         link_tree(origin / name, directory / name)
     dit.save_pretrained(directory / "transformer", state=state)
-    write_json(directory / INDEX, index)
+    entry = index_entry(directory / "transformer")
+    write_json(directory / INDEX, index | {"transformer": entry})
+    (directory / "README.md").write_text(_readme(index["_class_name"], entry, directory))
     text = {k: v for k, v in settings["text"].items() if k not in ("path", "tokenizer")}
     sidecar = {k: settings[k] for k in ("frames", "height", "width", "fps")}
     write_json(directory / SIDECAR, sidecar | {"text": text, "sampler": settings["sampler"]})

@@ -33,6 +33,7 @@ not supported. diffusers is an optional dependency (extra "interop").
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,9 @@ class _Layout:
     ffn_key: str | None
     # its attention processor class name -> the adapter's (same numbers, exportable)
     processors: dict[str, Callable[[], object]] = field(default_factory=dict)
+    # the diffusers custom component (module file in compress/remote/, class) that stock
+    # diffusers loads per-block widths with (trust_remote_code), if there is one
+    remote: tuple[str, str] | None = None
 
 
 def _wan_refuses(cfg) -> str | None:
@@ -303,13 +307,16 @@ LAYOUTS = {
                    ("patch_embedding", "proj_out"), ("condition_embedder.text_embedder",),
                    text_mask=False, packed=False, patch=lambda cfg: tuple(cfg.patch_size),
                    refuse=_wan_refuses, cross_norm="norm2", rope_over_heads=False,
-                   ffn_key="ffn_dim", processors={"WanAttnProcessor": _WanProcessor}),
+                   ffn_key="ffn_dim", processors={"WanAttnProcessor": _WanProcessor},
+                   remote=("mvdit_wan", "MvditWanTransformer3DModel")),
     "ltx": _Layout("LTXVideoTransformer3DModel", "caption_channels", "transformer_blocks",
                    ("attn1", "attn2", "ff"), ("proj_in", "proj_out"), ("caption_projection",),
                    text_mask=True, packed=True, patch=lambda cfg: (1, 1, 1),
                    refuse=_ltx_refuses, cross_norm=None, rope_over_heads=True, ffn_key=None),
 }  # fmt: skip
 FAMILIES = {layout.class_name: family for family, layout in LAYOUTS.items()}
+# a directory mvdit wrote with a custom component names its class: the same family to mvdit
+FAMILIES |= {layout.remote[1]: family for family, layout in LAYOUTS.items() if layout.remote}
 
 
 def build_dit(family: str, keys: dict, in_channels: int, text_dim: int) -> DiffusersDiT:
@@ -658,8 +665,11 @@ def write_transformer(
     """The transformer's files into `directory` (config.json with the widths a stock loader can
     express, the weights, and mvdit_prune.json with the per-block widths and teacher indices);
     `state`: the adapter's state dict to write instead of its own weights. Returns "stock"
-    (diffusers' from_pretrained loads it) or "mvdit" (per-block widths: load_transformer)."""
+    (diffusers' from_pretrained loads it), "remote" (per-block widths in a diffusers custom
+    component beside it, which stock diffusers loads with trust_remote_code) or "mvdit" (per-block
+    widths only mvdit's load_transformer reads). mvdit itself never runs the component."""
     stock = stock_loadable(model)
+    remote = None if stock else LAYOUTS[model.family].remote
     t = model.transformer
     ffn_key = LAYOUTS[model.family].ffn_key
     if stock and ffn_key is not None:
@@ -671,13 +681,33 @@ def write_transformer(
         k.removeprefix("transformer."): v for k, v in state.items()
     }  # fmt: skip
     save_tensors(directory / WEIGHTS, own)
+    loader = "stock" if stock else "remote" if remote else "mvdit"
+    if remote is not None:
+        module, cls = remote
+        shutil.copyfile(
+            Path(__file__).parent / "remote" / f"{module}.py", directory / f"{module}.py"
+        )
+        cfg = read_json(directory / "config.json")
+        widths = [{"heads": b.heads, "cross_heads": b.cross_heads, "ffn_dim": b.ffn_dim}
+                  for b in model.config.blocks]  # fmt: skip
+        write_json(directory / "config.json", cfg | {"_class_name": cls, "block_widths": widths})
     record = {
-        "loader": "stock" if stock else "mvdit",
+        "loader": loader,
         "blocks": [s.model_dump() for s in model.config.blocks],
         "sources": model.config.sources,
     }
     write_json(directory / RECORD, record)
-    return record["loader"]
+    return loader
+
+
+def index_entry(directory: Path) -> list[str]:
+    """The model_index.json entry of the transformer written to `directory`: its custom
+    component's [module, class], or ["diffusers", class]."""
+    name = read_json(directory / "config.json")["_class_name"]
+    layout = LAYOUTS[FAMILIES[name]]
+    if layout.remote is not None and name == layout.remote[1]:
+        return list(layout.remote)
+    return ["diffusers", name]
 
 
 def save_pruned(
@@ -704,7 +734,9 @@ def load_transformer(path: str | Path) -> DiffusersDiT:
             f"{path} is not a diffusers Wan or LTX transformer directory (config.json with _class_name "
             f"one of {', '.join(FAMILIES)})"
         )
-    cls = getattr(_diffusers(), read_json(path / "config.json")["_class_name"])
+    # the stock class even where a custom component is named: mvdit never runs a model's code
+    family = FAMILIES[read_json(path / "config.json")["_class_name"]]
+    cls = getattr(_diffusers(), LAYOUTS[family].class_name)
     rec_path = path / RECORD
     record = read_json(rec_path) if rec_path.is_file() else None
     if record is None or record["loader"] == "stock":

@@ -557,12 +557,13 @@ def prune_summary(r: dict, cfg: PruneConfig) -> str:
     b, f = r["base"], r["final"]
     widths = ", ".join(f"{x['heads']}/{x['cross_heads']}/{x['ffn_dim']}" for x in r["blocks"])
     if "family" in r:  # a diffusers transformer
-        how = (
-            f"diffusers' own {r['class']}.from_pretrained loads it (uniform widths)"
-            if r["loader"] == "stock"
-            else "per-block widths: load it with mvdit.compress.diffusers_dit.load_transformer "
-            "(diffusers' from_pretrained cannot express them)"
-        )
+        how = {
+            "stock": f"diffusers' own {r['class']}.from_pretrained loads it (uniform widths)",
+            "remote": "per-block widths in a custom component beside it: diffusers loads it with "
+            "from_pretrained(DIR, trust_remote_code=True), mvdit with load_transformer",
+            "mvdit": "per-block widths: load it with mvdit.compress.diffusers_dit.load_transformer "
+            "(diffusers' from_pretrained cannot express them)",
+        }[r["loader"]]
         return "\n".join([
             f"{r['family']}: {len(r['history'])} units removed ({r['criterion']}, Gaussian "
             f"calibration {r['calibration']['latent']}): params {b['params'] / 1e6:.3f}M -> "
