@@ -215,3 +215,42 @@ def test_a_pruned_wan_pipeline_loads_in_stock_diffusers(tmp_path, capsys):
     with torch.no_grad():
         ours = Pipeline.from_pretrained(pruned).dit(x, t, text)
     torch.testing.assert_close(got["v"], ours, atol=1e-5, rtol=1e-5)
+
+
+STOCK_STUDENT = """
+import sys, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+noise = torch.load(sys.argv[2])
+out = pipe(prompt="a red circle moves left", num_frames=9, height=32, width=32, latents=noise,
+           num_inference_steps=4, guidance_scale=1.0, output_type="latent", max_sequence_length=16)
+pipe.scheduler.set_timesteps(4)
+torch.save({"latents": out.frames, "sigmas": pipe.scheduler.sigmas.tolist()}, sys.argv[3])
+"""
+
+
+def test_stock_wan_pipeline_samples_the_distilled_student_as_mvdit_does(tmp_path, capsys):
+    """A Wan student is distilled on the schedule stock WanPipeline runs with the scheduler it is
+    saved with at num_inference_steps=4, guidance 1: in a process without mvdit that pipeline
+    samples the same final latent as `mvdit generate` from the same noise."""
+    import subprocess
+    import sys
+
+    teacher = save_tiny_diffusers_pipeline(tmp_path / "wan", "wan")
+    pruned, out = tmp_path / "pruned", tmp_path / "distill"
+    _ok(["prune", "-m", teacher, "--budget", "params=0.6", "-o", pruned, "--prompts",
+         _prompts(tmp_path), "--n-prompts", 2, "--seeds", 1], capsys)  # fmt: skip
+    _ok(["distill", "configs/distill-smoke.toml", "--set", f"distill.student='{pruned}'",
+         "--set", f"distill.teacher='{teacher}'", "--set", f"run.out_dir='{out}'"], capsys)  # fmt: skip
+    student = Pipeline.from_pretrained(out / "model")
+    noise = torch.randn(1, *student.latent_shape, generator=torch.Generator().manual_seed(3))
+    torch.save(noise, tmp_path / "noise.pt")
+    script = tmp_path / "stock.py"
+    script.write_text(STOCK_STUDENT)
+    proc = subprocess.run([sys.executable, script, out / "model", tmp_path / "noise.pt",
+                           tmp_path / "out.pt"], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = torch.load(tmp_path / "out.pt")
+    assert got["sigmas"] == pytest.approx(student.config.sampler.schedule, abs=1e-6)
+    ours = student.generate(["a red circle moves left"], start=noise, decode=False).latents
+    torch.testing.assert_close(got["latents"], ours, atol=1e-4, rtol=1e-4)

@@ -20,6 +20,7 @@ transformer. Nothing here runs code found in a model directory.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +49,17 @@ class PipelineDefaults:
     guidance: float
     max_length: int
     attend_padding: bool  # its text encoder runs without the attention mask
+    # its __call__ hands the scheduler its own sigmas, linspace(1, 1/N, N) (LTXPipeline), rather
+    # than letting the scheduler space N steps itself (WanPipeline)
+    passes_sigmas: bool
 
 
 # the pipeline classes mvdit reads, with their __call__ defaults and how they encode a prompt
 PIPELINES = {
-    "WanPipeline": PipelineDefaults(81, 480, 832, 16.0, 50, 5.0, 512, attend_padding=False),
-    "LTXPipeline": PipelineDefaults(161, 512, 704, 25.0, 50, 3.0, 128, attend_padding=True),
+    "WanPipeline": PipelineDefaults(81, 480, 832, 16.0, 50, 5.0, 512, attend_padding=False,
+                                    passes_sigmas=False),
+    "LTXPipeline": PipelineDefaults(161, 512, 704, 25.0, 50, 3.0, 128, attend_padding=True,
+                                    passes_sigmas=True),
 }
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -85,6 +91,32 @@ def _shift(path: Path) -> float | None:
         return None  # shifted by the token count, as mvdit's own sampler does without a shift
     shift = cfg.get("flow_shift", cfg.get("shift"))
     return float(shift) if shift is not None else None
+
+
+STUDENT_SCHEDULER = "FlowMatchEulerDiscreteScheduler"  # what a distilled student is saved with
+
+
+def _student_scheduler(path: Path):
+    """The Euler flow-matching scheduler a distilled student of this pipeline is saved with: the
+    teacher's static shift (1 where it shifts by the token count)."""
+    import diffusers
+
+    return getattr(diffusers, STUDENT_SCHEDULER)(shift=_shift(path) or 1.0)
+
+
+def student_schedule(path: str | Path, steps: int) -> list[float]:
+    """The N + 1 flow times the pipeline class runs with the student's scheduler at
+    `num_inference_steps` = N: a student distilled on them samples in stock diffusers exactly as
+    it was trained."""
+    import numpy as np
+
+    path = Path(path)
+    scheduler = _student_scheduler(path)
+    if PIPELINES[_index(path)["_class_name"]].passes_sigmas:
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps))
+    else:
+        scheduler.set_timesteps(steps)
+    return [float(t) for t in scheduler.sigmas]
 
 
 def pipeline_settings(path: str | Path) -> dict:
@@ -175,7 +207,12 @@ def write_components(
         link_tree(origin / name, directory / name)
     dit.save_pretrained(directory / "transformer", state=state)
     entry = index_entry(directory / "transformer")
-    write_json(directory / INDEX, index | {"transformer": entry})
+    index = index | {"transformer": entry}
+    if settings["sampler"].get("schedule") is not None:  # a distilled student: its scheduler
+        shutil.rmtree(directory / "scheduler")
+        _student_scheduler(origin).save_config(directory / "scheduler")
+        index["scheduler"] = ["diffusers", STUDENT_SCHEDULER]
+    write_json(directory / INDEX, index)
     (directory / "README.md").write_text(_readme(index["_class_name"], entry, directory))
     text = {k: v for k, v in settings["text"].items() if k not in ("path", "tokenizer")}
     sidecar = {k: settings[k] for k in ("frames", "height", "width", "fps")}

@@ -31,6 +31,7 @@ from mvdit.diffusers_pipeline import (
     pipeline_settings,
     read_components,
     read_transformer,
+    student_schedule,
     write_components,
 )
 from mvdit.flow import (
@@ -472,6 +473,15 @@ class Pipeline:
                 f"{path}: the DiT expects {dit.config.in_channels} latent channels but the VAE gives {vae.latent_channels}"
             )
         return cls(dit, vae, te, config, origin)
+
+    def distilled_schedule(self, steps: int) -> list[float]:
+        """The N + 1 times a guidance-free N-step student of this model is distilled on: N
+        uniform steps under the time shift, or for a diffusers pipeline the schedule its own
+        pipeline class runs with the scheduler the student is saved with (so that stock
+        diffusers samples the student as it was trained)."""
+        if self.origin is not None:
+            return student_schedule(self.origin, steps)
+        return self.sampling(steps, 1.0).schedule
 
     def with_sampler(self, steps: int | None = None, guidance: float | None = None) -> Pipeline:
         """The same networks with another default sampler (pipeline.json's), checked like a file;

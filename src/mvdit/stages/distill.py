@@ -214,14 +214,14 @@ def _g_loss(logits: list[torch.Tensor], kind: str) -> torch.Tensor:
 
 
 def student_schedule(teacher: Pipeline, cfg: DistillSection) -> list[float]:
-    """The N + 1 times of the student: explicit, or N uniform steps under the teacher's shift."""
+    """The N + 1 times of the student: explicit, or the teacher's (Pipeline.distilled_schedule)."""
     if cfg.schedule is not None:
         if len(cfg.schedule) != cfg.steps + 1:
             raise MvditError(
                 f"distill.schedule has {len(cfg.schedule)} times; {cfg.steps} steps need {cfg.steps + 1}"
             )
         return SamplerConfig(schedule=cfg.schedule, guidance=1.0).schedule
-    return teacher.sampling(cfg.steps, 1.0).schedule
+    return teacher.distilled_schedule(cfg.steps)
 
 
 def make_distill_loss(
