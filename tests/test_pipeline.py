@@ -167,3 +167,27 @@ def test_a_pipeline_saved_in_fp16_with_a_shipped_vae_reference_reloads(tmp_path)
             dit, load_autoencoder(shipped_vae_path("cpu-4x4x4")), text, pipe.config
         ).save_pretrained(tmp_path / "q", shipped_vae="default")
     assert not (tmp_path / "q").exists()
+
+
+def test_a_model_directory_records_its_text_encoder_relative_to_itself(tmp_path, monkeypatch):
+    """A text encoder given by a path relative to the working directory is recorded relative to
+    the model directory: the two move together and load from any working directory."""
+    import json
+    import shutil
+
+    from conftest import save_tiny_bert, save_tiny_pipeline
+
+    from mvdit.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    save_tiny_bert(tmp_path / "enc")
+    save_tiny_pipeline(tmp_path / "models" / "m", text_path="enc")
+    text = json.loads((tmp_path / "models" / "m" / "pipeline.json").read_text())["text"]
+    assert text["path"] == "../../enc"
+    (tmp_path / "moved").mkdir()
+    for name in ("models", "enc"):
+        shutil.move(tmp_path / name, tmp_path / "moved" / name)
+    monkeypatch.chdir("/")
+    pipe = Pipeline.from_pretrained(tmp_path / "moved" / "models" / "m")
+    assert pipe.config.text.path == str((tmp_path / "moved" / "enc").resolve())
+    assert pipe.generate(["a red circle"], decode=False).latents.isfinite().all()

@@ -12,6 +12,7 @@ written as the same `Pipeline` (mvdit.diffusers_pipeline); a model read from one
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -233,6 +234,34 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / "pipeline.json").is_file() or is_diffusers_pipeline(path)
 
 
+def _relative_paths(config: PipelineConfig, directory: Path) -> dict:
+    """pipeline.json's content with the text encoder's and tokenizer's directories relative to
+    the model directory (`directory` is it or its sibling temporary), so that the directory
+    loads from anywhere and after a move together with them."""
+    raw = config.model_dump()
+    for key in ("path", "tokenizer"):
+        if raw["text"].get(key) is not None:
+            target = Path(raw["text"][key]).resolve()
+            raw["text"][key] = os.path.relpath(target, directory.resolve())
+    return raw
+
+
+def _resolve_paths(config: PipelineConfig, directory: Path) -> PipelineConfig:
+    """The text encoder's directories of a pipeline.json, relative ones read against the model
+    directory (an older file's relative path, given against the working directory, still loads
+    from there when the model directory holds nothing at it)."""
+    text = config.text
+    fixed = {}
+    for key in ("path", "tokenizer"):
+        value = getattr(text, key)
+        if value is not None and not Path(value).is_absolute():
+            if (directory / value).exists() or not Path(value).exists():
+                fixed[key] = str((directory / value).resolve())
+    if not fixed:
+        return config
+    return config.model_copy(update={"text": text.model_copy(update=fixed)})
+
+
 def load_dit(path: str | Path, device: str | torch.device = "cpu") -> PrunableDiT:
     """The DiT alone of a model directory (mvdit's or a diffusers pipeline's)."""
     path = Path(path)
@@ -425,10 +454,13 @@ class Pipeline:
             state = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in state.items()}
         if self.origin is not None:
             if shipped_vae is not None:
-                raise MvditError("a diffusers pipeline keeps its own VAE: drop the shipped VAE")
+                raise MvditError(
+                    "a diffusers pipeline keeps its own VAE (a shipped-VAE reference would not "
+                    "load without mvdit): drop --shipped-vae"
+                )
             write_components(directory, self.origin, self.dit, self.config.model_dump(), state)
             return
-        write_json(directory / "pipeline.json", self.config.model_dump())
+        write_json(directory / "pipeline.json", _relative_paths(self.config, directory))
         self.dit.save_pretrained(directory / "dit", state=state)
         if shipped_vae is None:
             self.vae.save_pretrained(directory / "vae")
@@ -460,7 +492,7 @@ class Pipeline:
             )
         else:
             raw = upgrade_pipeline_json(read_json(path / "pipeline.json"))
-            config = validate(PipelineConfig, raw, str(path / "pipeline.json"))
+            config = _resolve_paths(validate(PipelineConfig, raw, str(path / "pipeline.json")), path)
             dit = _dit_of(path, device)
             vae = load_autoencoder(path / "vae").to(device)
         te = text_encoder or load_text_encoder(config.text)

@@ -15,6 +15,7 @@ classes is used.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -158,13 +159,14 @@ class DiffusersVideoVAE(VideoAutoencoder):
     # -- save / load ---------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write a wrapper directory pointing at the diffusers weights (they are not copied)."""
+        """Write a wrapper directory pointing at the diffusers weights (not copied), by a path
+        relative to the wrapper."""
         path = Path(path)
         if self.source is None:
             self.vae.save_pretrained(path / "diffusers")
             target = "diffusers"
-        else:
-            target = str(Path(self.source).resolve())
+        else:  # relative to the wrapper: the two move together and load from anywhere
+            target = os.path.relpath(Path(self.source).resolve(), path.resolve())
         path.mkdir(parents=True, exist_ok=True)
         write_json(
             path / "config.json",
