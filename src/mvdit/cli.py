@@ -41,6 +41,8 @@ from mvdit.export import pipeline as export_stage
 from mvdit.generate import generate_video
 from mvdit.io import disk_full_message, is_disk_full
 from mvdit.limits import GUIDANCE_HELP, STEPS_HELP
+from mvdit import recipe as recipe_mod
+from mvdit.recipe import STAGES as RECIPE_STAGES
 from mvdit.stages import convert as convert_stage
 from mvdit.stages import distill as distill_stage
 from mvdit.stages import kd as kd_stage
@@ -233,6 +235,24 @@ def cache(
                            dtype=dtype)  # fmt: skip
     typer.echo(f"{len(ds)} clips cached in {out}: latents {'x'.join(map(str, ds.latent_shape))}")
     typer.echo(f"train on them with: --set data.kind=cache --set data.path={out}")
+
+
+@app.command()
+def recipe(
+    config: Annotated[Path, typer.Argument(help="recipe config, e.g. configs/recipe-smoke.toml")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the recipe's directory (resumable)")],
+    start: Annotated[
+        str | None, typer.Option("--from", help=f"first stage to run: {', '.join(RECIPE_STAGES)}")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="last stage to run")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """The whole chain, teacher to exported 4-step student, as one resumable command: each stage
+    a section of CONFIG writing OUT/<stage>/; a rerun skips what is done and unchanged, resumes an
+    interrupted training stage, and reruns a changed stage and all after it; OUT/report.md."""
+    cfg = recipe_mod.load_recipe_config(config, set_)
+    recipe_mod.run_recipe(cfg, out, start=start, until=until, echo=typer.echo)
+    typer.echo(recipe_mod.describe(out))
 
 
 # ---------------------------------------------------------------------------------------------

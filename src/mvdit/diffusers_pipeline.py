@@ -56,10 +56,12 @@ class PipelineDefaults:
 
 # the pipeline classes mvdit reads, with their __call__ defaults and how they encode a prompt
 PIPELINES = {
-    "WanPipeline": PipelineDefaults(81, 480, 832, 16.0, 50, 5.0, 512, attend_padding=False,
-                                    passes_sigmas=False),
-    "LTXPipeline": PipelineDefaults(161, 512, 704, 25.0, 50, 3.0, 128, attend_padding=True,
-                                    passes_sigmas=True),
+    "WanPipeline": PipelineDefaults(
+        81, 480, 832, 16.0, 50, 5.0, 512, attend_padding=False, passes_sigmas=False
+    ),
+    "LTXPipeline": PipelineDefaults(
+        161, 512, 704, 25.0, 50, 3.0, 128, attend_padding=True, passes_sigmas=True
+    ),
 }
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 

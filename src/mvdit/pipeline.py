@@ -492,7 +492,9 @@ class Pipeline:
             )
         else:
             raw = upgrade_pipeline_json(read_json(path / "pipeline.json"))
-            config = _resolve_paths(validate(PipelineConfig, raw, str(path / "pipeline.json")), path)
+            config = _resolve_paths(
+                validate(PipelineConfig, raw, str(path / "pipeline.json")), path
+            )
             dit = _dit_of(path, device)
             vae = load_autoencoder(path / "vae").to(device)
         te = text_encoder or load_text_encoder(config.text)
