@@ -18,6 +18,7 @@ import typer
 from pydantic import BaseModel
 
 from mvdit import MvditError, distributed
+from mvdit import recipe as recipe_mod
 from mvdit.bench import dit as dit_bench
 from mvdit.bench import tiled_gemm, vae_decode
 from mvdit.build import InfoConfig, InfoSections, cache_from_config, describe_preset
@@ -41,7 +42,6 @@ from mvdit.export import pipeline as export_stage
 from mvdit.generate import generate_video
 from mvdit.io import disk_full_message, is_disk_full
 from mvdit.limits import GUIDANCE_HELP, STEPS_HELP
-from mvdit import recipe as recipe_mod
 from mvdit.recipe import STAGES as RECIPE_STAGES
 from mvdit.stages import convert as convert_stage
 from mvdit.stages import distill as distill_stage
