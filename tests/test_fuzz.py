@@ -201,6 +201,7 @@ POISON: dict[tuple[str, ...], tuple[list[str], list[str]]] = {
     ("study", "vae"): ([], ["--steps", "0"]),
     ("study", "prune"): ([], ["--teacher", MISSING]),
     ("study", "distill"): ([], ["--teacher", MISSING]),
+    ("recipe",): ([MISSING], ["-o", "out"]),
 }
 NEVER = {"--preset", "--help", "--resume", "--quick", "--paper", "--ltx", "--paper-decode"}
 

@@ -85,6 +85,7 @@ def test_export_and_convert_never_delete_what_they_did_not_write(model, tmp_path
         "pipeline.json",
         "dit",
         "vae",
+        "text_encoder",  # the model's own BERT, held inside it
     }
     (out / "my-notes.md").write_text("mine")
     (out / "gone").symlink_to(tmp_path / "nowhere")  # a dangling link and a FIFO of the user's

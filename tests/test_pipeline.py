@@ -169,9 +169,10 @@ def test_a_pipeline_saved_in_fp16_with_a_shipped_vae_reference_reloads(tmp_path)
     assert not (tmp_path / "q").exists()
 
 
-def test_a_model_directory_records_its_text_encoder_relative_to_itself(tmp_path, monkeypatch):
-    """A text encoder given by a path relative to the working directory is recorded relative to
-    the model directory: the two move together and load from any working directory."""
+def test_a_model_directory_holds_its_text_encoder(tmp_path, monkeypatch):
+    """A user's text encoder, given by a path relative to the working directory, is held inside
+    the model directory and recorded relative to it: the directory moves whole and loads from any
+    working directory."""
     import json
     import shutil
 
@@ -183,11 +184,11 @@ def test_a_model_directory_records_its_text_encoder_relative_to_itself(tmp_path,
     save_tiny_bert(tmp_path / "enc")
     save_tiny_pipeline(tmp_path / "models" / "m", text_path="enc")
     text = json.loads((tmp_path / "models" / "m" / "pipeline.json").read_text())["text"]
-    assert text["path"] == "../../enc"
-    (tmp_path / "moved").mkdir()
-    for name in ("models", "enc"):
-        shutil.move(tmp_path / name, tmp_path / "moved" / name)
+    assert text["path"] == "text_encoder"
+    assert (tmp_path / "models" / "m" / "text_encoder" / "model.safetensors").is_file()
+    shutil.move(tmp_path / "models", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "enc")
     monkeypatch.chdir("/")
-    pipe = Pipeline.from_pretrained(tmp_path / "moved" / "models" / "m")
-    assert pipe.config.text.path == str((tmp_path / "moved" / "enc").resolve())
+    pipe = Pipeline.from_pretrained(tmp_path / "moved" / "m")
+    assert pipe.config.text.path == str((tmp_path / "moved" / "m" / "text_encoder").resolve())
     assert pipe.generate(["a red circle"], decode=False).latents.isfinite().all()

@@ -42,7 +42,7 @@ from mvdit.flow import (
     shift_for_tokens,
     timestep_schedule,
 )
-from mvdit.io import output_dir, read_json, validate, write_json
+from mvdit.io import link_tree, output_dir, read_json, validate, write_json
 from mvdit.limits import bounded, check_bound
 from mvdit.models.autoencoder import VideoAutoencoder, to_uint8
 from mvdit.models.dit import VideoDiT
@@ -235,14 +235,19 @@ def is_model_dir(path: str | Path) -> bool:
 
 
 def _relative_paths(config: PipelineConfig, directory: Path) -> dict:
-    """pipeline.json's content with the text encoder's and tokenizer's directories relative to
-    the model directory (`directory` is it or its sibling temporary), so that the directory
-    loads from anywhere and after a move together with them."""
+    """pipeline.json's content, with a user's text encoder (and a tokenizer in its own folder)
+    held inside the model directory (`directory` is its temporary twin) as text_encoder/ and
+    tokenizer/, hard links where the filesystem allows, and recorded relative to it: the
+    directory loads from anywhere and moves or copies whole."""
     raw = config.model_dump()
-    for key in ("path", "tokenizer"):
-        if raw["text"].get(key) is not None:
-            target = Path(raw["text"][key]).resolve()
-            raw["text"][key] = os.path.relpath(target, directory.resolve())
+    for key, name in (("path", "text_encoder"), ("tokenizer", "tokenizer")):
+        if raw["text"].get(key) is None:
+            continue
+        source = Path(raw["text"][key]).resolve()
+        if not source.is_dir():
+            raise MvditError(f"the text encoder's directory {source} (text.{key}) does not exist")
+        link_tree(source, directory / name)
+        raw["text"][key] = name
     return raw
 
 
