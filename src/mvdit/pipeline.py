@@ -12,7 +12,6 @@ written as the same `Pipeline` (mvdit.diffusers_pipeline); a model read from one
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
