@@ -158,7 +158,7 @@ def test_report_renders_two_runs_with_a_plot(tmp_path, capsys):
     code, output = run_cli(["report", teacher, student, "--out", out], capsys)
     assert code == 0, output
     md = out.read_text()
-    assert "| teacher | 2.0M | 8 | 4.00* |" in md and "| student |" in md
+    assert "| teacher | 2.0M | 1.00 G | 8 | 4.00* |" in md and "| student |" in md
     assert "shapes-holdout" in md and "0.400" in md  # the per-split table
     assert "![speed vs quality](models.png)" in md and out.with_suffix(".png").stat().st_size > 1000
 

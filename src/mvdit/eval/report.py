@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mvdit import MvditError
+from mvdit.bench.measure import si
 from mvdit.eval.evaluate import faithfulness_splits
 from mvdit.io import atomic_write_text, save_figure
 
@@ -74,17 +75,18 @@ def _f(x, digits: int = 3) -> str:
 def report_markdown(rows: Sequence[dict], plot: str | None) -> str:
     lines = ["# Models compared", ""]
     lines += [
-        "| model | DiT params | NFE | s/clip | out FPS | DiT % of GEMM peak | faithfulness | FVD analogue | flickering | smoothness | dynamic | subject | background |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | DiT params | FLOPs/step | NFE | s/clip | out FPS | DiT % of GEMM peak | faithfulness | FVD analogue | flickering | smoothness | dynamic | subject | background |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b, v = r.get("bench"), r.get("vbench", {})
         if b is None:
-            params = fps = peak = "–"
+            params = flops = fps = peak = "–"
             speed, nfe = _f(r.get("eval_seconds_per_clip"), 2), r.get("nfe", "–")
         else:
-            params, fps, peak = (
+            params, flops, fps, peak = (
                 f"{b['params'] / 1e6:.1f}M",
+                si(b["flops_per_step"]),
                 f"{b['output_fps']:.2f}",
                 f"{100 * b['fraction_of_peak']:.0f}%",
             )
@@ -100,7 +102,7 @@ def report_markdown(rows: Sequence[dict], plot: str | None) -> str:
             "background_consistency",
         )
         lines.append(
-            f"| {r['name']} | {params} | {nfe} | {speed} | {fps} | {peak} | {_f(r.get('faithfulness'))} | "
+            f"| {r['name']} | {params} | {flops} | {nfe} | {speed} | {fps} | {peak} | {_f(r.get('faithfulness'))} | "
             f"{_f(r.get('fvd_analogue'), 2)} | " + " | ".join(_f(v.get(k)) for k in dims) + " |"
         )
     splits = sorted({k for r in rows for k in r.get("faithfulness_splits", {})})
