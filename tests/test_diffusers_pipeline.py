@@ -184,43 +184,52 @@ out = pipe(prompt="a red circle moves left", num_frames=9, height=32, width=32,
            num_inference_steps=4, guidance_scale=1.0, output_type="latent", max_sequence_length=16)
 x, t, text = torch.load(sys.argv[2])
 with torch.no_grad():
-    v = pipe.transformer(x, t * 1000, text, return_dict=False)[0]
-torch.save({"latents": out.frames, "v": v, "mvdit": [m for m in sys.modules if m.split(".")[0] == "mvdit"],
+    if sys.argv[4] == "wan":
+        v = pipe.transformer(x, t * 1000, text, return_dict=False)[0]
+    else:  # LTX takes packed tokens and the grid
+        b, c, f, h, w = x.shape
+        mask = torch.ones(b, text.shape[1])
+        v = pipe.transformer(x.flatten(2).transpose(1, 2), text, t * 1000, mask, f, h, w,
+                             return_dict=False)[0].transpose(1, 2).reshape(x.shape)
+torch.save({"latents": out.frames, "v": v,
+            "mvdit": [m for m in sys.modules if m.split(".")[0] == "mvdit"],
             "class": type(pipe.transformer).__name__}, sys.argv[3])
 """
 
+REMOTE = {"wan": ["mvdit_wan", "MvditWanTransformer3DModel"],
+          "ltx": ["mvdit_ltx", "MvditLTXVideoTransformer3DModel"]}  # fmt: skip
 
-def test_a_pruned_wan_pipeline_loads_in_stock_diffusers(tmp_path, capsys):
-    """Per-block widths (heads, FFN) that WanTransformer3DModel's config cannot express: the
-    pruned pipeline carries them in a custom component, which stock diffusers loads with
-    trust_remote_code in a process that never imports mvdit, and generates with; its transformer
-    computes what mvdit's adapter computes."""
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pruned_pipeline_loads_in_stock_diffusers(family, tmp_path, capsys):
+    """Per-block widths (heads, FFN) that the stock config cannot express: the pruned pipeline
+    carries them in a custom component, which stock diffusers loads with trust_remote_code in a
+    process that never imports mvdit, and generates with; its transformer computes what mvdit's
+    adapter computes."""
     import subprocess
     import sys
 
-    teacher = save_tiny_diffusers_pipeline(tmp_path / "wan", "wan")
+    teacher = save_tiny_diffusers_pipeline(tmp_path / family, family)
     pruned = tmp_path / "pruned"
     _ok(["prune", "-m", teacher, "--budget", "params=0.6", "-o", pruned, "--prompts",
          _prompts(tmp_path), "--n-prompts", 2, "--seeds", 1], capsys)  # fmt: skip
     index = json.loads((pruned / "model_index.json").read_text())
-    assert index["transformer"] == ["mvdit_wan", "MvditWanTransformer3DModel"]
+    assert index["transformer"] == REMOTE[family]
+    small = Pipeline.from_pretrained(pruned)
     g = torch.Generator().manual_seed(0)
-    x, t, text = (
-        torch.randn(1, 4, 3, 4, 4, generator=g),
-        torch.tensor([0.6]),
-        torch.randn(1, 16, 16, generator=g),
-    )
+    x = torch.randn(1, *small.latent_shape, generator=g)
+    t, text = torch.tensor([0.6]), torch.randn(1, 16, 16, generator=g)
     torch.save((x, t, text), tmp_path / "in.pt")
     script = tmp_path / "stock.py"
     script.write_text(STOCK_LOAD)
-    proc = subprocess.run([sys.executable, script, pruned, tmp_path / "in.pt", tmp_path / "out.pt"],
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run([sys.executable, script, pruned, tmp_path / "in.pt", tmp_path / "out.pt",
+                           family], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = torch.load(tmp_path / "out.pt")
-    assert got["mvdit"] == [] and got["class"] == "MvditWanTransformer3DModel"
-    assert got["latents"].shape == (1, 4, 3, 4, 4) and torch.isfinite(got["latents"]).all()
+    assert got["mvdit"] == [] and got["class"] == REMOTE[family][1]
+    assert torch.isfinite(got["latents"]).all()
     with torch.no_grad():
-        ours = Pipeline.from_pretrained(pruned).dit(x, t, text)
+        ours = small.dit(x, t, text)
     torch.testing.assert_close(got["v"], ours, atol=1e-5, rtol=1e-5)
 
 

@@ -117,10 +117,10 @@ def test_sliced_model_equals_masked_and_reloads(family, tmp_path):
         for p in small.parameters():
             p.add_(1.0)
         assert torch.equal(d(x, t, text, tm), before)
-    # non-uniform widths: mvdit's loader, with the teacher unit each kept unit came from (Wan's
+    # non-uniform widths: mvdit's loader, with the teacher unit each kept unit came from (and
     # also a custom component stock diffusers loads with trust_remote_code)
     small = d.slice(mask)
-    assert save_pruned(small, tmp_path / "p") == ("remote" if family == "wan" else "mvdit")
+    assert save_pruned(small, tmp_path / "p") == "remote"
     rec = json.loads((tmp_path / "p" / "mvdit_prune.json").read_text())
     assert rec["sources"][0]["heads"] == [0, 2] and rec["sources"][1]["block"] == 2
     back = load_transformer(tmp_path / "p")

@@ -312,7 +312,8 @@ LAYOUTS = {
     "ltx": _Layout("LTXVideoTransformer3DModel", "caption_channels", "transformer_blocks",
                    ("attn1", "attn2", "ff"), ("proj_in", "proj_out"), ("caption_projection",),
                    text_mask=True, packed=True, patch=lambda cfg: (1, 1, 1),
-                   refuse=_ltx_refuses, cross_norm=None, rope_over_heads=True, ffn_key=None),
+                   refuse=_ltx_refuses, cross_norm=None, rope_over_heads=True, ffn_key=None,
+                   remote=("mvdit_ltx", "MvditLTXVideoTransformer3DModel")),
 }  # fmt: skip
 FAMILIES = {layout.class_name: family for family, layout in LAYOUTS.items()}
 # a directory mvdit wrote with a custom component names its class: the same family to mvdit
@@ -688,8 +689,11 @@ def write_transformer(
             Path(__file__).parent / "remote" / f"{module}.py", directory / f"{module}.py"
         )
         cfg = read_json(directory / "config.json")
-        widths = [{"heads": b.heads, "cross_heads": b.cross_heads, "ffn_dim": b.ffn_dim}
-                  for b in model.config.blocks]  # fmt: skip
+        # each block's widths, and which of the unpruned model's heads it kept (a rotary table
+        # over all heads' channels keeps those heads' columns)
+        widths = [{"heads": b.heads, "cross_heads": b.cross_heads, "ffn_dim": b.ffn_dim,
+                   "rope_heads": src["heads"], "cross_rope_heads": src["cross_heads"]}
+                  for b, src in zip(model.config.blocks, model.config.sources, strict=True)]  # fmt: skip
         write_json(directory / "config.json", cfg | {"_class_name": cls, "block_widths": widths})
     record = {
         "loader": loader,
