@@ -47,16 +47,13 @@ def test_the_recipe_runs_on_a_diffusers_pipeline(teacher, tmp_path, capsys):
     _ok(["prune", "-m", teacher, "--budget", "params=0.6", "-o", pruned, "--prompts", prompts,
          "--n-prompts", 2, "--seeds", 1], capsys)  # fmt: skip
     # a diffusers pipeline directory again: the teacher's components, the pruned transformer
-    # (per-block widths: Wan's as a custom component stock diffusers loads, LTX's through mvdit)
+    # (per-block widths as a custom component stock diffusers loads with trust_remote_code)
     index = json.loads((pruned / "model_index.json").read_text())
     source = json.loads((teacher / "model_index.json").read_text())
     assert {k: v for k, v in index.items() if k != "transformer"} == {
         k: v for k, v in source.items() if k != "transformer"
     }
-    assert index["transformer"] in (
-        source["transformer"],
-        ["mvdit_wan", "MvditWanTransformer3DModel"],
-    )
+    assert index["transformer"] in (source["transformer"], *REMOTE.values())
     assert (pruned / "transformer" / "mvdit_prune.json").is_file()
     big, small = Pipeline.from_pretrained(teacher), Pipeline.from_pretrained(pruned)
     tokens = big.dit.config.tokens(big.latent_shape)
