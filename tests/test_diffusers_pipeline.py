@@ -38,6 +38,7 @@ def _ok(args, capsys) -> str:
     return out
 
 
+@pytest.mark.slow  # every stage on each family: ~1 min each; its own step in .ci/run
 def test_the_recipe_runs_on_a_diffusers_pipeline(teacher, tmp_path, capsys):
     prompts = _prompts(tmp_path)
     _ok(["generate", PROMPT, "-m", teacher, "-o", tmp_path / "t.mp4"], capsys)
@@ -197,6 +198,7 @@ REMOTE = {"wan": ["mvdit_wan", "MvditWanTransformer3DModel"],
           "ltx": ["mvdit_ltx", "MvditLTXVideoTransformer3DModel"]}  # fmt: skip
 
 
+@pytest.mark.slow  # a second Python process per family; its own step in .ci/run
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_pruned_pipeline_loads_in_stock_diffusers(family, tmp_path, capsys):
     """Per-block widths (heads, FFN) that the stock config cannot express: the pruned pipeline
@@ -242,6 +244,7 @@ torch.save({"latents": out.frames, "sigmas": pipe.scheduler.sigmas.tolist()}, sy
 """
 
 
+@pytest.mark.slow  # prune, distil and a second process; its own step in .ci/run
 def test_stock_wan_pipeline_samples_the_distilled_student_as_mvdit_does(tmp_path, capsys):
     """A Wan student is distilled on the schedule stock WanPipeline runs with the scheduler it is
     saved with at num_inference_steps=4, guidance 1: in a process without mvdit that pipeline
